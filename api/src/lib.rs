@@ -1,0 +1,49 @@
+//! # nbdforge-api: write NBD plugins and filters in plain Rust
+//!
+//! A **plugin** serves data: a RAM disk, a file, a remote object. A **filter** sits between the
+//! client and the plugin and changes what passes: it can add delays, inject errors, cache, or
+//! present part of a disk. The nbdforge server owns everything else: the NBD protocol, sockets,
+//! TLS, threads and locking, and it emulates what a plugin does not implement (zeroing by writing,
+//! FUA by flushing, cache by reading, block status as "all data").
+//!
+//! A plugin implements [`Plugin`] (configuration, once per process) and returns a [`Handle`] from
+//! [`Plugin::open`] (once per client connection). The smallest useful plugin:
+//!
+//! ```
+//! use nbdforge_api::{Flags, Handle, OpenArgs, Plugin, Result};
+//!
+//! /// A 1 MiB disk of 0xAA bytes.
+//! struct Stripes;
+//! struct StripesHandle;
+//!
+//! impl Plugin for Stripes {
+//!     fn name(&self) -> &'static str { "stripes" }
+//!     fn open(&self, _args: &OpenArgs) -> Result<Box<dyn Handle>> { Ok(Box::new(StripesHandle)) }
+//! }
+//!
+//! impl Handle for StripesHandle {
+//!     fn get_size(&self) -> Result<u64> { Ok(1 << 20) }
+//!     fn pread(&self, buf: &mut [u8], _offset: u64, _flags: Flags) -> Result<()> {
+//!         buf.fill(0xAA);
+//!         Ok(())
+//!     }
+//! }
+//! ```
+//!
+//! Errors are [`Error`] values: an errno for the client and a message for the log and the
+//! structured error reply. See `examples/` in the repository for a complete plugin with
+//! parameters, writes and extents.
+
+mod config;
+mod error;
+pub mod extents;
+mod handle;
+mod plugin;
+mod types;
+
+pub use config::{parse_bool, parse_choice, parse_size, MAX_SIZE};
+pub use error::{Error, Result};
+pub use extents::{Extent, Extents};
+pub use handle::Handle;
+pub use plugin::{Backend, ClientInfo, Filter, OpenArgs, Plugin};
+pub use types::{BlockSize, Export, Flags, Support, ThreadModel};

@@ -1,0 +1,115 @@
+//! Small value types shared by plugins, filters and the server: capability levels, request flags,
+//! thread models, block size constraints and exports.
+
+/// How well a backend supports an operation that the core can emulate (zero, FUA, cache).
+///
+/// The ordering matters: `None < Emulate < Native`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Support {
+    /// Not supported: the server does not advertise it and refuses requests for it.
+    None,
+    /// The core emulates it (zero by writing zeroes, FUA by flushing, cache by reading).
+    Emulate,
+    /// The backend implements it itself.
+    Native,
+}
+
+/// Flags passed with a data request. These are the NBD command flags that a backend acts on;
+/// the server strips the ones that only matter on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Flags(u32);
+
+impl Flags {
+    /// No flags.
+    pub const NONE: Flags = Flags(0);
+    /// Force unit access: the data is on stable storage before the call returns.
+    pub const FUA: Flags = Flags(1);
+    /// For `zero`: the backend may punch a hole instead of writing zeroes (the client did not send
+    /// `NBD_CMD_FLAG_NO_HOLE`).
+    pub const MAY_TRIM: Flags = Flags(2);
+    /// For `extents`: the client only wants the first extent.
+    pub const REQ_ONE: Flags = Flags(4);
+    /// For `zero`: fail with `ENOTSUP` at once rather than do anything slower than a write.
+    pub const FAST_ZERO: Flags = Flags(8);
+
+    /// True when every flag in `other` is set in `self`.
+    pub const fn contains(self, other: Flags) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// `self` without the flags in `other`.
+    pub const fn without(self, other: Flags) -> Flags {
+        Flags(self.0 & !other.0)
+    }
+
+    /// The raw bits.
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+}
+
+impl std::ops::BitOr for Flags {
+    type Output = Flags;
+    fn bitor(self, rhs: Flags) -> Flags {
+        Flags(self.0 | rhs.0)
+    }
+}
+
+impl std::ops::BitOrAssign for Flags {
+    fn bitor_assign(&mut self, rhs: Flags) {
+        self.0 |= rhs.0;
+    }
+}
+
+/// How much concurrency a backend tolerates, from most to least restrictive. The server takes the
+/// most restrictive model of the plugin and every filter in the stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ThreadModel {
+    /// One connection at a time.
+    SerializeConnections,
+    /// Many connections, but one request at a time across all of them.
+    SerializeAllRequests,
+    /// One request at a time on each connection; connections run in parallel.
+    SerializeRequests,
+    /// Requests run in parallel on and across connections.
+    Parallel,
+}
+
+impl ThreadModel {
+    /// nbdkit's spelling, as printed by `--dump-plugin` (`thread_model=parallel`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ThreadModel::SerializeConnections => "serialize_connections",
+            ThreadModel::SerializeAllRequests => "serialize_all_requests",
+            ThreadModel::SerializeRequests => "serialize_requests",
+            ThreadModel::Parallel => "parallel",
+        }
+    }
+}
+
+/// Block size constraints advertised in `NBD_INFO_BLOCK_SIZE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockSize {
+    /// Smallest I/O the backend can do; a power of two from 1 to 65536.
+    pub minimum: u32,
+    /// Size (and alignment) the backend works best with; a power of two, at least `minimum`.
+    pub preferred: u32,
+    /// Largest request the backend accepts; a multiple of `minimum`.
+    pub maximum: u32,
+}
+
+/// One export as listed to `NBD_OPT_LIST` and `nbdinfo --list`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Export {
+    /// The export name a client asks for.
+    pub name: String,
+    /// Optional free-form description.
+    pub description: Option<String>,
+}
+
+impl Export {
+    /// An export with a name and no description.
+    pub fn named(name: impl Into<String>) -> Self {
+        Export { name: name.into(), description: None }
+    }
+}
