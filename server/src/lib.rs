@@ -19,8 +19,10 @@
 
 pub mod listen;
 pub mod stack;
+pub mod tls;
 mod server;
 
 pub use listen::Listener;
 pub use server::{Server, ServerConfig, ShutdownHandle};
 pub use stack::Stack;
+pub use tls::{TlsMode, TlsOptions};

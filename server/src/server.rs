@@ -9,7 +9,7 @@ use nbdforge_api::Backend;
 use crate::Listener;
 
 /// How the server behaves, from the command line.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerConfig {
     /// `-r`: serve every export read-only.
     pub readonly: bool,
@@ -22,11 +22,15 @@ pub struct ServerConfig {
     /// `--timeout` / default handshake limit: clients that do not finish negotiating in this time
     /// are dropped.
     pub handshake_timeout: Option<Duration>,
+    /// `--tls`: whether STARTTLS is refused, allowed or required.
+    pub tls_mode: crate::TlsMode,
+    /// Loaded credentials; required unless `tls_mode` is `Off`.
+    pub tls: Option<Arc<crate::tls::TlsContext>>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { readonly: false, threads: 16, export_name: None, oldstyle: false, handshake_timeout: None }
+        ServerConfig { readonly: false, threads: 16, export_name: None, oldstyle: false, handshake_timeout: None, tls_mode: crate::TlsMode::Off, tls: None }
     }
 }
 
