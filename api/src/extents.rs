@@ -29,7 +29,6 @@ pub struct Extent {
 /// and neighbours with the same flags are merged.
 #[derive(Debug, Clone)]
 pub struct Extents {
-    start: u64,
     end: u64,
     next: u64,
     list: Vec<Extent>,
@@ -38,7 +37,7 @@ pub struct Extents {
 impl Extents {
     /// An empty list for the range `[start, end)`.
     pub fn new(start: u64, end: u64) -> Self {
-        Extents { start, end, next: start, list: Vec::new() }
+        Extents { end, next: start, list: Vec::new() }
     }
 
     /// Where the next extent must begin: `start`, then the end of the last one added.

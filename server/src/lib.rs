@@ -17,10 +17,13 @@
 //! server.serve(listeners).unwrap();
 //! ```
 
+mod connection;
+mod emulate;
 pub mod listen;
+mod server;
 pub mod stack;
 pub mod tls;
-mod server;
+mod transport;
 
 pub use listen::Listener;
 pub use server::{Server, ServerConfig, ShutdownHandle};

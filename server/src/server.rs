@@ -1,11 +1,24 @@
-//! placeholder
-use std::io;
-use std::os::fd::OwnedFd;
-use std::sync::Arc;
+//! The server: accepts clients on its listeners, runs each connection on its own thread, and shuts
+//! down cleanly: stop accepting, let requests in flight finish, then return.
+//!
+//! Shutdown wakes the accept loop through a socket pair and half-closes the read side of every
+//! client socket, so workers blocked waiting for the next request see end-of-file while replies to
+//! requests already read still go out.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use nbdforge_api::Backend;
+use nbdforge_api::{Backend, ThreadModel};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use tracing::{debug, info, warn};
 
+use crate::transport::Stream;
 use crate::Listener;
 
 /// How the server behaves, from the command line.
@@ -15,12 +28,11 @@ pub struct ServerConfig {
     pub readonly: bool,
     /// `-t`: worker threads per connection (requests in flight at once).
     pub threads: usize,
-    /// `-e`: the export name used for the default export ("" from clients).
+    /// `-e`: the name of the default export (what `""` means to clients).
     pub export_name: Option<String>,
     /// `-o`: oldstyle handshake.
     pub oldstyle: bool,
-    /// `--timeout` / default handshake limit: clients that do not finish negotiating in this time
-    /// are dropped.
+    /// `--timeout`: clients that do not finish negotiating in this time are dropped.
     pub handshake_timeout: Option<Duration>,
     /// `--tls`: whether STARTTLS is refused, allowed or required.
     pub tls_mode: crate::TlsMode,
@@ -30,53 +42,238 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { readonly: false, threads: 16, export_name: None, oldstyle: false, handshake_timeout: None, tls_mode: crate::TlsMode::Off, tls: None }
+        ServerConfig {
+            readonly: false,
+            threads: 16,
+            export_name: None,
+            oldstyle: false,
+            handshake_timeout: Some(Duration::from_secs(10)),
+            tls_mode: crate::TlsMode::Off,
+            tls: None,
+        }
+    }
+}
+
+/// State shared by the accept loop and every connection.
+pub(crate) struct Shared {
+    pub backend: Arc<dyn Backend>,
+    pub config: ServerConfig,
+    pub thread_model: ThreadModel,
+    /// Held around every backend call under `SerializeAllRequests`.
+    pub serialize_all: Option<Mutex<()>>,
+    stopping: AtomicBool,
+    wake: (UnixStream, UnixStream),
+    connections: Mutex<Connections>,
+    idle: Condvar,
+}
+
+#[derive(Default)]
+struct Connections {
+    next_id: u64,
+    /// Sockets of live connections, for shutdown. A connection removes its entry before its socket
+    /// is closed, so a descriptor here is never a reused one.
+    sockets: HashMap<u64, RawFd>,
+    live: usize,
+}
+
+impl Shared {
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    fn stop(&self) {
+        if self.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let _ = (&self.wake.0).write_all(&[1]);
+        let conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        for &fd in conns.sockets.values() {
+            // Not an error if the client already went away.
+            let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Read);
+        }
+        self.idle.notify_all();
+    }
+
+    fn register(&self, socket: Option<RawFd>) -> u64 {
+        let mut conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        conns.next_id += 1;
+        let id = conns.next_id;
+        conns.live += 1;
+        if let Some(fd) = socket {
+            conns.sockets.insert(id, fd);
+        }
+        id
+    }
+
+    fn unregister(&self, id: u64) {
+        let mut conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        conns.sockets.remove(&id);
+        conns.live -= 1;
+        self.idle.notify_all();
+    }
+
+    /// Blocks until no connection is live, or (with `or_stop`) until shutdown starts.
+    fn wait_idle(&self, or_stop: bool) {
+        let mut conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        while conns.live > 0 && !(or_stop && self.stopping()) {
+            conns = self.idle.wait(conns).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Runs one connection on its own thread, keeping the live count right however it ends.
+fn spawn_connection(shared: &Arc<Shared>, stream: Stream, socket: Option<RawFd>, peer: String) {
+    let id = shared.register(socket);
+    let shared2 = Arc::clone(shared);
+    let spawned = std::thread::Builder::new().name("nbd-conn".into()).spawn(move || {
+        struct Done<'a>(&'a Shared, u64);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.unregister(self.1);
+            }
+        }
+        let _done = Done(&shared2, id);
+        crate::connection::serve(&shared2, stream, peer);
+    });
+    if let Err(e) = spawned {
+        warn!("cannot start a thread for a connection: {e}");
+        shared.unregister(id);
     }
 }
 
 /// A server for one backend stack.
 pub struct Server {
-    _backend: Arc<dyn Backend>,
-    _config: ServerConfig,
+    shared: Arc<Shared>,
 }
 
 /// Asks a running server to stop: stop accepting, finish requests in flight, return from `serve`.
 #[derive(Clone)]
-pub struct ShutdownHandle {}
+pub struct ShutdownHandle {
+    shared: Arc<Shared>,
+}
 
 impl ShutdownHandle {
     /// Starts the shutdown. Safe to call from any thread, any number of times.
     pub fn shutdown(&self) {
-        todo!()
+        self.shared.stop();
     }
 }
 
 impl Server {
     /// A server for `backend` (see [`crate::Stack::finish`]).
     pub fn new(backend: Arc<dyn Backend>, config: ServerConfig) -> Self {
-        Server { _backend: backend, _config: config }
+        let thread_model = backend.thread_model();
+        let wake = UnixStream::pair().expect("socketpair for the shutdown wake-up");
+        let shared = Shared {
+            serialize_all: (thread_model <= ThreadModel::SerializeAllRequests).then(|| Mutex::new(())),
+            backend,
+            config,
+            thread_model,
+            stopping: AtomicBool::new(false),
+            wake,
+            connections: Mutex::new(Connections::default()),
+            idle: Condvar::new(),
+        };
+        Server { shared: Arc::new(shared) }
     }
 
     /// A handle that stops the server from another thread (a signal handler thread, `--run`).
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        todo!()
+        ShutdownHandle { shared: Arc::clone(&self.shared) }
     }
 
-    /// Stops the server on SIGINT, SIGTERM or SIGQUIT, and ignores SIGPIPE.
+    /// Stops the server on SIGINT, SIGTERM or SIGQUIT (a second signal exits at once). Call it
+    /// before starting other threads: it blocks those signals in the calling thread, and threads
+    /// started later inherit that, so only the watcher thread receives them.
     pub fn stop_on_signals(&self) -> io::Result<()> {
-        todo!()
+        let mut set = SigSet::empty();
+        for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGQUIT] {
+            set.add(s);
+        }
+        set.thread_block().map_err(io::Error::from)?;
+        let handle = self.shutdown_handle();
+        std::thread::Builder::new().name("nbd-signals".into()).spawn(move || {
+            let mut received = 0;
+            while let Ok(sig) = set.wait() {
+                received += 1;
+                if received > 1 {
+                    std::process::exit(1);
+                }
+                info!("{sig}: shutting down");
+                handle.shutdown();
+            }
+        })?;
+        Ok(())
     }
 
     /// Accepts clients on `listeners` until shut down, then waits for connections to finish.
     pub fn serve(&self, listeners: Vec<Listener>) -> io::Result<()> {
-        let _ = listeners;
-        todo!()
+        let shared = &self.shared;
+        let serialize_connections = shared.thread_model == ThreadModel::SerializeConnections;
+        while !shared.stopping() {
+            let mut fds: Vec<PollFd> = listeners.iter().map(|l| PollFd::new(l.fd(), PollFlags::POLLIN)).collect();
+            fds.push(PollFd::new(shared.wake.1.as_fd(), PollFlags::POLLIN));
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
+            drop(fds);
+            for (listener, _) in listeners.iter().zip(ready).filter(|(_, r)| *r) {
+                if shared.stopping() {
+                    break;
+                }
+                match accept(listener) {
+                    Ok((fd, peer)) => {
+                        debug!("accepted {peer}");
+                        let raw = fd.as_raw_fd();
+                        spawn_connection(shared, Stream::socket(fd), Some(raw), peer);
+                        if serialize_connections {
+                            shared.wait_idle(false);
+                        }
+                    }
+                    Err(e) if is_transient(&e) => {}
+                    Err(e) => {
+                        // Running out of descriptors should not end the server: back off a little.
+                        warn!("accept: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+        }
+        drop(listeners);
+        shared.wait_idle(false);
+        Ok(())
     }
 
     /// Serves a single client on an already connected stream (`-s` passes stdin and stdout) and
-    /// returns when it disconnects.
+    /// returns when it disconnects or the server is shut down.
     pub fn serve_one(&self, read: OwnedFd, write: OwnedFd) -> io::Result<()> {
-        let _ = (read, write);
-        todo!()
+        let is_socket = |fd: &OwnedFd| nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(fd.as_raw_fd()).is_ok()
+            || nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(fd.as_raw_fd()).is_ok();
+        let socket = (read.as_raw_fd() == write.as_raw_fd() || is_socket(&read)).then(|| read.as_raw_fd());
+        let stream = Stream::Pipes { read: read.into(), write: write.into() };
+        spawn_connection(&self.shared, stream, socket, "stdin".into());
+        self.shared.wait_idle(true);
+        Ok(())
     }
+}
+
+fn accept(listener: &Listener) -> io::Result<(OwnedFd, String)> {
+    match listener {
+        Listener::Tcp(l) => {
+            let (s, addr) = l.accept()?;
+            s.set_nodelay(true)?;
+            Ok((s.into(), addr.to_string()))
+        }
+        Listener::Unix(l) => {
+            let (s, _) = l.accept()?;
+            Ok((s.into(), "unix socket".into()))
+        }
+    }
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted)
 }

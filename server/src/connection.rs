@@ -1,0 +1,535 @@
+//! One client connection: the handshake (driving the sans-io negotiation with real I/O), then the
+//! transmission phase.
+//!
+//! Transmission runs on `threads` workers per connection, leader/follower style: a worker takes the
+//! read lock, reads one request (header and payload), lets go, runs it against the backend, then
+//! takes the write lock and sends the reply in one vectored write. The worker that read a request
+//! serves it, so there is no hand-off between threads, and replies go out in whatever order the
+//! backend finishes.
+
+use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use nbdforge_api::{extents, ClientInfo, Error, Extents, Flags, Handle, OpenArgs, Support, ThreadModel};
+use nbdforge_protocol::consts::*;
+use nbdforge_protocol::transmission::{block_status_payload, command_name, EXTENDED_REQUEST_LEN};
+use nbdforge_protocol::{
+    oldstyle_greeting, Command, ExportInfo, Exports, Negotiated, Negotiation, NegotiationConfig, OptionError,
+    Refusal, Replies, ReplyHeader, Request, Session, Step, TlsPolicy,
+};
+use tracing::{debug, error, warn};
+
+use crate::server::Shared;
+use crate::transport::{write_all_vectored, Stream};
+use crate::TlsMode;
+
+/// The largest request the server accepts: payloads up to this are served, larger ones drained and
+/// refused. Advertised as the maximum block size.
+pub(crate) const MAX_REQUEST: u32 = 64 << 20;
+/// Buffers bigger than this are given back after the request that needed them.
+const KEEP_BUFFER: usize = 8 << 20;
+/// Read-side buffer, so a burst of small requests costs one system call.
+const READ_BUFFER: usize = 256 << 10;
+
+/// Serves one client to the end.
+pub(crate) fn serve(shared: &Shared, mut stream: Stream, peer: String) {
+    let mut exports = ConnExports::new(shared, peer);
+    let negotiated = match negotiate(shared, &mut stream, &mut exports) {
+        Ok(Some(n)) => n,
+        Ok(None) => return,
+        Err(e) => {
+            debug!("{}: handshake ended: {e}", exports.client.peer);
+            return;
+        }
+    };
+    let Some(handle) = exports.opened.take() else { return };
+    let (read, write) = match stream.split() {
+        Ok(halves) => halves,
+        Err(e) => return warn!("{}: {e}", exports.client.peer),
+    };
+    let conn = Transmission {
+        shared,
+        handle: handle.as_ref(),
+        can_extents: handle.can_extents().unwrap_or(false),
+        session: Session::new(&negotiated),
+        replies: Replies { structured: negotiated.structured, extended: negotiated.extended },
+        reader: Mutex::new(Reader { input: BufReader::with_capacity(READ_BUFFER, read), done: false }),
+        writer: Mutex::new(write),
+        failed: AtomicBool::new(false),
+    };
+    let threads = match shared.thread_model {
+        ThreadModel::Parallel => shared.config.threads.max(1),
+        _ => 1,
+    };
+    std::thread::scope(|s| {
+        for _ in 1..threads {
+            s.spawn(|| conn.worker());
+        }
+        conn.worker();
+    });
+    if let Ok(mut w) = conn.writer.lock() {
+        let _ = w.flush();
+    }
+    debug!("{}: connection closed", exports.client.peer);
+}
+
+fn negotiate(shared: &Shared, stream: &mut Stream, exports: &mut ConnExports) -> io::Result<Option<Negotiated>> {
+    let deadline = shared.config.handshake_timeout.map(|t| Instant::now() + t);
+    let read = |stream: &mut Stream, buf: &mut [u8]| -> io::Result<()> {
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "handshake took too long"));
+            }
+            stream.set_read_timeout(Some(left))?;
+        }
+        stream.read_exact(buf)
+    };
+    let result = if shared.config.oldstyle {
+        let info = exports.open("", true).map_err(|e| io::Error::other(e.message))?;
+        stream.write_all(&oldstyle_greeting(info.size, info.flags))?;
+        Some(Negotiated { export: info, structured: false, extended: false, base_allocation: false })
+    } else {
+        let tls = match shared.config.tls_mode {
+            TlsMode::Off => TlsPolicy::Off,
+            TlsMode::On => TlsPolicy::On,
+            TlsMode::Require => TlsPolicy::Require,
+        };
+        let mut neg = Negotiation::new(NegotiationConfig { tls, ..Default::default() });
+        stream.write_all(&Negotiation::greeting())?;
+        let mut flags = [0u8; 4];
+        read(stream, &mut flags)?;
+        neg.client_flags(flags).map_err(io::Error::other)?;
+        let mut data = Vec::new();
+        loop {
+            let mut header = [0u8; 16];
+            read(stream, &mut header)?;
+            let header = neg.option_header(&header).map_err(io::Error::other)?;
+            data.clear();
+            if header.discard {
+                drain(&mut |b: &mut [u8]| read(stream, b), header.length as u64)?;
+            } else {
+                data.resize(header.length as usize, 0);
+                read(stream, &mut data)?;
+            }
+            match neg.option(header, &data, exports) {
+                Step::Reply(bytes) => stream.write_all(&bytes)?,
+                Step::StartTls(bytes) => {
+                    stream.write_all(&bytes)?;
+                    let Some(tls) = shared.config.tls.as_ref() else {
+                        return Err(io::Error::other("TLS is enabled but no credentials are loaded"));
+                    };
+                    let plain = std::mem::replace(stream, Stream::Pipes { read: null_file()?, write: null_file()? });
+                    let (upgraded, identity) = plain.start_tls(tls)?;
+                    *stream = upgraded;
+                    neg.tls_started();
+                    exports.tls = true;
+                    exports.client.tls_identity = identity;
+                    exports.opened = None;
+                }
+                Step::Close(bytes, why) => {
+                    stream.write_all(&bytes)?;
+                    debug!("{}: {why}", exports.client.peer);
+                    return Ok(None);
+                }
+                Step::Transmission(bytes, negotiated) => {
+                    stream.write_all(&bytes)?;
+                    break Some(negotiated);
+                }
+            }
+        }
+    };
+    if deadline.is_some() {
+        stream.set_read_timeout(None)?;
+    }
+    Ok(result)
+}
+
+fn null_file() -> io::Result<std::fs::File> {
+    std::fs::File::open("/dev/null")
+}
+
+/// Reads and throws away `len` bytes without holding them all in memory.
+fn drain(read: &mut dyn FnMut(&mut [u8]) -> io::Result<()>, mut len: u64) -> io::Result<()> {
+    let mut scratch = [0u8; 64 << 10];
+    while len > 0 {
+        let n = len.min(scratch.len() as u64) as usize;
+        read(&mut scratch[..n])?;
+        len -= n as u64;
+    }
+    Ok(())
+}
+
+/// The backend seen from the handshake: which exports exist and what they look like.
+struct ConnExports<'a> {
+    shared: &'a Shared,
+    client: ClientInfo,
+    tls: bool,
+    /// The handle opened by GO or EXPORT_NAME, kept for the transmission phase.
+    opened: Option<Box<dyn Handle>>,
+}
+
+impl<'a> ConnExports<'a> {
+    fn new(shared: &'a Shared, peer: String) -> Self {
+        ConnExports { shared, client: ClientInfo { peer, tls_identity: None }, tls: false, opened: None }
+    }
+
+    fn option_error(e: Error) -> OptionError {
+        let reply = match e.errno {
+            libc::EPERM | libc::EACCES => REP_ERR_POLICY,
+            libc::ESHUTDOWN => REP_ERR_SHUTDOWN,
+            libc::ENOENT => REP_ERR_UNKNOWN,
+            libc::ENOTSUP => REP_ERR_UNSUP,
+            _ => REP_ERR_UNKNOWN,
+        };
+        OptionError::new(reply, e.message)
+    }
+}
+
+impl Exports for ConnExports<'_> {
+    fn list(&mut self) -> Result<Vec<(String, Option<String>)>, OptionError> {
+        let cfg = &self.shared.config;
+        let backend = &self.shared.backend;
+        let mut list = backend.list_exports(cfg.readonly, self.tls).map_err(Self::option_error)?;
+        if let Some(name) = &cfg.export_name {
+            let default = backend.default_export(cfg.readonly, self.tls).map_err(Self::option_error)?;
+            for e in &mut list {
+                if e.name.is_empty() || e.name == default {
+                    e.name = name.clone();
+                }
+            }
+        }
+        Ok(list.into_iter().map(|e| (e.name, e.description)).collect())
+    }
+
+    fn open(&mut self, name: &str, keep: bool) -> Result<ExportInfo, OptionError> {
+        if self.shared.stopping() {
+            return Err(OptionError::new(REP_ERR_SHUTDOWN, "the server is shutting down"));
+        }
+        let cfg = &self.shared.config;
+        let backend = &self.shared.backend;
+        let is_default = name.is_empty() || cfg.export_name.as_deref() == Some(name);
+        let (plugin_name, canonical) = if is_default {
+            let default = backend.default_export(cfg.readonly, self.tls).map_err(Self::option_error)?;
+            let canonical = cfg.export_name.clone().unwrap_or_else(|| default.clone());
+            (default, canonical)
+        } else {
+            (name.to_string(), name.to_string())
+        };
+        let args = OpenArgs { readonly: cfg.readonly, export_name: &plugin_name, tls: self.tls, client: &self.client };
+        let handle = backend.open(&args).map_err(Self::option_error)?;
+        let info = describe(handle.as_ref(), canonical, cfg.readonly).map_err(Self::option_error)?;
+        if keep {
+            self.opened = Some(handle);
+        }
+        Ok(info)
+    }
+}
+
+/// Size, transmission flags and block sizes of an open export.
+fn describe(h: &dyn Handle, name: String, readonly: bool) -> nbdforge_api::Result<ExportInfo> {
+    let writable = !readonly && h.can_write()?;
+    let mut flags = FLAG_HAS_FLAGS;
+    let mut set = |cond: bool, flag: u16| {
+        if cond {
+            flags |= flag;
+        }
+    };
+    set(!writable, FLAG_READ_ONLY);
+    set(h.can_flush()?, FLAG_SEND_FLUSH);
+    set(writable && h.can_fua()? != Support::None, FLAG_SEND_FUA);
+    set(h.is_rotational()?, FLAG_ROTATIONAL);
+    set(writable && h.can_trim()?, FLAG_SEND_TRIM);
+    let zero = writable && h.can_zero()? != Support::None;
+    set(zero, FLAG_SEND_WRITE_ZEROES | FLAG_SEND_FAST_ZERO);
+    set(h.can_multi_conn()?, FLAG_CAN_MULTI_CONN);
+    set(h.can_cache()? != Support::None, FLAG_SEND_CACHE);
+    let block_size = match h.block_size()? {
+        Some(b) => (b.minimum.max(1), b.preferred.max(b.minimum).max(1), b.maximum.min(MAX_REQUEST).max(b.minimum)),
+        None => (1, 4096, MAX_REQUEST),
+    };
+    Ok(ExportInfo { name, size: h.get_size()?, flags, block_size, description: h.export_description()? })
+}
+
+struct Reader {
+    input: BufReader<Box<dyn Read + Send>>,
+    /// No more requests will be read: the client disconnected, or the stream broke.
+    done: bool,
+}
+
+struct Transmission<'a> {
+    shared: &'a Shared,
+    handle: &'a dyn Handle,
+    can_extents: bool,
+    session: Session,
+    replies: Replies,
+    reader: Mutex<Reader>,
+    writer: Mutex<Box<dyn Write + Send>>,
+    failed: AtomicBool,
+}
+
+/// A request read off the wire, with its payload in the worker's buffer.
+struct Incoming {
+    req: Request,
+    /// The payload was refused (over the limit) and drained.
+    refused: Option<Refusal>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The NBD error for an errno from a backend.
+fn wire_errno(errno: i32) -> u32 {
+    match errno {
+        libc::EPERM | libc::EROFS | libc::EACCES => EPERM,
+        libc::EIO => EIO,
+        libc::ENOMEM => ENOMEM,
+        libc::ENOSPC | libc::EDQUOT | libc::EFBIG => ENOSPC,
+        libc::EOVERFLOW => EOVERFLOW,
+        libc::ENOTSUP => ENOTSUP,
+        libc::ESHUTDOWN => ESHUTDOWN,
+        _ => EINVAL,
+    }
+}
+
+impl Transmission<'_> {
+    fn worker(&self) {
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(incoming) = self.next_request(&mut buf) {
+            let disconnect = incoming.req.kind == CMD_DISC;
+            let req = incoming.req;
+            // A panicking plugin fails its request, not the connection (which would leave the
+            // client waiting for a reply that never comes).
+            let run = std::panic::AssertUnwindSafe(|| self.dispatch(incoming, &mut buf));
+            if std::panic::catch_unwind(run).is_err() {
+                error!("{}: the backend panicked", command_name(req.kind));
+                self.send_error(&req, EIO, "internal error in the backend");
+            }
+            if buf.capacity() > KEEP_BUFFER {
+                buf = Vec::new();
+            }
+            if disconnect {
+                break;
+            }
+        }
+    }
+
+    /// Reads the next request and its payload (into `buf`), or `None` when the connection is over.
+    fn next_request(&self, buf: &mut Vec<u8>) -> Option<Incoming> {
+        let mut rd = lock(&self.reader);
+        if rd.done || self.failed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let result = self.read_request(&mut rd.input, buf);
+        match result {
+            Ok(incoming) => {
+                if incoming.req.kind == CMD_DISC {
+                    rd.done = true;
+                }
+                Some(incoming)
+            }
+            Err(e) => {
+                rd.done = true;
+                if e.kind() != io::ErrorKind::UnexpectedEof {
+                    warn!("connection dropped: {e}");
+                }
+                None
+            }
+        }
+    }
+
+    fn read_request(&self, input: &mut dyn Read, buf: &mut Vec<u8>) -> io::Result<Incoming> {
+        let mut header = [0u8; EXTENDED_REQUEST_LEN];
+        let header = &mut header[..if self.session.extended { 32 } else { 28 }];
+        input.read_exact(header)?;
+        let req = Request::parse(header, self.session.extended).map_err(io::Error::other)?;
+        let len = req.payload_len();
+        let limit = if req.kind == CMD_WRITE { self.session.max_payload() } else { 64 << 10 };
+        if len > limit {
+            drain(&mut |b: &mut [u8]| input.read_exact(b), len)?;
+            let message = format!("{}: payload of {len} bytes is over the limit of {limit}", command_name(req.kind));
+            return Ok(Incoming { req, refused: Some(Refusal { errno: EINVAL, message }) });
+        }
+        let len = len as usize;
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        input.read_exact(&mut buf[..len])?;
+        Ok(Incoming { req, refused: None })
+    }
+
+    fn send(&self, parts: &mut [IoSlice<'_>]) {
+        let mut w = lock(&self.writer);
+        if let Err(e) = write_all_vectored(w.as_mut(), parts) {
+            if !self.failed.swap(true, Ordering::Relaxed) {
+                debug!("writing a reply failed: {e}");
+            }
+        }
+    }
+
+    fn send_error(&self, req: &Request, errno: u32, message: &str) {
+        let mut out = Vec::with_capacity(64 + message.len());
+        self.replies.error(&mut out, req.cookie, req.offset, errno, message);
+        self.send(&mut [IoSlice::new(&out)]);
+    }
+
+    fn dispatch(&self, incoming: Incoming, buf: &mut Vec<u8>) {
+        let Incoming { mut req, refused } = incoming;
+        if let Some(r) = refused {
+            return self.send_error(&req, r.errno, &r.message);
+        }
+        if req.kind == CMD_BLOCK_STATUS && req.flags & CMD_FLAG_PAYLOAD_LEN != 0 {
+            match block_status_payload(&buf[..req.length as usize]) {
+                Some((effect, _ids)) => {
+                    req.length = effect;
+                    req.flags &= !CMD_FLAG_PAYLOAD_LEN;
+                }
+                None => return self.send_error(&req, EINVAL, "NBD_CMD_BLOCK_STATUS: malformed payload"),
+            }
+        }
+        let cmd = match self.session.check(&req) {
+            Ok(cmd) => cmd,
+            Err(r) => {
+                debug!("refused: {}", r.message);
+                if req.kind == CMD_DISC {
+                    return;
+                }
+                return self.send_error(&req, r.errno, &r.message);
+            }
+        };
+        let _serialized = self.shared.serialize_all.as_ref().map(lock);
+        let h = self.handle;
+        let fua = |fua: bool| if fua { Flags::FUA } else { Flags::NONE };
+        let result = match cmd {
+            Command::Disconnect => return,
+            Command::Read { offset, length, df } => return self.read(&req, offset, length, df, buf),
+            Command::BlockStatus { offset, length, req_one } => return self.block_status(&req, offset, length, req_one),
+            Command::Write { offset, length, fua: f } => h.pwrite(&buf[..length as usize], offset, fua(f)),
+            Command::Flush => h.flush(Flags::NONE),
+            Command::Trim { offset, length, fua: f } => h.trim(length, offset, fua(f)),
+            Command::Cache { offset, length } => h.cache(length, offset, Flags::NONE),
+            Command::WriteZeroes { offset, length, fua: f, may_trim, fast } => {
+                let mut flags = fua(f);
+                if may_trim {
+                    flags |= Flags::MAY_TRIM;
+                }
+                if fast {
+                    flags |= Flags::FAST_ZERO;
+                }
+                h.zero(length, offset, flags)
+            }
+        };
+        match result {
+            Ok(()) => self.send(&mut [IoSlice::new(self.replies.ok(req.cookie, req.offset).as_bytes())]),
+            Err(e) => self.backend_error(&req, e),
+        }
+    }
+
+    fn backend_error(&self, req: &Request, e: Error) {
+        let errno = wire_errno(e.errno);
+        // Fast-zero refusals are routine (clients probe with them); everything else is worth a line.
+        if errno == ENOTSUP && req.kind == CMD_WRITE_ZEROES {
+            debug!("{}: {}", command_name(req.kind), e.message);
+        } else {
+            error!("{}: {}", command_name(req.kind), e.message);
+        }
+        self.send_error(req, errno, &e.message);
+    }
+
+    fn read(&self, req: &Request, offset: u64, length: u64, df: bool, buf: &mut Vec<u8>) {
+        let len = length as usize;
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        let data = &mut buf[..len];
+        // Ranges that read as zeroes travel as hole chunks, which costs neither a read nor the
+        // bandwidth. Only worth asking when the backend knows its extents.
+        let pieces = if self.replies.structured && !df && self.can_extents {
+            self.zero_ranges(offset, length)
+        } else {
+            None
+        };
+        let Some(pieces) = pieces else {
+            return match self.handle.pread(data, offset, Flags::NONE) {
+                Ok(()) => {
+                    let h = self.replies.read_data(req.cookie, offset, offset, length, true);
+                    self.send(&mut [IoSlice::new(h.as_bytes()), IoSlice::new(data)]);
+                }
+                Err(e) => self.backend_error(req, e),
+            };
+        };
+        for &(start, n, hole) in &pieces {
+            let at = (start - offset) as usize;
+            if !hole {
+                if let Err(e) = self.handle.pread(&mut data[at..at + n as usize], start, Flags::NONE) {
+                    return self.backend_error(req, e);
+                }
+            }
+        }
+        let last = pieces.len() - 1;
+        let headers: Vec<ReplyHeader> = pieces
+            .iter()
+            .enumerate()
+            .map(|(i, &(start, n, hole))| {
+                if hole {
+                    self.replies.read_hole(req.cookie, offset, start, n as u32, i == last)
+                } else {
+                    self.replies.read_data(req.cookie, offset, start, n, i == last)
+                }
+            })
+            .collect();
+        let mut iov = Vec::with_capacity(pieces.len() * 2);
+        for (h, &(start, n, hole)) in headers.iter().zip(&pieces) {
+            iov.push(IoSlice::new(h.as_bytes()));
+            if !hole {
+                let at = (start - offset) as usize;
+                iov.push(IoSlice::new(&data[at..at + n as usize]));
+            }
+        }
+        self.send(&mut iov);
+    }
+
+    /// Splits a read into data and zero pieces `(offset, length, is_zero)`, or `None` when it is
+    /// all data (or the backend could not tell).
+    fn zero_ranges(&self, offset: u64, length: u64) -> Option<Vec<(u64, u64, bool)>> {
+        let mut ext = Extents::new(offset, offset + length);
+        self.handle.extents(length, offset, Flags::NONE, &mut ext).ok()?;
+        let covered = ext.next_offset();
+        let mut pieces: Vec<(u64, u64, bool)> = Vec::new();
+        for e in ext.as_slice() {
+            let zero = e.flags & extents::ZERO != 0;
+            match pieces.last_mut() {
+                Some(last) if last.2 == zero => last.1 += e.length,
+                _ => pieces.push((e.offset, e.length, zero)),
+            }
+        }
+        if covered < offset + length {
+            match pieces.last_mut() {
+                Some(last) if !last.2 => last.1 += offset + length - covered,
+                _ => pieces.push((covered, offset + length - covered, false)),
+            }
+        }
+        if pieces.len() == 1 && !pieces[0].2 {
+            return None;
+        }
+        Some(pieces)
+    }
+
+    fn block_status(&self, req: &Request, offset: u64, length: u64, req_one: bool) {
+        let mut ext = Extents::new(offset, offset + length);
+        let flags = if req_one { Flags::REQ_ONE } else { Flags::NONE };
+        if let Err(e) = self.handle.extents(length, offset, flags, &mut ext) {
+            return self.backend_error(req, e);
+        }
+        let mut runs: Vec<(u64, u32)> = ext.as_slice().iter().map(|e| (e.length, e.flags)).collect();
+        if req_one {
+            runs.truncate(1);
+        }
+        let mut out = Vec::with_capacity(40 + runs.len() * 16);
+        self.replies.block_status(&mut out, req.cookie, offset, BASE_ALLOCATION_ID, &runs);
+        self.send(&mut [IoSlice::new(&out)]);
+    }
+}

@@ -1,0 +1,83 @@
+//! A connection's byte stream: a socket, a pair of pipes (`-s`), or a TLS session. Negotiation
+//! uses it whole and unbuffered, so nothing reads ahead of a TLS handshake; the transmission phase
+//! splits it into a read half (one reader at a time) and a write half (one reply at a time).
+
+use std::fs::File;
+use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use crate::tls::{TlsContext, TlsStream};
+
+pub(crate) enum Stream {
+    /// A connected socket, read and written through the same descriptor.
+    Socket(File),
+    /// Separate read and write descriptors (stdin and stdout).
+    Pipes { read: File, write: File },
+    /// TLS over a socket.
+    Tls(TlsStream),
+}
+
+impl Stream {
+    pub fn socket(fd: OwnedFd) -> Stream {
+        Stream::Socket(File::from(fd))
+    }
+
+    pub fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        match self {
+            Stream::Socket(f) => f.read_exact(buf),
+            Stream::Pipes { read, .. } => read.read_exact(buf),
+            Stream::Tls(t) => t.read_exact(buf),
+        }
+    }
+
+    pub fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Stream::Socket(f) => f.write_all(buf),
+            Stream::Pipes { write, .. } => write.write_all(buf),
+            Stream::Tls(t) => t.write_all(buf),
+        }
+    }
+
+    /// Limits how long the next reads may block (the handshake deadline). Only sockets support it.
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Socket(f) => socket2::SockRef::from(&f.as_fd()).set_read_timeout(timeout),
+            _ => Ok(()),
+        }
+    }
+
+    /// Upgrades a plain socket to TLS after the STARTTLS reply has been sent.
+    pub fn start_tls(self, tls: &TlsContext) -> io::Result<(Stream, Option<String>)> {
+        match self {
+            Stream::Socket(f) => {
+                let t = tls.accept(OwnedFd::from(f))?;
+                let identity = t.identity();
+                Ok((Stream::Tls(t), identity))
+            }
+            _ => Err(io::Error::new(io::ErrorKind::Unsupported, "TLS needs a socket connection")),
+        }
+    }
+
+    pub fn split(self) -> io::Result<(Box<dyn Read + Send>, Box<dyn Write + Send>)> {
+        Ok(match self {
+            Stream::Socket(f) => (Box::new(f.try_clone()?), Box::new(f)),
+            Stream::Pipes { read, write } => (Box::new(read), Box::new(write)),
+            Stream::Tls(t) => t.split(),
+        })
+    }
+}
+
+/// Writes every byte of `bufs` with as few system calls as the kernel allows.
+pub(crate) fn write_all_vectored(w: &mut dyn Write, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "connection closed while writing a reply")),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
