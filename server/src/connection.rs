@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use nbdforge_api::{extents, ClientInfo, Error, Extents, Flags, Handle, OpenArgs, Support, ThreadModel};
+use nbdforge_api::{ClientInfo, Error, Extents, Flags, Handle, OpenArgs, Support, ThreadModel};
 use nbdforge_protocol::consts::*;
 use nbdforge_protocol::transmission::{block_status_payload, command_name, EXTENDED_REQUEST_LEN};
 use nbdforge_protocol::{
@@ -52,7 +52,6 @@ pub(crate) fn serve(shared: &Shared, mut stream: Stream, peer: String) {
     let conn = Transmission {
         shared,
         handle: handle.as_ref(),
-        can_extents: handle.can_extents().unwrap_or(false),
         session: Session::new(&negotiated),
         replies: Replies { structured: negotiated.structured, extended: negotiated.extended },
         reader: Mutex::new(Reader { input: BufReader::with_capacity(READ_BUFFER, read), done: false }),
@@ -262,7 +261,6 @@ struct Reader {
 struct Transmission<'a> {
     shared: &'a Shared,
     handle: &'a dyn Handle,
-    can_extents: bool,
     session: Session,
     replies: Replies,
     reader: Mutex<Reader>,
@@ -445,77 +443,39 @@ impl Transmission<'_> {
             buf.resize(len, 0);
         }
         let data = &mut buf[..len];
-        // Ranges that read as zeroes travel as hole chunks, which costs neither a read nor the
-        // bandwidth. Only worth asking when the backend knows its extents.
-        let pieces = if self.replies.structured && !df && self.can_extents {
-            self.zero_ranges(offset, length)
-        } else {
-            None
-        };
-        let Some(pieces) = pieces else {
-            return match self.handle.pread(data, offset, Flags::NONE) {
-                Ok(()) => {
-                    let h = self.replies.read_data(req.cookie, offset, offset, length, true);
-                    self.send(&mut [IoSlice::new(h.as_bytes()), IoSlice::new(data)]);
-                }
-                Err(e) => self.backend_error(req, e),
-            };
-        };
-        for &(start, n, hole) in &pieces {
-            let at = (start - offset) as usize;
-            if !hole {
-                if let Err(e) = self.handle.pread(&mut data[at..at + n as usize], start, Flags::NONE) {
-                    return self.backend_error(req, e);
-                }
-            }
+        if let Err(e) = self.handle.pread(data, offset, Flags::NONE) {
+            return self.backend_error(req, e);
+        }
+        // Blocks that read as zeroes travel as hole chunks. Finding them by looking at the data
+        // costs next to nothing for real data (the scan stops at the first non-zero word) and
+        // less than sending them for zeroes; asking the backend's extents instead can cost a scan
+        // of the whole file per read (SEEK_HOLE on tmpfs).
+        let pieces = if self.replies.structured && !df { zero_pieces(data) } else { Vec::new() };
+        if pieces.len() <= 1 && pieces.first().is_none_or(|p| !p.2) {
+            let h = self.replies.read_data(req.cookie, offset, offset, length, true);
+            return self.send(&mut [IoSlice::new(h.as_bytes()), IoSlice::new(data)]);
         }
         let last = pieces.len() - 1;
         let headers: Vec<ReplyHeader> = pieces
             .iter()
             .enumerate()
-            .map(|(i, &(start, n, hole))| {
-                if hole {
+            .map(|(i, &(at, n, zero))| {
+                let start = offset + at as u64;
+                if zero {
                     self.replies.read_hole(req.cookie, offset, start, n as u32, i == last)
                 } else {
-                    self.replies.read_data(req.cookie, offset, start, n, i == last)
+                    self.replies.read_data(req.cookie, offset, start, n as u64, i == last)
                 }
             })
             .collect();
         let mut iov = Vec::with_capacity(pieces.len() * 2);
-        for (h, &(start, n, hole)) in headers.iter().zip(&pieces) {
+        for (h, &(at, n, zero)) in headers.iter().zip(&pieces) {
             iov.push(IoSlice::new(h.as_bytes()));
-            if !hole {
-                let at = (start - offset) as usize;
-                iov.push(IoSlice::new(&data[at..at + n as usize]));
+            if !zero {
+                iov.push(IoSlice::new(&data[at..at + n]));
             }
         }
         self.send(&mut iov);
-    }
-
-    /// Splits a read into data and zero pieces `(offset, length, is_zero)`, or `None` when it is
-    /// all data (or the backend could not tell).
-    fn zero_ranges(&self, offset: u64, length: u64) -> Option<Vec<(u64, u64, bool)>> {
-        let mut ext = Extents::new(offset, offset + length);
-        self.handle.extents(length, offset, Flags::NONE, &mut ext).ok()?;
-        let covered = ext.next_offset();
-        let mut pieces: Vec<(u64, u64, bool)> = Vec::new();
-        for e in ext.as_slice() {
-            let zero = e.flags & extents::ZERO != 0;
-            match pieces.last_mut() {
-                Some(last) if last.2 == zero => last.1 += e.length,
-                _ => pieces.push((e.offset, e.length, zero)),
-            }
-        }
-        if covered < offset + length {
-            match pieces.last_mut() {
-                Some(last) if !last.2 => last.1 += offset + length - covered,
-                _ => pieces.push((covered, offset + length - covered, false)),
-            }
-        }
-        if pieces.len() == 1 && !pieces[0].2 {
-            return None;
-        }
-        Some(pieces)
     }
 
     fn block_status(&self, req: &Request, offset: u64, length: u64, req_one: bool) {
@@ -531,5 +491,55 @@ impl Transmission<'_> {
         let mut out = Vec::with_capacity(40 + runs.len() * 16);
         self.replies.block_status(&mut out, req.cookie, offset, BASE_ALLOCATION_ID, &runs);
         self.send(&mut [IoSlice::new(&out)]);
+    }
+}
+
+/// Granularity of hole detection in reads: zero runs shorter than this travel as data.
+const HOLE_BLOCK: usize = 4096;
+
+/// Splits read data into runs `(start, length, all_zero)` at [`HOLE_BLOCK`] granularity.
+fn zero_pieces(data: &[u8]) -> Vec<(usize, usize, bool)> {
+    let mut pieces: Vec<(usize, usize, bool)> = Vec::new();
+    for (i, block) in data.chunks(HOLE_BLOCK).enumerate() {
+        let zero = is_zero(block);
+        match pieces.last_mut() {
+            Some(last) if last.2 == zero => last.1 += block.len(),
+            _ => pieces.push((i * HOLE_BLOCK, block.len(), zero)),
+        }
+    }
+    pieces
+}
+
+/// Whether every byte is zero: checks the first word at once, then 64 bytes at a time so the
+/// compiler can vectorise the comparison.
+fn is_zero(block: &[u8]) -> bool {
+    if block.first().is_some_and(|&b| b != 0) {
+        return false;
+    }
+    let mut chunks = block.chunks_exact(64);
+    for chunk in &mut chunks {
+        if chunk.iter().fold(0u8, |acc, &b| acc | b) != 0 {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_pieces_split_at_block_granularity() {
+        let mut data = vec![0u8; 4 * HOLE_BLOCK + 10];
+        data[HOLE_BLOCK + 5] = 1;
+        data[4 * HOLE_BLOCK + 9] = 7;
+        assert_eq!(
+            zero_pieces(&data),
+            vec![(0, HOLE_BLOCK, true), (HOLE_BLOCK, HOLE_BLOCK, false), (2 * HOLE_BLOCK, 2 * HOLE_BLOCK, true), (4 * HOLE_BLOCK, 10, false)]
+        );
+        assert_eq!(zero_pieces(&[1u8; 100]), vec![(0, 100, false)]);
+        assert!(is_zero(&[0u8; 1000]));
+        assert!(!is_zero(&{ let mut b = [0u8; 1000]; b[999] = 1; b }));
     }
 }

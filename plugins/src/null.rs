@@ -1,0 +1,168 @@
+//! The `null` plugin: a bit bucket. Writes vanish, reads return zeroes, and the disk is as large
+//! as `size=` says (0 by default). Useful to measure the server itself and to probe filters.
+
+use nbdforge_api::extents::{HOLE, ZERO};
+use nbdforge_api::{parse_size, Error, Extents, Flags, Handle, OpenArgs, Plugin, Result, Support};
+
+/// The `null` plugin. Configure with an optional `size=`.
+#[derive(Debug, Default)]
+pub struct NullPlugin {
+    size: u64,
+}
+
+impl NullPlugin {
+    /// A zero-sized null disk until `size=` says otherwise.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Plugin for NullPlugin {
+    fn name(&self) -> &'static str {
+        "null"
+    }
+
+    fn description(&self) -> &'static str {
+        "discards writes and reads back zeroes"
+    }
+
+    fn config_help(&self) -> &'static str {
+        "[size=]<SIZE>  Virtual size of the disk (default: 0)."
+    }
+
+    fn magic_config_key(&self) -> Option<&'static str> {
+        Some("size")
+    }
+
+    fn config(&mut self, key: &str, value: &str) -> Result<()> {
+        match key {
+            "size" => self.size = parse_size(key, value)?,
+            _ => return Err(Error::invalid(format!("unknown parameter '{key}' (null takes only size=)"))),
+        }
+        Ok(())
+    }
+
+    fn open(&self, _args: &OpenArgs) -> Result<Box<dyn Handle>> {
+        Ok(Box::new(NullHandle { size: self.size }))
+    }
+}
+
+/// A connection to the bit bucket. Every operation succeeds at once.
+struct NullHandle {
+    size: u64,
+}
+
+impl Handle for NullHandle {
+    fn get_size(&self) -> Result<u64> {
+        Ok(self.size)
+    }
+
+    fn can_write(&self) -> Result<bool> {
+        Ok(true)
+    }
+
+    fn can_flush(&self) -> Result<bool> {
+        Ok(true)
+    }
+
+    fn can_trim(&self) -> Result<bool> {
+        Ok(true)
+    }
+
+    fn can_zero(&self) -> Result<Support> {
+        Ok(Support::Native)
+    }
+
+    fn can_fast_zero(&self) -> Result<bool> {
+        Ok(true)
+    }
+
+    fn can_fua(&self) -> Result<Support> {
+        Ok(Support::Native)
+    }
+
+    fn can_multi_conn(&self) -> Result<bool> {
+        Ok(true)
+    }
+
+    fn can_extents(&self) -> Result<bool> {
+        Ok(true)
+    }
+
+    fn can_cache(&self) -> Result<Support> {
+        Ok(Support::Native)
+    }
+
+    fn pread(&self, buf: &mut [u8], _offset: u64, _flags: Flags) -> Result<()> {
+        buf.fill(0);
+        Ok(())
+    }
+
+    fn pwrite(&self, _buf: &[u8], _offset: u64, _flags: Flags) -> Result<()> {
+        Ok(())
+    }
+
+    fn flush(&self, _flags: Flags) -> Result<()> {
+        Ok(())
+    }
+
+    fn trim(&self, _count: u64, _offset: u64, _flags: Flags) -> Result<()> {
+        Ok(())
+    }
+
+    fn zero(&self, _count: u64, _offset: u64, _flags: Flags) -> Result<()> {
+        Ok(())
+    }
+
+    fn extents(&self, count: u64, offset: u64, _flags: Flags, extents: &mut Extents) -> Result<()> {
+        extents.add(offset, count, HOLE | ZERO)
+    }
+
+    fn cache(&self, _count: u64, _offset: u64, _flags: Flags) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nbdforge_api::{ClientInfo, Extent};
+
+    fn open(plugin: &NullPlugin) -> Box<dyn Handle> {
+        let client = ClientInfo::default();
+        plugin.open(&OpenArgs { readonly: false, export_name: "", tls: false, client: &client }).unwrap()
+    }
+
+    #[test]
+    fn default_size_is_zero() {
+        let mut plugin = NullPlugin::new();
+        plugin.config_complete().unwrap();
+        assert_eq!(open(&plugin).get_size().unwrap(), 0);
+    }
+
+    #[test]
+    fn writes_vanish_reads_are_zero() {
+        let mut plugin = NullPlugin::new();
+        plugin.config("size", "1G").unwrap();
+        let h = open(&plugin);
+        assert_eq!(h.get_size().unwrap(), 1 << 30);
+        assert!(h.can_write().unwrap() && h.can_multi_conn().unwrap() && h.can_fast_zero().unwrap());
+        assert_eq!(h.can_cache().unwrap(), Support::Native);
+        h.pwrite(&[0xff; 4096], 0, Flags::FUA).unwrap();
+        let mut buf = [0xee; 4096];
+        h.pread(&mut buf, 0, Flags::NONE).unwrap();
+        assert_eq!(buf, [0; 4096]);
+        h.zero(1 << 30, 0, Flags::FAST_ZERO).unwrap();
+        h.trim(1 << 30, 0, Flags::NONE).unwrap();
+        h.flush(Flags::NONE).unwrap();
+        let mut e = Extents::new(4096, 1 << 30);
+        h.extents((1 << 30) - 4096, 4096, Flags::NONE, &mut e).unwrap();
+        assert_eq!(e.as_slice(), &[Extent { offset: 4096, length: (1 << 30) - 4096, flags: HOLE | ZERO }]);
+    }
+
+    #[test]
+    fn bad_size_names_key_and_value() {
+        let err = NullPlugin::new().config("size", "12Q").unwrap_err();
+        assert!(err.message.starts_with("size=12Q: unknown suffix"), "{}", err.message);
+    }
+}
