@@ -46,4 +46,4 @@ pub use error::{Error, Result};
 pub use extents::{Extent, Extents};
 pub use handle::Handle;
 pub use plugin::{Backend, ClientInfo, Filter, OpenArgs, Plugin};
-pub use types::{BlockSize, Export, Flags, Support, ThreadModel};
+pub use types::{BlockSize, Capabilities, Export, Flags, Support, ThreadModel};

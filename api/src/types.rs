@@ -14,6 +14,66 @@ pub enum Support {
     Native,
 }
 
+/// What a handle can do, as [`Handle::capabilities`](crate::Handle::capabilities) reports it.
+///
+/// The server advertises to clients exactly what this says (a read-only export never advertises
+/// trim or zero), refuses requests for the rest, and emulates what is marked
+/// [`Support::Emulate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Writes are possible. The server also refuses writes when the export is read-only (`-r`).
+    pub write: bool,
+    /// `flush` does something (advertised as `NBD_FLAG_SEND_FLUSH`).
+    pub flush: bool,
+    /// Advertised as `NBD_FLAG_ROTATIONAL`.
+    pub rotational: bool,
+    /// `trim` is implemented.
+    pub trim: bool,
+    /// `zero` is implemented (`Native`) or the core writes zeroes instead (`Emulate`).
+    pub zero: Support,
+    /// `zero` with [`Flags::FAST_ZERO`] can be honoured; when false the core answers fast-zero
+    /// requests with `ENOTSUP` without calling `zero`.
+    pub fast_zero: bool,
+    /// FUA is passed to writes (`Native`) or the core flushes after them (`Emulate`).
+    pub fua: Support,
+    /// Several connections see each other's flushed writes (`NBD_FLAG_CAN_MULTI_CONN`).
+    pub multi_conn: bool,
+    /// `extents` is implemented; otherwise the server reports everything as data.
+    pub extents: bool,
+    /// `cache` is implemented (`Native`) or the core reads and discards the range (`Emulate`).
+    pub cache: Support,
+}
+
+impl Capabilities {
+    /// Read-only with nothing optional: what a handle that says nothing gets.
+    pub const READ_ONLY: Capabilities = Capabilities {
+        write: false,
+        flush: false,
+        rotational: false,
+        trim: false,
+        zero: Support::None,
+        fast_zero: false,
+        fua: Support::None,
+        multi_conn: false,
+        extents: false,
+        cache: Support::None,
+    };
+
+    /// Everything, natively: what a RAM disk offers.
+    pub const ALL: Capabilities = Capabilities {
+        write: true,
+        flush: true,
+        rotational: false,
+        trim: true,
+        zero: Support::Native,
+        fast_zero: true,
+        fua: Support::Native,
+        multi_conn: true,
+        extents: true,
+        cache: Support::Native,
+    };
+}
+
 /// Flags passed with a data request. These are the NBD command flags that a backend acts on;
 /// the server strips the ones that only matter on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -49,7 +49,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use nbdforge_api::extents::{DATA, HOLE, ZERO};
-use nbdforge_api::{parse_size, Error, Extents, Flags, Handle, OpenArgs, Plugin, Result};
+use nbdforge_api::{parse_size, Capabilities, Error, Extents, Flags, Handle, OpenArgs, Plugin, Result, Support};
 
 /// The disk is stored in blocks of this many bytes, allocated on first write.
 const BLOCK_SIZE: u64 = 4096;
@@ -145,18 +145,17 @@ impl Handle for RamDiskHandle {
         Ok(self.size)
     }
 
-    // Capabilities are off unless a handle says otherwise.
-    fn can_write(&self) -> Result<bool> {
-        Ok(true)
-    }
-
-    // All connections share one disk, so a write on one is seen by reads on the others.
-    fn can_multi_conn(&self) -> Result<bool> {
-        Ok(true)
-    }
-
-    fn can_extents(&self) -> Result<bool> {
-        Ok(true)
+    // Capabilities are off unless a handle says otherwise. This disk takes writes, reports its
+    // holes, and lets the server emulate zeroing by writing zeroes. All connections share one
+    // disk, so a write on one is seen by reads on the others (multi-conn).
+    fn capabilities(&self) -> Result<Capabilities> {
+        Ok(Capabilities {
+            write: true,
+            multi_conn: true,
+            extents: true,
+            zero: Support::Emulate,
+            ..Capabilities::READ_ONLY
+        })
     }
 
     // The server has already checked that the range lies inside the disk.
@@ -205,7 +204,7 @@ impl Handle for RamDiskHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nbdforge_api::{ClientInfo, Extent, Support};
+    use nbdforge_api::{ClientInfo, Extent};
 
     fn open(size: &str) -> (RamDiskPlugin, Box<dyn Handle>) {
         let mut plugin = RamDiskPlugin::new();
@@ -222,10 +221,11 @@ mod tests {
     fn capabilities() {
         let (_plugin, disk) = open("64K");
         assert_eq!(disk.get_size().unwrap(), 65536);
-        assert!(disk.can_write().unwrap() && disk.can_extents().unwrap() && disk.can_multi_conn().unwrap());
+        let caps = disk.capabilities().unwrap();
+        assert!(caps.write && caps.extents && caps.multi_conn);
         // Not implemented here, so left to the server: zero is emulated by writing, no trim.
-        assert_eq!(disk.can_zero().unwrap(), Support::Emulate);
-        assert!(!disk.can_trim().unwrap());
+        assert_eq!(caps.zero, Support::Emulate);
+        assert!(!caps.trim);
     }
 
     #[test]

@@ -45,7 +45,7 @@ impl Handle for NoFilterHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nbdforge_api::{ClientInfo, Error, Export, Extents, Flags, Support, ThreadModel};
+    use nbdforge_api::{Capabilities, ClientInfo, Error, Export, Extents, Flags, Support, ThreadModel};
     use std::sync::{Arc, Mutex};
 
     type CallLog = Arc<Mutex<Vec<&'static str>>>;
@@ -66,14 +66,8 @@ mod tests {
         fn get_size(&self) -> Result<u64> {
             Ok(4096)
         }
-        fn can_write(&self) -> Result<bool> {
-            Ok(true)
-        }
-        fn can_zero(&self) -> Result<Support> {
-            Ok(Support::Native)
-        }
-        fn can_extents(&self) -> Result<bool> {
-            Ok(true)
+        fn capabilities(&self) -> Result<Capabilities> {
+            Ok(Capabilities { write: true, zero: Support::Native, extents: true, ..Capabilities::READ_ONLY })
         }
         fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {
             self.record("pread");
@@ -132,9 +126,10 @@ mod tests {
         assert_eq!(filter.default_export(&backend, false, false).unwrap(), "only");
 
         assert_eq!(h.get_size().unwrap(), 4096);
-        assert!(h.can_write().unwrap() && h.can_extents().unwrap());
-        assert!(!h.can_trim().unwrap(), "defaults of the layer below, not of the filter");
-        assert_eq!(h.can_zero().unwrap(), Support::Native);
+        let caps = h.capabilities().unwrap();
+        assert!(caps.write && caps.extents);
+        assert!(!caps.trim, "capabilities of the layer below, not defaults of the filter");
+        assert_eq!(caps.zero, Support::Native);
         h.pwrite(b"through", 10, Flags::NONE).unwrap();
         let mut back = [0u8; 7];
         h.pread(&mut back, 10, Flags::NONE).unwrap();

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use nbdforge_api::extents::{DATA, HOLE, ZERO};
-use nbdforge_api::{parse_choice, Error, Export, Extents, Flags, Handle, OpenArgs, Plugin, Result, Support};
+use nbdforge_api::{parse_choice, Capabilities, Error, Export, Extents, Flags, Handle, OpenArgs, Plugin, Result};
 use nix::errno::Errno;
 use nix::fcntl::{fallocate, posix_fadvise, FallocateFlags, PosixFadviseAdvice};
 use nix::sys::statfs::{fstatfs, TMPFS_MAGIC};
@@ -503,40 +503,12 @@ impl Handle for FileHandle {
         Ok(self.size)
     }
 
-    fn can_write(&self) -> Result<bool> {
-        Ok(self.writable)
-    }
-
-    fn can_flush(&self) -> Result<bool> {
-        Ok(true)
-    }
-
-    fn can_trim(&self) -> Result<bool> {
-        Ok(true)
-    }
-
-    fn can_zero(&self) -> Result<Support> {
-        Ok(Support::Native)
-    }
-
-    fn can_fast_zero(&self) -> Result<bool> {
-        Ok(true)
-    }
-
-    fn can_fua(&self) -> Result<Support> {
-        Ok(Support::Native)
-    }
-
-    fn can_multi_conn(&self) -> Result<bool> {
-        Ok(true)
-    }
-
-    fn can_extents(&self) -> Result<bool> {
-        Ok(self.hole_search != HoleSearch::Unsupported)
-    }
-
-    fn can_cache(&self) -> Result<Support> {
-        Ok(Support::Native)
+    fn capabilities(&self) -> Result<Capabilities> {
+        Ok(Capabilities {
+            write: self.writable,
+            extents: self.hole_search != HoleSearch::Unsupported,
+            ..Capabilities::ALL
+        })
     }
 
     fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {
@@ -772,8 +744,9 @@ mod tests {
         let p = plugin(&[("file", path.to_str().unwrap())]).unwrap();
         let h = open(&p, "ignored", false).unwrap();
         assert_eq!(h.get_size().unwrap(), 1 << 20);
-        assert!(h.can_write().unwrap() && h.can_flush().unwrap() && h.can_multi_conn().unwrap());
-        assert_eq!(h.can_fua().unwrap(), Support::Native);
+        let caps = h.capabilities().unwrap();
+        assert!(caps.write && caps.flush && caps.multi_conn);
+        assert_eq!(caps.fua, nbdforge_api::Support::Native);
         h.pwrite(b"hello world", 1000, Flags::FUA).unwrap();
         h.flush(Flags::NONE).unwrap();
         let mut back = [0u8; 11];
@@ -806,7 +779,7 @@ mod tests {
         let path = dir.file("sparse.img", 4 << 20);
         let p = plugin(&[("file", path.to_str().unwrap())]).unwrap();
         let h = open(&p, "", false).unwrap();
-        assert!(h.can_extents().unwrap(), "the test needs a file system with SEEK_HOLE");
+        assert!(h.capabilities().unwrap().extents, "the test needs a file system with SEEK_HOLE");
         assert_eq!(map(&*h, 4 << 20, 0), vec![Extent { offset: 0, length: 4 << 20, flags: HOLE | ZERO }]);
 
         h.pwrite(&vec![0xab; 1 << 20], 1 << 20, Flags::NONE).unwrap();
@@ -901,7 +874,7 @@ mod tests {
         let path = dir.file("ro.img", 8192);
         let p = plugin(&[("file", path.to_str().unwrap())]).unwrap();
         let h = open(&p, "", true).unwrap();
-        assert!(!h.can_write().unwrap());
+        assert!(!h.capabilities().unwrap().write);
     }
 
     #[test]
@@ -926,7 +899,7 @@ mod tests {
             PosixFadviseAdvice::POSIX_FADV_NORMAL,
         )
         .unwrap();
-        assert!(!h.can_write().unwrap());
+        assert!(!h.capabilities().unwrap().write);
         assert_eq!(h.get_size().unwrap(), 8192);
         // Other errors are not turned into read-only service.
         let broken = |_: &Path, _: bool| -> io::Result<File> { Err(io::Error::from_raw_os_error(libc::EIO)) };
@@ -946,7 +919,7 @@ mod tests {
         let h = open(&p, "", false).unwrap();
         // root may write any file, so only a non-root run can see the fallback on a real file.
         let root = nix::unistd::geteuid().is_root();
-        assert_eq!(h.can_write().unwrap(), root);
+        assert_eq!(h.capabilities().unwrap().write, root);
     }
 
     #[test]

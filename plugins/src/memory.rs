@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use nbdforge_api::extents::DATA;
 use nbdforge_api::{
-    parse_bool, parse_size, Error, Extents, Flags, Handle, OpenArgs, Plugin, Result, Support,
+    parse_bool, parse_size, Capabilities, Error, Extents, Flags, Handle, OpenArgs, Plugin, Result,
 };
 
 use crate::flat_buffer::FlatBuffer;
@@ -165,40 +165,8 @@ impl Handle for MemoryHandle {
         Ok(self.size)
     }
 
-    fn can_write(&self) -> Result<bool> {
-        Ok(true)
-    }
-
-    fn can_flush(&self) -> Result<bool> {
-        Ok(true)
-    }
-
-    fn can_trim(&self) -> Result<bool> {
-        Ok(true)
-    }
-
-    fn can_zero(&self) -> Result<Support> {
-        Ok(Support::Native)
-    }
-
-    fn can_fast_zero(&self) -> Result<bool> {
-        Ok(true)
-    }
-
-    fn can_fua(&self) -> Result<Support> {
-        Ok(Support::Native)
-    }
-
-    fn can_multi_conn(&self) -> Result<bool> {
-        Ok(true)
-    }
-
-    fn can_extents(&self) -> Result<bool> {
-        Ok(true)
-    }
-
-    fn can_cache(&self) -> Result<Support> {
-        Ok(Support::Native)
+    fn capabilities(&self) -> Result<Capabilities> {
+        Ok(Capabilities::ALL)
     }
 
     fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {
@@ -275,11 +243,7 @@ mod tests {
         let plugin = configured(&[("size", "1M")]).unwrap();
         let h = open(&plugin);
         assert_eq!(h.get_size().unwrap(), 1 << 20);
-        assert!(h.can_write().unwrap() && h.can_flush().unwrap() && h.can_trim().unwrap());
-        assert!(h.can_fast_zero().unwrap() && h.can_multi_conn().unwrap() && h.can_extents().unwrap());
-        assert_eq!(h.can_zero().unwrap(), Support::Native);
-        assert_eq!(h.can_fua().unwrap(), Support::Native);
-        assert_eq!(h.can_cache().unwrap(), Support::Native);
+        assert_eq!(h.capabilities().unwrap(), Capabilities::ALL);
         assert_eq!(plugin.thread_model(), nbdforge_api::ThreadModel::Parallel);
         assert_eq!(plugin.magic_config_key(), Some("size"));
     }

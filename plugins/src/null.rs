@@ -2,7 +2,7 @@
 //! as `size=` says (0 by default). Useful to measure the server itself and to probe filters.
 
 use nbdforge_api::extents::{HOLE, ZERO};
-use nbdforge_api::{parse_size, Error, Extents, Flags, Handle, OpenArgs, Plugin, Result, Support};
+use nbdforge_api::{parse_size, Capabilities, Error, Extents, Flags, Handle, OpenArgs, Plugin, Result};
 
 /// The `null` plugin. Configure with an optional `size=`.
 #[derive(Debug, Default)]
@@ -57,40 +57,8 @@ impl Handle for NullHandle {
         Ok(self.size)
     }
 
-    fn can_write(&self) -> Result<bool> {
-        Ok(true)
-    }
-
-    fn can_flush(&self) -> Result<bool> {
-        Ok(true)
-    }
-
-    fn can_trim(&self) -> Result<bool> {
-        Ok(true)
-    }
-
-    fn can_zero(&self) -> Result<Support> {
-        Ok(Support::Native)
-    }
-
-    fn can_fast_zero(&self) -> Result<bool> {
-        Ok(true)
-    }
-
-    fn can_fua(&self) -> Result<Support> {
-        Ok(Support::Native)
-    }
-
-    fn can_multi_conn(&self) -> Result<bool> {
-        Ok(true)
-    }
-
-    fn can_extents(&self) -> Result<bool> {
-        Ok(true)
-    }
-
-    fn can_cache(&self) -> Result<Support> {
-        Ok(Support::Native)
+    fn capabilities(&self) -> Result<Capabilities> {
+        Ok(Capabilities::ALL)
     }
 
     fn pread(&self, buf: &mut [u8], _offset: u64, _flags: Flags) -> Result<()> {
@@ -146,8 +114,7 @@ mod tests {
         plugin.config("size", "1G").unwrap();
         let h = open(&plugin);
         assert_eq!(h.get_size().unwrap(), 1 << 30);
-        assert!(h.can_write().unwrap() && h.can_multi_conn().unwrap() && h.can_fast_zero().unwrap());
-        assert_eq!(h.can_cache().unwrap(), Support::Native);
+        assert_eq!(h.capabilities().unwrap(), Capabilities::ALL);
         h.pwrite(&[0xff; 4096], 0, Flags::FUA).unwrap();
         let mut buf = [0xee; 4096];
         h.pread(&mut buf, 0, Flags::NONE).unwrap();

@@ -3,7 +3,7 @@
 //! which makes the plugin a test fixture for offset bugs.
 
 use nbdforge_api::extents::DATA;
-use nbdforge_api::{parse_size, Error, Extents, Flags, Handle, OpenArgs, Plugin, Result, Support};
+use nbdforge_api::{parse_size, Capabilities, Error, Extents, Flags, Handle, OpenArgs, Plugin, Result, Support};
 
 /// The `pattern` plugin. Configure with `size=` (required).
 #[derive(Debug, Default)]
@@ -87,16 +87,8 @@ impl Handle for PatternHandle {
         Ok(self.size)
     }
 
-    fn can_multi_conn(&self) -> Result<bool> {
-        Ok(true)
-    }
-
-    fn can_extents(&self) -> Result<bool> {
-        Ok(true)
-    }
-
-    fn can_cache(&self) -> Result<Support> {
-        Ok(Support::Native)
+    fn capabilities(&self) -> Result<Capabilities> {
+        Ok(Capabilities { multi_conn: true, extents: true, cache: Support::Native, ..Capabilities::READ_ONLY })
     }
 
     fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {
@@ -168,9 +160,9 @@ mod tests {
     #[test]
     fn read_only_with_data_extents() {
         let h = open("64K");
-        assert!(!h.can_write().unwrap());
-        assert!(h.can_multi_conn().unwrap() && h.can_extents().unwrap());
-        assert_eq!(h.can_cache().unwrap(), Support::Native);
+        let caps = h.capabilities().unwrap();
+        assert!(!caps.write && caps.multi_conn && caps.extents);
+        assert_eq!(caps.cache, Support::Native);
         let mut e = Extents::new(10, 65536);
         h.extents(65526, 10, Flags::NONE, &mut e).unwrap();
         assert_eq!(e.as_slice().len(), 1);

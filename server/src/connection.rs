@@ -229,22 +229,22 @@ impl Exports for ConnExports<'_> {
 
 /// Size, transmission flags and block sizes of an open export.
 fn describe(h: &dyn Handle, name: String, readonly: bool) -> nbdforge_api::Result<ExportInfo> {
-    let writable = !readonly && h.can_write()?;
-    let mut flags = FLAG_HAS_FLAGS;
-    let mut set = |cond: bool, flag: u16| {
-        if cond {
-            flags |= flag;
-        }
-    };
-    set(!writable, FLAG_READ_ONLY);
-    set(h.can_flush()?, FLAG_SEND_FLUSH);
-    set(writable && h.can_fua()? != Support::None, FLAG_SEND_FUA);
-    set(h.is_rotational()?, FLAG_ROTATIONAL);
-    set(writable && h.can_trim()?, FLAG_SEND_TRIM);
-    let zero = writable && h.can_zero()? != Support::None;
-    set(zero, FLAG_SEND_WRITE_ZEROES | FLAG_SEND_FAST_ZERO);
-    set(h.can_multi_conn()?, FLAG_CAN_MULTI_CONN);
-    set(h.can_cache()? != Support::None, FLAG_SEND_CACHE);
+    let caps = h.capabilities()?;
+    let writable = !readonly && caps.write;
+    let flags = [
+        (true, FLAG_HAS_FLAGS),
+        (!writable, FLAG_READ_ONLY),
+        (caps.flush, FLAG_SEND_FLUSH),
+        (writable && caps.fua != Support::None, FLAG_SEND_FUA),
+        (caps.rotational, FLAG_ROTATIONAL),
+        (writable && caps.trim, FLAG_SEND_TRIM),
+        (writable && caps.zero != Support::None, FLAG_SEND_WRITE_ZEROES | FLAG_SEND_FAST_ZERO),
+        (caps.multi_conn, FLAG_CAN_MULTI_CONN),
+        (caps.cache != Support::None, FLAG_SEND_CACHE),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .fold(0, |acc, (_, flag)| acc | flag);
     let block_size = match h.block_size()? {
         Some(b) => (b.minimum.max(1), b.preferred.max(b.minimum).max(1), b.maximum.min(MAX_REQUEST).max(b.minimum)),
         None => (1, 4096, MAX_REQUEST),

@@ -2,51 +2,17 @@
 //! FUA by flushing after the write, cache by reading, block status as "all data".
 //!
 //! Every layer's handle is wrapped once per connection. The wrapper also asks the layer's
-//! capabilities once, at open, so the request path never calls `can_*` again.
+//! capabilities once, at open, so the request path never asks again.
 
-use nbdforge_api::{extents, BlockSize, Error, Extents, Flags, Handle, Result, Support};
+use nbdforge_api::{extents, BlockSize, Capabilities, Error, Extents, Flags, Handle, Result, Support};
 
 /// Zeroes for emulated zeroing, shared and never written.
 static ZEROES: [u8; 1 << 20] = [0; 1 << 20];
 
-/// A layer's capabilities, asked once.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Caps {
-    pub can_write: bool,
-    pub can_flush: bool,
-    pub is_rotational: bool,
-    pub can_trim: bool,
-    pub can_zero: Support,
-    pub can_fast_zero: bool,
-    pub can_fua: Support,
-    pub can_multi_conn: bool,
-    pub can_extents: bool,
-    pub can_cache: Support,
-}
-
-impl Caps {
-    fn of(h: &dyn Handle) -> Result<Caps> {
-        let can_write = h.can_write()?;
-        let can_zero = if can_write { h.can_zero()? } else { Support::None };
-        Ok(Caps {
-            can_write,
-            can_flush: h.can_flush()?,
-            is_rotational: h.is_rotational()?,
-            can_trim: can_write && h.can_trim()?,
-            can_zero,
-            can_fast_zero: can_zero == Support::Native && h.can_fast_zero()?,
-            can_fua: if can_write { h.can_fua()? } else { Support::None },
-            can_multi_conn: h.can_multi_conn()?,
-            can_extents: h.can_extents()?,
-            can_cache: h.can_cache()?,
-        })
-    }
-}
-
 /// A layer's handle with the core's emulation around it.
 pub(crate) struct Emulated {
     inner: Box<dyn Handle>,
-    pub caps: Caps,
+    caps: Capabilities,
 }
 
 impl Emulated {
@@ -55,13 +21,20 @@ impl Emulated {
     }
 
     pub fn new(inner: Box<dyn Handle>) -> Result<Emulated> {
-        let caps = Caps::of(inner.as_ref())?;
+        let mut caps = inner.capabilities()?;
+        // Writing operations mean nothing without writes; a fast zero needs a native zero.
+        if !caps.write {
+            caps.trim = false;
+            caps.zero = Support::None;
+            caps.fua = Support::None;
+        }
+        caps.fast_zero &= caps.zero == Support::Native;
         Ok(Emulated { inner, caps })
     }
 
     /// Runs a write-like operation, turning FUA into a flush when the layer only emulates it.
     fn with_fua(&self, flags: Flags, op: impl FnOnce(Flags) -> Result<()>) -> Result<()> {
-        if flags.contains(Flags::FUA) && self.caps.can_fua == Support::Emulate {
+        if flags.contains(Flags::FUA) && self.caps.fua == Support::Emulate {
             op(flags.without(Flags::FUA))?;
             self.inner.flush(Flags::NONE)
         } else {
@@ -90,35 +63,8 @@ impl Handle for Emulated {
     fn export_description(&self) -> Result<Option<String>> {
         self.inner.export_description()
     }
-    fn can_write(&self) -> Result<bool> {
-        Ok(self.caps.can_write)
-    }
-    fn can_flush(&self) -> Result<bool> {
-        Ok(self.caps.can_flush)
-    }
-    fn is_rotational(&self) -> Result<bool> {
-        Ok(self.caps.is_rotational)
-    }
-    fn can_trim(&self) -> Result<bool> {
-        Ok(self.caps.can_trim)
-    }
-    fn can_zero(&self) -> Result<Support> {
-        Ok(self.caps.can_zero)
-    }
-    fn can_fast_zero(&self) -> Result<bool> {
-        Ok(self.caps.can_fast_zero)
-    }
-    fn can_fua(&self) -> Result<Support> {
-        Ok(self.caps.can_fua)
-    }
-    fn can_multi_conn(&self) -> Result<bool> {
-        Ok(self.caps.can_multi_conn)
-    }
-    fn can_extents(&self) -> Result<bool> {
-        Ok(self.caps.can_extents)
-    }
-    fn can_cache(&self) -> Result<Support> {
-        Ok(self.caps.can_cache)
+    fn capabilities(&self) -> Result<Capabilities> {
+        Ok(self.caps)
     }
 
     fn pread(&self, buf: &mut [u8], offset: u64, flags: Flags) -> Result<()> {
@@ -130,7 +76,7 @@ impl Handle for Emulated {
     }
 
     fn flush(&self, flags: Flags) -> Result<()> {
-        if self.caps.can_flush {
+        if self.caps.flush {
             self.inner.flush(flags)
         } else {
             Ok(())
@@ -138,7 +84,7 @@ impl Handle for Emulated {
     }
 
     fn trim(&self, count: u64, offset: u64, flags: Flags) -> Result<()> {
-        if !self.caps.can_trim {
+        if !self.caps.trim {
             // Trim is advisory: a layer that cannot discard has nothing to do.
             return Ok(());
         }
@@ -147,11 +93,11 @@ impl Handle for Emulated {
 
     fn zero(&self, count: u64, offset: u64, flags: Flags) -> Result<()> {
         let fast = flags.contains(Flags::FAST_ZERO);
-        if fast && !self.caps.can_fast_zero {
+        if fast && !self.caps.fast_zero {
             return Err(Error::new(libc::ENOTSUP, "fast zero is not supported by this backend"));
         }
         self.with_fua(flags, |f| {
-            if self.caps.can_zero == Support::Native {
+            if self.caps.zero == Support::Native {
                 match self.inner.zero(count, offset, f) {
                     Err(e) if !fast && (e.errno == libc::EOPNOTSUPP || e.errno == libc::ENOTSUP) => {}
                     other => return other,
@@ -166,7 +112,7 @@ impl Handle for Emulated {
     }
 
     fn extents(&self, count: u64, offset: u64, flags: Flags, out: &mut Extents) -> Result<()> {
-        if !self.caps.can_extents {
+        if !self.caps.extents {
             return out.add(offset, count, extents::DATA);
         }
         let before = out.next_offset();
@@ -178,7 +124,7 @@ impl Handle for Emulated {
     }
 
     fn cache(&self, count: u64, offset: u64, flags: Flags) -> Result<()> {
-        match self.caps.can_cache {
+        match self.caps.cache {
             Support::Native => self.inner.cache(count, offset, flags),
             Support::Emulate => {
                 let mut buf = vec![0u8; count.min(1 << 20) as usize];
