@@ -182,7 +182,7 @@ impl Server {
         ShutdownHandle { shared: Arc::clone(&self.shared) }
     }
 
-    /// Stops the server on SIGINT, SIGTERM or SIGQUIT (a second signal exits at once). Call it
+    /// Stops the server on SIGINT, SIGTERM or SIGQUIT (more signals change nothing). Call it
     /// before starting other threads: it blocks those signals in the calling thread, and threads
     /// started later inherit that, so only the watcher thread receives them.
     pub fn stop_on_signals(&self) -> io::Result<()> {
@@ -193,12 +193,7 @@ impl Server {
         set.thread_block().map_err(io::Error::from)?;
         let handle = self.shutdown_handle();
         std::thread::Builder::new().name("nbd-signals".into()).spawn(move || {
-            let mut received = 0;
             while let Ok(sig) = set.wait() {
-                received += 1;
-                if received > 1 {
-                    std::process::exit(1);
-                }
                 info!("{sig}: shutting down");
                 handle.shutdown();
             }

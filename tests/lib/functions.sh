@@ -1,0 +1,127 @@
+# Shared helpers for the shell end-to-end tests.  Source it first thing:
+#
+#   source "$(dirname "$0")/lib/functions.sh"
+#   start_server memory 1G          # $NBDFORGE -f -U $sock memory 1G, waits until it listens
+#   qemu-io -f raw "$uri" -c ...     # $sock, $uri, $server_pid are set
+#
+# The server under test is $NBDFORGE (default: the repository's target/release/nbdforge); it may
+# be a command with arguments.  Every test gets a private temporary directory $tmp; servers are
+# started on Unix sockets inside it, so tests can run in parallel.  On exit, all servers started
+# here are stopped and $tmp is removed; if the test failed, the servers' stderr is printed.
+
+set -euo pipefail
+
+# nbdsh runs "python3" from PATH and needs the system one, which has the nbd module.
+export PATH="/usr/bin:$PATH"
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+: "${NBDFORGE:=${CARGO_TARGET_DIR:-$repo/target}/release/nbdforge}"
+read -r -a server_cmd <<< "$NBDFORGE"
+export NBDFORGE
+export PYTHONDONTWRITEBYTECODE=1
+
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/nbdforge-test.XXXXXX")"
+server_pids=()
+server_logs=()
+server_count=0
+
+cleanup() {
+    local status=$?
+    local pid
+    for pid in "${server_pids[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid" 2>/dev/null || :
+            # Give it a moment, then insist.
+            for _ in 1 2 3 4 5 6 7 8 9 10; do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.2
+            done
+            kill -KILL "$pid" 2>/dev/null || :
+        fi
+    done
+    if [ "$status" -ne 0 ]; then
+        local log
+        for log in "${server_logs[@]}"; do
+            echo "--- $log ---" >&2
+            cat "$log" >&2 || :
+        done
+        echo "FAIL: $(basename "$0") (exit status $status)" >&2
+    fi
+    rm -rf "$tmp"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+fail() {
+    echo "FAIL: $*" >&2
+    exit 1
+}
+
+# wait_for_socket PATH PID: wait up to 30 s until the server PID accepts connections on PATH.
+wait_for_socket() {
+    python3 "$repo/tests/lib/wait_socket.py" "$1" "$2" 30 || fail "server did not start"
+}
+
+# start_server [SERVER OPTIONS...] PLUGIN [ARGS...]: runs $NBDFORGE -f -U SOCK ... in the
+# background on a fresh socket and waits for it.  Sets sock, uri, server_pid, server_log.
+start_server() {
+    server_count=$((server_count + 1))
+    sock="$tmp/nbd$server_count.sock"
+    uri="nbd+unix:///?socket=$sock"
+    server_log="$tmp/server$server_count.log"
+    "${server_cmd[@]}" -f -U "$sock" "$@" </dev/null >"$server_log" 2>&1 &
+    server_pid=$!
+    server_pids+=("$server_pid")
+    server_logs+=("$server_log")
+    wait_for_socket "$sock" "$server_pid"
+}
+
+# stop_server PID [SIGNAL]: signal the server and wait; sets stop_status to its exit status.
+stop_server() {
+    local pid=$1 sig=${2:-TERM} i
+    kill -"$sig" "$pid"
+    for ((i = 0; i < 300; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -0 "$pid" 2>/dev/null && fail "server (pid $pid) still running 30 s after SIG$sig"
+    stop_status=0
+    wait "$pid" || stop_status=$?
+}
+
+# expect_fail CMD...: CMD must exit non-zero.
+expect_fail() {
+    if "$@"; then
+        fail "expected failure: $*"
+    fi
+}
+
+# same_file A B: byte-for-byte comparison.
+same_file() {
+    cmp "$1" "$2" || fail "$1 and $2 differ"
+}
+
+# random_file PATH SIZE: SIZE (e.g. 64M) bytes of random data.
+random_file() {
+    head -c "$2" /dev/urandom > "$1"
+    [ "$(stat -c %s "$1")" -eq "$(numfmt --from=iec "$2")" ] || fail "could not create $1"
+}
+
+# unix_socket_paths PID: the filesystem paths of the Unix sockets process PID has open (found by
+# matching the inodes of its socket fds against /proc/net/unix).
+unix_socket_paths() {
+    local pid=$1 inodes
+    inodes=$(find "/proc/$pid/fd" -lname 'socket:*' -printf '%l\n' 2>/dev/null |
+             sed -n 's/^socket:\[\([0-9]*\)\]$/\1/p' | sort -u)
+    [ -n "$inodes" ] || return 0
+    awk -v inodes="$inodes" '
+        BEGIN { n = split(inodes, list, "\n"); for (i = 1; i <= n; i++) want[list[i]] = 1 }
+        NR > 1 && ($7 in want) && $8 != "" { print $8 }' /proc/net/unix
+}
+
+# free_tcp_port: a TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it).
+free_tcp_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
