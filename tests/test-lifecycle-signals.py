@@ -57,7 +57,6 @@ def inflight(sig):
     except nbd.Error:
         pass
     del h  # closes the socket: the server waits for its clients to leave
-    # Wait rather than srv.stop(): a second signal would make the server exit at once.
     status = srv.proc.wait(timeout=30)
     srv.stop()
     check_eq(status, 0, "exit status after %s" % sig.name)

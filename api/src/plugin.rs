@@ -115,6 +115,11 @@ pub trait Filter: Send + Sync + 'static {
         ""
     }
 
+    /// Version printed by `nbdforge --filter=NAME PLUGIN --version`.
+    fn version(&self) -> &'static str {
+        env!("CARGO_PKG_VERSION")
+    }
+
     /// Help for the filter's parameters.
     fn config_help(&self) -> &'static str {
         ""

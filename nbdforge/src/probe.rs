@@ -64,8 +64,7 @@ pub fn print_version(id: &Identity, filters: &[Box<dyn Filter>], plugin: Option<
     let mut out = io::stdout().lock();
     writeln!(out, "{} {}", id.name(), id.version())?;
     for f in filters {
-        // Filters are built in and share the server's version.
-        writeln!(out, "{} {}", f.name(), OWN_VERSION)?;
+        writeln!(out, "{} {}", f.name(), f.version())?;
     }
     if let Some(p) = plugin {
         writeln!(out, "{} {}", p.name(), p.version())?;
@@ -224,7 +223,7 @@ pub fn print_help(id: &Identity, filters: &[Box<dyn Filter>], plugin: Option<&dy
     if let Some(p) = plugin {
         section(&mut out, "plugin", p.name(), p.description(), p.config_help())?;
         if let Some(key) = p.magic_config_key() {
-            writeln!(out, "(a first argument without '=' is taken as {key}=ARGUMENT)")?;
+            writeln!(out, "(an argument without KEY= is taken as {key}=ARGUMENT)")?;
         }
     }
     out.flush()

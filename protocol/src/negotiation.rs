@@ -41,6 +41,8 @@ pub struct NegotiationConfig {
     pub meta_contexts: bool,
     /// Offer extended headers.
     pub extended_headers: bool,
+    /// Mask over the handshake flags offered (`FIXED_NEWSTYLE`, `NO_ZEROES`), to test old clients.
+    pub handshake_flags: u16,
 }
 
 impl Default for NegotiationConfig {
@@ -52,6 +54,7 @@ impl Default for NegotiationConfig {
             structured_replies: true,
             meta_contexts: true,
             extended_headers: true,
+            handshake_flags: FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES,
         }
     }
 }
@@ -162,19 +165,23 @@ impl Negotiation {
         }
     }
 
+    fn offered(&self) -> u16 {
+        self.config.handshake_flags & (FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)
+    }
+
     /// The 18 bytes the server sends first.
-    pub fn greeting() -> [u8; 18] {
+    pub fn greeting(&self) -> [u8; 18] {
         let mut g = [0u8; 18];
         g[..8].copy_from_slice(&NBDMAGIC.to_be_bytes());
         g[8..16].copy_from_slice(&IHAVEOPT.to_be_bytes());
-        g[16..].copy_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+        g[16..].copy_from_slice(&self.offered().to_be_bytes());
         g
     }
 
     /// Takes the client's 4-byte flags. A flag the server did not offer ends the connection.
     pub fn client_flags(&mut self, bytes: [u8; 4]) -> Result<(), ProtocolError> {
         let flags = u32::from_be_bytes(bytes);
-        let known = FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES;
+        let known = u32::from(self.offered());
         if flags & !known != 0 {
             return Err(ProtocolError::UnknownClientFlags(flags));
         }

@@ -90,10 +90,18 @@ fn meta_data(name: &str, queries: &[&str]) -> Vec<u8> {
 
 #[test]
 fn greeting_offers_fixed_newstyle_and_no_zeroes() {
-    let g = Negotiation::greeting();
+    let g = Negotiation::new(NegotiationConfig::default()).greeting();
     assert_eq!(&g[..8], b"NBDMAGIC");
     assert_eq!(&g[8..16], b"IHAVEOPT");
     assert_eq!(u16::from_be_bytes([g[16], g[17]]), FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES);
+}
+
+#[test]
+fn masked_handshake_flags_are_not_offered_and_not_accepted() {
+    let mut n = Negotiation::new(NegotiationConfig { handshake_flags: FLAG_FIXED_NEWSTYLE, ..Default::default() });
+    let g = n.greeting();
+    assert_eq!(u16::from_be_bytes([g[16], g[17]]), FLAG_FIXED_NEWSTYLE);
+    assert!(n.client_flags((FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).to_be_bytes()).is_err());
 }
 
 #[test]

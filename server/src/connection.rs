@@ -30,8 +30,9 @@ use crate::TlsMode;
 pub(crate) const MAX_REQUEST: u32 = 64 << 20;
 /// Buffers bigger than this are given back after the request that needed them.
 const KEEP_BUFFER: usize = 8 << 20;
-/// Read-side buffer, so a burst of small requests costs one system call.
-const READ_BUFFER: usize = 256 << 10;
+/// Read-side buffer, so a burst of small requests costs one system call. Kept small because
+/// whatever part of a large WRITE payload lands in it is copied once more on its way out.
+const READ_BUFFER: usize = 16 << 10;
 
 /// Serves one client to the end.
 pub(crate) fn serve(shared: &Shared, mut stream: Stream, peer: String) {
@@ -96,8 +97,15 @@ fn negotiate(shared: &Shared, stream: &mut Stream, exports: &mut ConnExports) ->
             TlsMode::On => TlsPolicy::On,
             TlsMode::Require => TlsPolicy::Require,
         };
-        let mut neg = Negotiation::new(NegotiationConfig { tls, ..Default::default() });
-        stream.write_all(&Negotiation::greeting())?;
+        let cfg = &shared.config;
+        let mut neg = Negotiation::new(NegotiationConfig {
+            tls,
+            structured_replies: cfg.structured_replies,
+            meta_contexts: cfg.meta_contexts,
+            handshake_flags: cfg.mask_handshake,
+            ..Default::default()
+        });
+        stream.write_all(&neg.greeting())?;
         let mut flags = [0u8; 4];
         read(stream, &mut flags)?;
         neg.client_flags(flags).map_err(io::Error::other)?;
@@ -323,7 +331,13 @@ impl Transmission<'_> {
         }
         let result = self.read_request(&mut rd.input, buf);
         match result {
-            Ok(incoming) => {
+            Ok(mut incoming) => {
+                // Requests read before shutdown began are in flight and finish; later ones are
+                // refused as the spec asks, so the client knows to disconnect.
+                if self.shared.stopping() && incoming.refused.is_none() && incoming.req.kind != CMD_DISC {
+                    let message = "the server is shutting down".to_string();
+                    incoming.refused = Some(Refusal { errno: ESHUTDOWN, message });
+                }
                 if incoming.req.kind == CMD_DISC {
                     rd.done = true;
                 }

@@ -4,8 +4,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::FileTypeExt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 
@@ -21,6 +20,8 @@ pub enum Listener {
     Tcp(TcpListener),
     /// A Unix domain socket.
     Unix(UnixListener),
+    /// An AF_VSOCK socket (`--vsock`), for clients in virtual machines.
+    Vsock(OwnedFd),
 }
 
 fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -67,14 +68,9 @@ pub fn bind_tcp(addr: Option<&str>, port: u16) -> io::Result<Vec<Listener>> {
     Ok(listeners)
 }
 
-/// Binds a Unix socket at `path`. A stale socket left at the path is replaced; any other file
-/// there is an error.
+/// Binds a Unix socket at `path`. An existing file at the path is an error ("Address already in
+/// use"), as in nbdkit: replacing it could silently take the name from a live server.
 pub fn bind_unix(path: &Path) -> io::Result<Listener> {
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if meta.file_type().is_socket() {
-            std::fs::remove_file(path)?;
-        }
-    }
     let l = UnixListener::bind(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
     Ok(Listener::Unix(l))
 }
@@ -84,7 +80,7 @@ impl Listener {
     pub fn port(&self) -> Option<u16> {
         match self {
             Listener::Tcp(l) => l.local_addr().ok().map(|a| a.port()),
-            Listener::Unix(_) => None,
+            Listener::Unix(_) | Listener::Vsock(_) => None,
         }
     }
 
@@ -92,6 +88,7 @@ impl Listener {
         match self {
             Listener::Tcp(l) => l.as_fd(),
             Listener::Unix(l) => l.as_fd(),
+            Listener::Vsock(fd) => fd.as_fd(),
         }
     }
 }

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use nbdforge_api::{Backend, ThreadModel};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{SigSet, Signal};
 use tracing::{debug, info, warn};
 
 use crate::transport::Stream;
@@ -38,6 +37,14 @@ pub struct ServerConfig {
     pub tls_mode: crate::TlsMode,
     /// Loaded credentials; required unless `tls_mode` is `Off`.
     pub tls: Option<Arc<crate::tls::TlsContext>>,
+    /// `--no-sr` turns structured replies (and so meta contexts and extended headers) off.
+    pub structured_replies: bool,
+    /// `--no-meta-contexts` turns meta contexts (block status) off.
+    pub meta_contexts: bool,
+    /// `--mask-handshake`: the handshake flags offered are ANDed with this (testing old clients).
+    pub mask_handshake: u16,
+    /// `--keepalive`: SO_KEEPALIVE on TCP connections.
+    pub keepalive: bool,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +57,10 @@ impl Default for ServerConfig {
             handshake_timeout: Some(Duration::from_secs(10)),
             tls_mode: crate::TlsMode::Off,
             tls: None,
+            structured_replies: true,
+            meta_contexts: true,
+            mask_handshake: u16::MAX,
+            keepalive: false,
         }
     }
 }
@@ -182,19 +193,17 @@ impl Server {
         ShutdownHandle { shared: Arc::clone(&self.shared) }
     }
 
-    /// Stops the server on SIGINT, SIGTERM or SIGQUIT (more signals change nothing). Call it
-    /// before starting other threads: it blocks those signals in the calling thread, and threads
-    /// started later inherit that, so only the watcher thread receives them.
+    /// Stops the server on SIGINT, SIGTERM or SIGQUIT (more signals change nothing). The signal
+    /// handler only wakes a watcher thread (signal-hook's self-pipe), so no signal mask is left
+    /// for child processes to inherit.
     pub fn stop_on_signals(&self) -> io::Result<()> {
-        let mut set = SigSet::empty();
-        for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGQUIT] {
-            set.add(s);
-        }
-        set.thread_block().map_err(io::Error::from)?;
+        use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGQUIT])?;
         let handle = self.shutdown_handle();
         std::thread::Builder::new().name("nbd-signals".into()).spawn(move || {
-            while let Ok(sig) = set.wait() {
-                info!("{sig}: shutting down");
+            for sig in signals.forever() {
+                let name = signal_hook::low_level::signal_name(sig).unwrap_or("signal");
+                info!("{name}: shutting down");
                 handle.shutdown();
             }
         })?;
@@ -219,7 +228,7 @@ impl Server {
                 if shared.stopping() {
                     break;
                 }
-                match accept(listener) {
+                match accept(listener, shared.config.keepalive) {
                     Ok((fd, peer)) => {
                         debug!("accepted {peer}");
                         let raw = fd.as_raw_fd();
@@ -255,16 +264,27 @@ impl Server {
     }
 }
 
-fn accept(listener: &Listener) -> io::Result<(OwnedFd, String)> {
+fn accept(listener: &Listener, keepalive: bool) -> io::Result<(OwnedFd, String)> {
     match listener {
         Listener::Tcp(l) => {
             let (s, addr) = l.accept()?;
             s.set_nodelay(true)?;
+            if keepalive {
+                socket2::SockRef::from(&s).set_keepalive(true)?;
+            }
             Ok((s.into(), addr.to_string()))
         }
         Listener::Unix(l) => {
             let (s, _) = l.accept()?;
             Ok((s.into(), "unix socket".into()))
+        }
+        Listener::Vsock(fd) => {
+            use nix::sys::socket::{accept4, getpeername, SockFlag, VsockAddr};
+            let raw = accept4(fd.as_raw_fd(), SockFlag::SOCK_CLOEXEC).map_err(io::Error::from)?;
+            // SAFETY: accept4 just returned this descriptor and nothing else owns it.
+            let s = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+            let peer = getpeername::<VsockAddr>(raw).map(|a| format!("vsock:{}:{}", a.cid(), a.port()));
+            Ok((s, peer.unwrap_or_else(|_| "vsock".into())))
         }
     }
 }

@@ -6,7 +6,6 @@
 //! NBD URI), `exportname`, `port` (empty for a Unix socket), `unixsocket` (empty for TCP), and
 //! with TLS on `tls` (1 for `--tls=on`, 2 for `--tls=require`), `tls_certificates`, `tls_psk`.
 
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -64,21 +63,6 @@ impl Captive {
                 Some(v) => command.env(k, v),
                 None => command.env_remove(k),
             };
-        }
-        // The server blocks SIGINT, SIGTERM and SIGQUIT in its threads to wait for them, and a
-        // child inherits the mask: without this the command could not be interrupted or killed.
-        // SAFETY: the closure runs in the child between fork and exec; it only fills a sigset on
-        // the stack and calls sigprocmask, which is async-signal-safe, allocating nothing and
-        // taking no lock.
-        unsafe {
-            command.pre_exec(|| {
-                let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-                libc::sigemptyset(empty.as_mut_ptr());
-                if libc::sigprocmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut()) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
         }
         let mut child: Child = command.spawn().map_err(|e| format!("--run: /bin/sh: {e}"))?;
         let pid = child.id();

@@ -34,7 +34,6 @@ use crate::probe::Identity;
 pub fn run(id: &Identity, mut o: Options, plugin: Box<dyn Plugin>, filters: Vec<Box<dyn Filter>>) -> Result<u8, String> {
     let inherited = activation::take_listen_fds()?;
     o.check_combinations(inherited.is_some()).map_err(|e| e.0)?;
-    unsupported_yet(&o)?;
     let creds = privileges::Credentials::resolve(o.user.as_deref(), o.group.as_deref())?;
 
     let parent = nix::unistd::getppid();
@@ -70,6 +69,11 @@ pub fn run(id: &Identity, mut o: Options, plugin: Box<dyn Plugin>, filters: Vec<
         handshake_timeout: o.handshake_timeout(),
         tls_mode: o.tls.mode,
         tls,
+        structured_replies: !o.no_structured_replies,
+        meta_contexts: !o.no_meta_contexts,
+        // Only the low 16 bits are handshake flags; the rest of the mask means nothing.
+        mask_handshake: o.mask_handshake.map_or(u16::MAX, |m| m as u16),
+        keepalive: o.keepalive,
         ..ServerConfig::default()
     };
 
@@ -174,19 +178,6 @@ fn inherited_target(fds: Vec<OwnedFd>) -> Result<Target, String> {
 /// Options the command line accepts but the server cannot act on yet: each needs a setting in
 /// `ServerConfig` first. Refusing them is better than pretending, since users reach for them to
 /// test clients.
-fn unsupported_yet(o: &Options) -> Result<(), String> {
-    let not_yet = [
-        (o.mask_handshake.is_some(), "--mask-handshake"),
-        (o.no_structured_replies, "--no-sr"),
-        (o.no_meta_contexts, "--no-meta-contexts"),
-        (o.keepalive, "--keepalive"),
-    ];
-    match not_yet.iter().find(|(set, _)| *set) {
-        Some((_, flag)) => Err(format!("{flag}: not supported yet by this version of nbdforge")),
-        None => Ok(()),
-    }
-}
-
 /// `--exit-with-parent`: SIGTERM (a clean shutdown) when the process that started us exits.
 fn exit_with_parent(parent: nix::unistd::Pid) -> Result<(), String> {
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)

@@ -224,13 +224,8 @@ fn bind_vsock(port: u32) -> Result<(OwnedFd, u32), String> {
 }
 
 /// The server's listener for an AF_VSOCK socket.
-///
-/// `nbdforge_server::Listener` has only TCP and Unix variants so far; AF_VSOCK needs a third
-/// (`Listener::Vsock(OwnedFd)`, accepted with accept4 and served like the others). Until the
-/// server has it, `--vsock` (and an activated vsock socket) stops here with a clear error.
 pub fn vsock_listener(fd: OwnedFd) -> Result<Listener, String> {
-    drop(fd);
-    Err("--vsock: AF_VSOCK is not supported yet: the server cannot accept on vsock sockets".into())
+    Ok(Listener::Vsock(fd))
 }
 
 /// `--selinux-label`: sockets created while this lives get the label (setsockcreatecon(3) by
