@@ -58,6 +58,7 @@ pub(crate) fn serve(shared: &Shared, mut stream: Stream, peer: String) {
         reader: Mutex::new(Reader { input: BufReader::with_capacity(READ_BUFFER, read), done: false }),
         writer: Mutex::new(write),
         failed: AtomicBool::new(false),
+        buffers: Mutex::new(Vec::new()),
     };
     let threads = match shared.thread_model {
         ThreadModel::Parallel => shared.config.threads.max(1),
@@ -274,6 +275,9 @@ struct Transmission<'a> {
     reader: Mutex<Reader>,
     writer: Mutex<Box<dyn Write + Send>>,
     failed: AtomicBool,
+    /// Request buffers, last freed first: a buffer is still in the CPU cache when the next request
+    /// reuses it, where one buffer per worker would cycle through all of them.
+    buffers: Mutex<Vec<Vec<u8>>>,
 }
 
 /// A request read off the wire, with its payload in the worker's buffer.
@@ -303,8 +307,7 @@ fn wire_errno(errno: i32) -> u32 {
 
 impl Transmission<'_> {
     fn worker(&self) {
-        let mut buf: Vec<u8> = Vec::new();
-        while let Some(incoming) = self.next_request(&mut buf) {
+        while let Some((incoming, mut buf)) = self.next_request() {
             let disconnect = incoming.req.kind == CMD_DISC;
             let req = incoming.req;
             // A panicking plugin fails its request, not the connection (which would leave the
@@ -314,8 +317,8 @@ impl Transmission<'_> {
                 error!("{}: the backend panicked", command_name(req.kind));
                 self.send_error(&req, EIO, "internal error in the backend");
             }
-            if buf.capacity() > KEEP_BUFFER {
-                buf = Vec::new();
+            if buf.capacity() <= KEEP_BUFFER {
+                lock(&self.buffers).push(buf);
             }
             if disconnect {
                 break;
@@ -323,13 +326,16 @@ impl Transmission<'_> {
         }
     }
 
-    /// Reads the next request and its payload (into `buf`), or `None` when the connection is over.
-    fn next_request(&self, buf: &mut Vec<u8>) -> Option<Incoming> {
+    /// Reads the next request and its payload into a buffer from the pool, or `None` when the
+    /// connection is over.
+    fn next_request(&self) -> Option<(Incoming, Vec<u8>)> {
         let mut rd = lock(&self.reader);
         if rd.done || self.failed.load(Ordering::Relaxed) {
             return None;
         }
-        let result = self.read_request(&mut rd.input, buf);
+        // Taken only now, so this request gets the buffer the last reply freed, still in cache.
+        let mut buf = lock(&self.buffers).pop().unwrap_or_default();
+        let result = self.read_request(&mut rd.input, &mut buf);
         match result {
             Ok(mut incoming) => {
                 // Requests read before shutdown began are in flight and finish; later ones are
@@ -341,7 +347,7 @@ impl Transmission<'_> {
                 if incoming.req.kind == CMD_DISC {
                     rd.done = true;
                 }
-                Some(incoming)
+                Some((incoming, buf))
             }
             Err(e) => {
                 rd.done = true;
