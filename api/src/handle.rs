@@ -57,6 +57,19 @@ pub trait Handle: Send + Sync {
         pass_through!(self, |n: &dyn Handle| n.pread(buf, offset, flags), Err(Error::unsupported("pread")))
     }
 
+    /// A faster read, for backends that hold the data in memory: calls `send` once with slices
+    /// of the backend's own memory that together hold the `count` bytes at `offset`, in order,
+    /// and returns `Ok(true)`. The server sends them to the client straight from there, saving
+    /// the copy into a buffer that `pread` costs. The slices must stay unchanged while `send`
+    /// runs (hold a read lock), and `send` may block on the network.
+    ///
+    /// The default returns `Ok(false)`, and the server calls `pread` instead. It does not pass
+    /// through to `next`: a filter that changes data in `pread` must not be bypassed.
+    fn pread_borrowed(&self, count: u64, offset: u64, send: &mut dyn FnMut(&[&[u8]])) -> Result<bool> {
+        let _ = (count, offset, send);
+        Ok(false)
+    }
+
     /// Writes `buf` at `offset`. With [`Flags::FUA`] (only when `fua` is `Native`) the data
     /// must be durable before returning.
     fn pwrite(&self, buf: &[u8], offset: u64, flags: Flags) -> Result<()> {

@@ -458,42 +458,74 @@ impl Transmission<'_> {
     }
 
     fn read(&self, req: &Request, offset: u64, length: u64, df: bool, buf: &mut Vec<u8>) {
+        let mut sent = false;
+        let borrowed = self.handle.pread_borrowed(length, offset, &mut |parts| {
+            sent = true;
+            self.send_read(req, offset, length, df, parts);
+        });
+        match borrowed {
+            Ok(true) if sent => return,
+            Ok(false) => {}
+            Ok(true) => return self.backend_error(req, Error::io("pread_borrowed returned no data")),
+            Err(e) if sent => return error!("{}: after the data was sent: {}", command_name(req.kind), e.message),
+            Err(e) => return self.backend_error(req, e),
+        }
         let len = length as usize;
         if buf.len() < len {
             buf.resize(len, 0);
         }
         let data = &mut buf[..len];
-        if let Err(e) = self.handle.pread(data, offset, Flags::NONE) {
+        match self.handle.pread(data, offset, Flags::NONE) {
+            Ok(()) => self.send_read(req, offset, length, df, &[data]),
+            Err(e) => self.backend_error(req, e),
+        }
+    }
+
+    /// Sends the reply to a successful read whose data is `parts`, one after another.
+    ///
+    /// Blocks that read as zeroes travel as hole chunks. Finding them by looking at the data costs
+    /// next to nothing for real data (the scan stops at the first non-zero word) and less than
+    /// sending them for zeroes; asking the backend's extents instead can cost a scan of the whole
+    /// file per read (SEEK_HOLE on tmpfs).
+    fn send_read(&self, req: &Request, offset: u64, length: u64, df: bool, parts: &[&[u8]]) {
+        if parts.iter().map(|p| p.len() as u64).sum::<u64>() != length {
+            let e = Error::io(format!("the backend returned data of the wrong length for {length} bytes"));
             return self.backend_error(req, e);
         }
-        // Blocks that read as zeroes travel as hole chunks. Finding them by looking at the data
-        // costs next to nothing for real data (the scan stops at the first non-zero word) and
-        // less than sending them for zeroes; asking the backend's extents instead can cost a scan
-        // of the whole file per read (SEEK_HOLE on tmpfs).
-        let pieces = if self.replies.structured && !df { zero_pieces(data) } else { Vec::new() };
-        if pieces.len() <= 1 && pieces.first().is_none_or(|p| !p.2) {
-            let h = self.replies.read_data(req.cookie, offset, offset, length, true);
-            return self.send(&mut [IoSlice::new(h.as_bytes()), IoSlice::new(data)]);
+        // Runs of data or zeroes: (start, length, is_zero, first data part, data parts).
+        let mut runs: Vec<(u64, u64, bool, usize, usize)> = Vec::new();
+        let mut data: Vec<&[u8]> = Vec::with_capacity(parts.len());
+        let mut pos = offset;
+        for part in parts {
+            let pieces = if self.replies.structured && !df { zero_pieces(part) } else { vec![(0, part.len(), false)] };
+            for (at, n, zero) in pieces {
+                match runs.last_mut() {
+                    Some(run) if run.2 == zero => run.1 += n as u64,
+                    _ => runs.push((pos, n as u64, zero, data.len(), 0)),
+                }
+                if !zero {
+                    data.push(&part[at..at + n]);
+                    runs.last_mut().expect("a run was just pushed").4 += 1;
+                }
+                pos += n as u64;
+            }
         }
-        let last = pieces.len() - 1;
-        let headers: Vec<ReplyHeader> = pieces
+        let last = runs.len().saturating_sub(1);
+        let headers: Vec<ReplyHeader> = runs
             .iter()
             .enumerate()
-            .map(|(i, &(at, n, zero))| {
-                let start = offset + at as u64;
+            .map(|(i, &(start, n, zero, _, _))| {
                 if zero {
                     self.replies.read_hole(req.cookie, offset, start, n as u32, i == last)
                 } else {
-                    self.replies.read_data(req.cookie, offset, start, n as u64, i == last)
+                    self.replies.read_data(req.cookie, offset, start, n, i == last)
                 }
             })
             .collect();
-        let mut iov = Vec::with_capacity(pieces.len() * 2);
-        for (h, &(at, n, zero)) in headers.iter().zip(&pieces) {
+        let mut iov = Vec::with_capacity(runs.len() + data.len());
+        for (h, &(_, _, _, first, count)) in headers.iter().zip(&runs) {
             iov.push(IoSlice::new(h.as_bytes()));
-            if !zero {
-                iov.push(IoSlice::new(&data[at..at + n]));
-            }
+            iov.extend(data[first..first + count].iter().map(|d| IoSlice::new(d)));
         }
         self.send(&mut iov);
     }

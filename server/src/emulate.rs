@@ -71,6 +71,10 @@ impl Handle for Emulated {
         self.inner.pread(buf, offset, flags)
     }
 
+    fn pread_borrowed(&self, count: u64, offset: u64, send: &mut dyn FnMut(&[&[u8]])) -> Result<bool> {
+        self.inner.pread_borrowed(count, offset, send)
+    }
+
     fn pwrite(&self, buf: &[u8], offset: u64, flags: Flags) -> Result<()> {
         self.with_fua(flags, |f| self.inner.pwrite(buf, offset, f))
     }
