@@ -34,6 +34,8 @@
 //! structured error reply. See `examples/` in the repository for a complete plugin with
 //! parameters, writes and extents.
 
+#![warn(missing_docs)]
+
 mod config;
 mod error;
 pub mod extents;

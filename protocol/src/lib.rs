@@ -8,6 +8,8 @@
 //! - [`negotiation`]: the handshake phase: greeting, options, STARTTLS rules, meta contexts.
 //! - [`transmission`]: request headers, their checks, and reply headers.
 
+#![warn(missing_docs)]
+
 pub mod consts;
 pub mod negotiation;
 pub mod transmission;

@@ -58,7 +58,10 @@ impl Request {
     }
 }
 
-/// A request that passed every check, ready for the backend.
+/// A request that passed every check, ready for the backend. `offset` and `length` are in
+/// bytes; the booleans are the request's flags (`fua`, `df`, `req_one`, `fast`), with `may_trim`
+/// the absence of `NO_HOLE`.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
     /// Read `length` bytes; `df`: do not fragment the reply.

@@ -17,6 +17,8 @@
 //! server.serve(listeners).unwrap();
 //! ```
 
+#![warn(missing_docs)]
+
 mod connection;
 mod emulate;
 pub mod listen;
