@@ -4,27 +4,11 @@
 # one, with one from another CA, or with a revoked one, they are refused.
 source "$(dirname "$0")/lib/functions.sh"
 
-# Keys and certificates in $tmp as NAME-key.pem, NAME-cert.pem.  RSA keys: qemu insists that a
-# client certificate allows key encipherment, which certtool only grants to RSA keys.
-gen_key() { certtool --generate-privkey --key-type=rsa --bits=2048 --outfile "$1" 2>/dev/null; }
-gen_ca() {   # gen_ca NAME CN
-    gen_key "$tmp/$1-key.pem"
-    printf 'cn = %s\nca\ncert_signing_key\ncrl_signing_key\nexpiration_days = 2\n' "$2" > "$tmp/$1.info"
-    certtool --generate-self-signed --load-privkey "$tmp/$1-key.pem" --template "$tmp/$1.info" \
-        --outfile "$tmp/$1-cert.pem" 2>/dev/null
-}
-gen_cert() {   # gen_cert NAME CA TEMPLATE
-    gen_key "$tmp/$1-key.pem"
-    printf '%b' "$3" > "$tmp/$1.info"
-    certtool --generate-certificate --load-ca-certificate "$tmp/$2-cert.pem" \
-        --load-ca-privkey "$tmp/$2-key.pem" --load-privkey "$tmp/$1-key.pem" \
-        --template "$tmp/$1.info" --outfile "$tmp/$1-cert.pem" 2>/dev/null
-}
 client_info='country = US\norganization = nbdforge test\ncn = %s\ntls_www_client\nencryption_key\nsigning_key\nexpiration_days = 2\n'
 
 gen_ca ca "nbdforge test CA"
 gen_ca rogue-ca "another CA"
-gen_cert server ca 'organization = nbdforge test\ncn = localhost\ndns_name = localhost\ntls_www_server\nencryption_key\nsigning_key\nexpiration_days = 2\n'
+gen_cert server ca "$server_info"
 gen_cert client ca "$(printf "$client_info" client.example.com)"
 gen_cert revoked ca "$(printf "$client_info" revoked.example.com)"
 gen_cert rogue rogue-ca "$(printf "$client_info" client.example.com)"

@@ -5,23 +5,10 @@
 # stops the server with an error naming the file.
 source "$(dirname "$0")/lib/functions.sh"
 
-# The certificate layout of nbdkit-tls(1), made with certtool as that page shows.
+# The certificate layout of nbdkit-tls(1); the client trusts only the CA certificate.
 pki="$tmp/pki"
-mkdir -m 0700 "$pki"
-certtool --generate-privkey --key-type=ecdsa --outfile "$pki/ca-key.pem" 2>/dev/null
-printf 'cn = nbdforge test CA\nca\ncert_signing_key\nexpiration_days = 2\n' > "$tmp/ca.info"
-certtool --generate-self-signed --load-privkey "$pki/ca-key.pem" --template "$tmp/ca.info" \
-    --outfile "$pki/ca-cert.pem" 2>/dev/null
-certtool --generate-privkey --key-type=ecdsa --outfile "$pki/server-key.pem" 2>/dev/null
-printf 'organization = nbdforge test\ncn = localhost\ndns_name = localhost\ntls_www_server\nencryption_key\nsigning_key\nexpiration_days = 2\n' \
-    > "$tmp/server.info"
-certtool --generate-certificate --load-ca-certificate "$pki/ca-cert.pem" --load-ca-privkey "$pki/ca-key.pem" \
-    --load-privkey "$pki/server-key.pem" --template "$tmp/server.info" --outfile "$pki/server-cert.pem" 2>/dev/null
-rm "$pki/ca-key.pem"   # the server does not need it
-# What a client needs to trust the server: only the CA certificate.
 client="$tmp/client"
-mkdir "$client"
-cp "$pki/ca-cert.pem" "$client/"
+server_pki "$pki" "$client"
 
 start_server --tls=require --tls-certificates="$pki" memory 64M
 tls_uri="nbds+unix:///?socket=$sock&tls-certificates=$client"

@@ -86,6 +86,8 @@ pub struct Options {
     /// `--timeout`; `Some(Duration::ZERO)` means no limit.
     pub timeout: Option<Duration>,
     pub tls: TlsOptions,
+    /// `--tls` was given; without it TLS is on exactly when credentials load, as in nbdkit.
+    pub tls_given: bool,
     pub unix: Option<UnixSocket>,
     pub user: Option<String>,
     /// Number of `-v`.
@@ -396,16 +398,10 @@ fn apply(o: &mut Options, opt: Opt, display: &str, value: Option<OsString>) -> R
         }
         Opt::Tls => {
             let v = text(value)?;
-            o.tls.mode = match v.to_ascii_lowercase().as_str() {
-                "require" | "required" => TlsMode::Require,
-                other => match nbdforge_api::parse_bool("--tls", other) {
-                    Ok(true) => TlsMode::On,
-                    Ok(false) => TlsMode::Off,
-                    Err(_) => {
-                        return Err(UsageError(format!("--tls={v}: must be \"off\", \"on\" or \"require\"")))
-                    }
-                },
-            };
+            o.tls.mode = v
+                .parse::<TlsMode>()
+                .map_err(|_| UsageError(format!("--tls={v}: must be \"off\", \"on\" or \"require\"")))?;
+            o.tls_given = true;
         }
         Opt::TlsCertificates => o.tls.certificates = Some(path(value)),
         Opt::TlsPsk => o.tls.psk_file = Some(path(value)),

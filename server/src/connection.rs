@@ -130,7 +130,9 @@ fn negotiate(shared: &Shared, stream: &mut Stream, exports: &mut ConnExports) ->
                         return Err(io::Error::other("TLS is enabled but no credentials are loaded"));
                     };
                     let plain = std::mem::replace(stream, Stream::Pipes { read: null_file()?, write: null_file()? });
-                    let (upgraded, identity) = plain.start_tls(tls)?;
+                    let (upgraded, identity) = plain.start_tls(tls).inspect_err(|e| {
+                        warn!("{}: TLS handshake failed: {e}", exports.client.peer);
+                    })?;
                     *stream = upgraded;
                     neg.tls_started();
                     exports.tls = true;

@@ -33,8 +33,8 @@ use openssl::error::ErrorStack;
 use openssl::ex_data::Index;
 use openssl::pkey::PKey;
 use openssl::ssl::{
-    self, ErrorCode, Ssl, SslContext, SslContextBuilder, SslMethod, SslMode, SslOptions,
-    SslSessionCacheMode, SslStream, SslVerifyMode, SslVersion,
+    self, ErrorCode, Ssl, SslContext, SslContextBuilder, SslMethod, SslMode, SslOptions, SslSessionCacheMode,
+    SslStream, SslVerifyMode, SslVersion,
 };
 use openssl::stack::Stack;
 use openssl::x509::store::X509Lookup;
@@ -56,11 +56,11 @@ pub enum TlsMode {
 impl FromStr for TlsMode {
     type Err = String;
 
-    /// Accepts what nbdkit accepts: `require`, or a boolean (`on`, `yes`, `true`, `1`, ... / `off`,
-    /// `no`, `false`, `0`, ...), in any case.
+    /// Accepts what nbdkit accepts: `require` (or `required`, `force`), or a boolean (`on`, `yes`,
+    /// `true`, `1`, ... / `off`, `no`, `false`, `0`, ...), in any case.
     fn from_str(value: &str) -> Result<TlsMode, String> {
         match value.to_ascii_lowercase().as_str() {
-            "require" | "required" => Ok(TlsMode::Require),
+            "require" | "required" | "force" => Ok(TlsMode::Require),
             "on" | "yes" | "y" | "true" | "t" | "1" => Ok(TlsMode::On),
             "off" | "no" | "n" | "false" | "f" | "0" => Ok(TlsMode::Off),
             _ => Err(format!("--tls={value}: expected off, on or require")),
@@ -156,7 +156,12 @@ impl TlsContext {
             let verify = if options.verify_peer { ", verifying client certificates" } else { "" };
             format!("X.509 certificates from {}{verify}", dir.display())
         };
-        Ok(TlsContext { ssl: builder.build(), psk: options.psk_file.is_some(), description, handshake_timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT) })
+        Ok(TlsContext {
+            ssl: builder.build(),
+            psk: options.psk_file.is_some(),
+            description,
+            handshake_timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT),
+        })
     }
 
     /// What was loaded, for logs: "X.509 certificates from DIR" or "pre-shared keys from FILE".
@@ -218,7 +223,9 @@ fn new_builder() -> Result<SslContextBuilder, ErrorStack> {
     // AES-128-GCM costs the least CPU where AES instructions exist; PRIORITIZE_CHACHA still gives
     // ChaCha20 to clients that prefer it (those without them).
     builder.set_ciphersuites("TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256")?;
-    builder.set_cipher_list("ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:ECDHE+AES:!aNULL:!eNULL:!SHA1:!PSK:!SRP")?;
+    builder.set_cipher_list(
+        "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:ECDHE+AES:!aNULL:!eNULL:!SHA1:!PSK:!SRP",
+    )?;
     Ok(builder)
 }
 
@@ -270,15 +277,24 @@ fn load_x509(builder: &mut SslContextBuilder, dir: &Path, verify_peer: bool) -> 
     for extra in intermediates {
         builder.add_extra_chain_cert(extra.clone()).map_err(|e| what(&cert_path, &reasons(&e)))?;
     }
-    let mismatch = || what(&key_path, &format!("the private key does not match the certificate in {}", cert_path.display()));
+    let mismatch =
+        || what(&key_path, &format!("the private key does not match the certificate in {}", cert_path.display()));
     builder.set_private_key(&key).map_err(|e| {
         let why = reasons(&e);
-        if why.contains("mismatch") { mismatch() } else { what(&key_path, &why) }
+        if why.contains("mismatch") {
+            mismatch()
+        } else {
+            what(&key_path, &why)
+        }
     })?;
     builder.check_private_key().map_err(|_| mismatch())?;
     if let Ok(now) = Asn1Time::days_from_now(0) {
         if cert.not_after() < now {
-            tracing::warn!("tls-certificates: {}: the server certificate has expired ({})", cert_path.display(), cert.not_after());
+            tracing::warn!(
+                "tls-certificates: {}: the server certificate has expired ({})",
+                cert_path.display(),
+                cert.not_after()
+            );
         }
     }
 
@@ -287,9 +303,8 @@ fn load_x509(builder: &mut SslContextBuilder, dir: &Path, verify_peer: bool) -> 
         builder.set_verify(SslVerifyMode::NONE);
         return Ok(());
     }
-    let ca_pem = read_file(&ca_path).map_err(|e| {
-        what(&ca_path, &if verify_peer { format!("{e} (needed by --tls-verify-peer)") } else { e })
-    })?;
+    let ca_pem = read_file(&ca_path)
+        .map_err(|e| what(&ca_path, &if verify_peer { format!("{e} (needed by --tls-verify-peer)") } else { e }))?;
     let cas = X509::stack_from_pem(&ca_pem)
         .map_err(|e| what(&ca_path, &format!("not a PEM certificate: {}", reasons(&e))))?;
     if cas.is_empty() {
@@ -298,7 +313,9 @@ fn load_x509(builder: &mut SslContextBuilder, dir: &Path, verify_peer: bool) -> 
     let mut names = Stack::<X509Name>::new().map_err(|e| what(&ca_path, &reasons(&e)))?;
     for ca in &cas {
         builder.cert_store_mut().add_cert(ca.clone()).map_err(|e| what(&ca_path, &reasons(&e)))?;
-        names.push(ca.subject_name().to_owned().map_err(|e| what(&ca_path, &reasons(&e)))?).map_err(|e| what(&ca_path, &reasons(&e)))?;
+        names
+            .push(ca.subject_name().to_owned().map_err(|e| what(&ca_path, &reasons(&e)))?)
+            .map_err(|e| what(&ca_path, &reasons(&e)))?;
     }
     // Tells clients holding several certificates which one to present.
     builder.set_client_ca_list(names);
@@ -307,7 +324,10 @@ fn load_x509(builder: &mut SslContextBuilder, dir: &Path, verify_peer: bool) -> 
     if crl_path.exists() {
         let crl_pem = read_file(&crl_path).map_err(|e| what(&crl_path, &e))?;
         if !contains(&crl_pem, b"-----BEGIN X509 CRL-----") {
-            return Err(what(&crl_path, "no certificate revocation list in the file (expected -----BEGIN X509 CRL-----)"));
+            return Err(what(
+                &crl_path,
+                "no certificate revocation list in the file (expected -----BEGIN X509 CRL-----)",
+            ));
         }
         let store = builder.cert_store_mut();
         let lookup = store.add_lookup(X509Lookup::file()).map_err(|e| what(&crl_path, &reasons(&e)))?;
@@ -378,7 +398,10 @@ impl PskFile {
         let (stamp, keys) = read_psk_file(path)?;
         let keys = keys?;
         if keys.is_empty() {
-            return Err(format!("tls-psk: {}: the file holds no keys (expected username:hexkey lines, see psktool(1))", path.display()));
+            return Err(format!(
+                "tls-psk: {}: the file holds no keys (expected username:hexkey lines, see psktool(1))",
+                path.display()
+            ));
         }
         Ok(PskFile { path: path.to_path_buf(), state: Mutex::new(PskState { stamp, keys: Ok(keys) }) })
     }
@@ -407,7 +430,13 @@ impl PskFile {
 
 impl FileStamp {
     fn of(meta: &fs::Metadata) -> FileStamp {
-        FileStamp { dev: meta.dev(), ino: meta.ino(), size: meta.size(), mtime: meta.mtime(), mtime_nsec: meta.mtime_nsec() }
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        }
     }
 }
 
@@ -471,7 +500,9 @@ fn decode_hex(hex: &[u8]) -> Result<Vec<u8>, String> {
         .enumerate()
         .map(|(i, pair)| match (digit(pair[0]), digit(pair[1])) {
             (Some(hi), Some(lo)) => Ok((hi * 16 + lo) as u8),
-            _ => Err(format!("is not hexadecimal (at character {})", 2 * i + 1 + usize::from(digit(pair[0]).is_some()))),
+            _ => {
+                Err(format!("is not hexadecimal (at character {})", 2 * i + 1 + usize::from(digit(pair[0]).is_some())))
+            }
         })
         .collect()
 }
@@ -505,7 +536,11 @@ fn reasons(stack: &ErrorStack) -> String {
             out.push(reason);
         }
     }
-    if out.is_empty() { "unknown OpenSSL error".into() } else { out.join("; ") }
+    if out.is_empty() {
+        "unknown OpenSSL error".into()
+    } else {
+        out.join("; ")
+    }
 }
 
 /// The session's socket: one descriptor, or two for `-s`. Reads and writes never block; `Session`
@@ -529,7 +564,7 @@ struct Transport {
 }
 
 /// How much ciphertext one read may take from the socket.
-const INPUT_BUFFER: usize = 0;
+const INPUT_BUFFER: usize = 64 << 10;
 /// How many sealed bytes may wait in `output` before they must be written.
 const OUTPUT_LIMIT: usize = 128 << 10;
 
@@ -676,7 +711,13 @@ enum Need {
 
 /// Runs a handshake on a fresh `SSL` (the client side only in tests, to drive our I/O code from
 /// both ends).
-fn handshake(ssl: Ssl, transport: Transport, side: Side, timeout: Option<Duration>, psk: bool) -> io::Result<TlsStream> {
+fn handshake(
+    ssl: Ssl,
+    transport: Transport,
+    side: Side,
+    timeout: Option<Duration>,
+    psk: bool,
+) -> io::Result<TlsStream> {
     let read_fd = transport.read.clone();
     let write_fd = transport.write.clone();
     let read_timeout = socket_timeout(&read_fd, sockopt::ReceiveTimeout);
@@ -699,8 +740,7 @@ fn handshake(ssl: Ssl, transport: Transport, side: Side, timeout: Option<Duratio
             Need::Write => (&write_fd, PollFlags::POLLOUT, write_timeout),
         };
         let wait_until = earliest(deadline, each.map(|t| Instant::now() + t));
-        wait(fd.as_fd(), events, wait_until)
-            .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake: {e}")))?;
+        wait(fd.as_fd(), events, wait_until).map_err(|e| io::Error::new(e.kind(), format!("TLS handshake: {e}")))?;
     }
 
     let identity = match side {
@@ -752,10 +792,14 @@ fn handshake_error(e: &ssl::Error, ssl: &ssl::SslRef, psk: bool) -> io::Error {
     let why = match ssl.ex_data(psk_note_index()) {
         Some(PskNote::Unknown(identity)) => format!("the client's PSK identity '{identity}' is not in the key file"),
         Some(PskNote::FileError(e)) => e.clone(),
-        Some(PskNote::Known(identity)) => format!("the client's key for '{identity}' is not the one in the key file ({openssl})"),
+        Some(PskNote::Known(identity)) if e.ssl_error().is_some() => {
+            format!("the client's key for '{identity}' is not the one in the key file ({openssl})")
+        }
         None if psk && e.ssl_error().is_some() => format!("the client offered no pre-shared key ({openssl})"),
-        None if verify != X509VerifyResult::OK => format!("client certificate refused: {} ({openssl})", verify.error_string()),
-        None => openssl,
+        None if verify != X509VerifyResult::OK => {
+            format!("client certificate refused: {} ({openssl})", verify.error_string())
+        }
+        _ => openssl,
     };
     io::Error::new(io::ErrorKind::PermissionDenied, format!("TLS handshake failed: {why}"))
 }
@@ -775,10 +819,8 @@ fn rfc4514(name: &X509NameRef) -> String {
     for entry in name.entries() {
         let nid = entry.object().nid();
         let key = nid.short_name().map(str::to_string).unwrap_or_else(|_| entry.object().to_string());
-        let value = entry
-            .data()
-            .to_string()
-            .unwrap_or_else(|_| String::from_utf8_lossy(entry.data().as_slice()).into_owned());
+        let value =
+            entry.data().to_string().unwrap_or_else(|_| String::from_utf8_lossy(entry.data().as_slice()).into_owned());
         let mut escaped = String::new();
         let last = value.chars().count().saturating_sub(1);
         for (i, c) in value.chars().enumerate() {
@@ -870,7 +912,7 @@ impl Session {
                 while done < buf.len() {
                     // On WANT_WRITE OpenSSL keeps the record it could not hand over, and the
                     // retry must pass the same bytes again, which this does.
-                    ssl.get_mut().gather = false;
+                    ssl.get_mut().gather = true;
                     let result = ssl.ssl_write(&buf[done..]);
                     ssl.get_mut().gather = false;
                     match result {
@@ -938,7 +980,11 @@ struct HalfIo {
 
 impl HalfIo {
     fn copy(&self) -> HalfIo {
-        HalfIo { session: self.session.clone(), read_timeout: self.read_timeout.copy(), write_timeout: self.write_timeout.copy() }
+        HalfIo {
+            session: self.session.clone(),
+            read_timeout: self.read_timeout.copy(),
+            write_timeout: self.write_timeout.copy(),
+        }
     }
     fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         self.session.read(buf, self.read_timeout.get())
@@ -1142,7 +1188,6 @@ impl io::Write for TlsWriter {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     //! Both ends run in-process: our server side against OpenSSL's client (blocking `SslStream`),
@@ -1168,8 +1213,11 @@ mod tests {
     impl TempDir {
         fn new() -> TempDir {
             static COUNTER: AtomicUsize = AtomicUsize::new(0);
-            let path = std::env::temp_dir()
-                .join(format!("nbdforge-tls-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst)));
+            let path = std::env::temp_dir().join(format!(
+                "nbdforge-tls-{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::SeqCst)
+            ));
             let _ = fs::remove_dir_all(&path);
             fs::create_dir_all(&path).unwrap();
             TempDir(path)
@@ -1233,10 +1281,15 @@ mod tests {
             let mut b = builder(&name(cn), self.cert.subject_name(), &key);
             b.append_extension(BasicConstraints::new().build().unwrap()).unwrap();
             b.append_extension(KeyUsage::new().digital_signature().key_agreement().build().unwrap()).unwrap();
-            let eku = if server { ExtendedKeyUsage::new().server_auth().build() } else { ExtendedKeyUsage::new().client_auth().build() };
+            let eku = if server {
+                ExtendedKeyUsage::new().server_auth().build()
+            } else {
+                ExtendedKeyUsage::new().client_auth().build()
+            };
             b.append_extension(eku.unwrap()).unwrap();
             if server {
-                let san = SubjectAlternativeName::new().dns(cn).build(&b.x509v3_context(Some(&self.cert), None)).unwrap();
+                let san =
+                    SubjectAlternativeName::new().dns(cn).build(&b.x509v3_context(Some(&self.cert), None)).unwrap();
                 b.append_extension(san).unwrap();
             }
             b.sign(&self.key, MessageDigest::sha256()).unwrap();
@@ -1364,6 +1417,7 @@ mod tests {
     #[test]
     fn tls_mode_parses_like_nbdkit() {
         assert_eq!("require".parse::<TlsMode>(), Ok(TlsMode::Require));
+        assert_eq!("Force".parse::<TlsMode>(), Ok(TlsMode::Require));
         assert_eq!("ON".parse::<TlsMode>(), Ok(TlsMode::On));
         assert_eq!("yes".parse::<TlsMode>(), Ok(TlsMode::On));
         assert_eq!("0".parse::<TlsMode>(), Ok(TlsMode::Off));
@@ -1478,7 +1532,11 @@ mod tests {
             let (s, c) = exchange(&server, psk_client(version, "alice", &wrong));
             let e = s.unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
-            assert!(e.to_string().starts_with("TLS handshake failed: the client's key for 'alice' is not the one in the key file ("), "{e}");
+            assert!(
+                e.to_string()
+                    .starts_with("TLS handshake failed: the client's key for 'alice' is not the one in the key file ("),
+                "{e}"
+            );
             assert!(c.is_err());
         }
     }
@@ -1552,7 +1610,11 @@ mod tests {
         fs::write(pki.path().join("server-key.pem"), "hello\n").unwrap();
         let e = error_of(&pki.options(false));
         assert!(e.starts_with(&format!("tls-certificates: {dir}/server-key.pem: not a PEM private key")), "{e}");
-        fs::write(pki.path().join("server-key.pem"), "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n").unwrap();
+        fs::write(
+            pki.path().join("server-key.pem"),
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        )
+        .unwrap();
         let e = error_of(&pki.options(false));
         assert!(e.contains("server-key.pem: the private key is encrypted"), "{e}");
         fs::rename(pki.path().join("saved-key.pem"), pki.path().join("server-key.pem")).unwrap();
@@ -1619,7 +1681,13 @@ mod tests {
     /// A client on our own I/O code, so that both ends can read and write at once.
     fn our_client(context: &SslContext, read: OwnedFd, write: OwnedFd) -> io::Result<TlsStream> {
         let ssl = Ssl::new(context).unwrap();
-        handshake(ssl, Transport::new(Arc::new(read), Arc::new(write))?, Side::Client, Some(Duration::from_secs(10)), false)
+        handshake(
+            ssl,
+            Transport::new(Arc::new(read), Arc::new(write))?,
+            Side::Client,
+            Some(Duration::from_secs(10)),
+            false,
+        )
     }
 
     fn pattern(offset: u64, buf: &mut [u8]) {

@@ -39,24 +39,27 @@ impl Stream {
         }
     }
 
-    /// Limits how long the next reads may block (the handshake deadline). Only sockets support it.
+    /// Limits how long the next reads may block (the handshake deadline). Pipes (`-s`) have no
+    /// such limit.
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         match self {
             Stream::Socket(f) => socket2::SockRef::from(&f.as_fd()).set_read_timeout(timeout),
-            _ => Ok(()),
+            Stream::Tls(t) => t.set_read_timeout(timeout),
+            Stream::Pipes { .. } => Ok(()),
         }
     }
 
     /// Upgrades a plain socket to TLS after the STARTTLS reply has been sent.
     pub fn start_tls(self, tls: &TlsContext) -> io::Result<(Stream, Option<String>)> {
         match self {
-            Stream::Socket(f) => {
-                let t = tls.accept(OwnedFd::from(f))?;
-                let identity = t.identity();
-                Ok((Stream::Tls(t), identity))
-            }
-            _ => Err(io::Error::new(io::ErrorKind::Unsupported, "TLS needs a socket connection")),
+            Stream::Socket(f) => tls.accept(OwnedFd::from(f)),
+            Stream::Pipes { read, write } => tls.accept_pair(read.into(), write.into()),
+            Stream::Tls(_) => Err(io::Error::new(io::ErrorKind::Unsupported, "TLS is already running")),
         }
+        .map(|t| {
+            let identity = t.identity();
+            (Stream::Tls(t), identity)
+        })
     }
 
     pub fn split(self) -> io::Result<(Box<dyn Read + Send>, Box<dyn Write + Send>)> {

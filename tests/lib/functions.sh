@@ -125,3 +125,36 @@ unix_socket_paths() {
 free_tcp_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
+
+# --- TLS credentials, made by the test itself (certtool and psktool, from gnutls-bin) --------
+
+# Keys and certificates in $tmp as NAME-key.pem, NAME-cert.pem. RSA keys: qemu insists that a
+# client certificate allows key encipherment, which certtool only grants to RSA keys.
+gen_key() { certtool --generate-privkey --key-type=rsa --bits=2048 --outfile "$1" 2>/dev/null; }
+gen_ca() {   # gen_ca NAME CN
+    gen_key "$tmp/$1-key.pem"
+    printf 'cn = %s\nca\ncert_signing_key\ncrl_signing_key\nexpiration_days = 2\n' "$2" > "$tmp/$1.info"
+    certtool --generate-self-signed --load-privkey "$tmp/$1-key.pem" --template "$tmp/$1.info" \
+        --outfile "$tmp/$1-cert.pem" 2>/dev/null
+}
+gen_cert() {   # gen_cert NAME CA TEMPLATE
+    gen_key "$tmp/$1-key.pem"
+    printf '%b' "$3" > "$tmp/$1.info"
+    certtool --generate-certificate --load-ca-certificate "$tmp/$2-cert.pem" \
+        --load-ca-privkey "$tmp/$2-key.pem" --load-privkey "$tmp/$1-key.pem" \
+        --template "$tmp/$1.info" --outfile "$tmp/$1-cert.pem" 2>/dev/null
+}
+server_info='organization = nbdforge test\ncn = localhost\ndns_name = localhost\ntls_www_server\nencryption_key\nsigning_key\nexpiration_days = 2\n'
+
+# server_pki DIR CLIENT_DIR: a CA and a server certificate for localhost in the layout of
+# nbdkit-tls(1) (DIR/ca-cert.pem, server-cert.pem, server-key.pem), and in CLIENT_DIR what a
+# client needs to trust the server: the CA certificate.
+server_pki() {
+    gen_ca pki-ca "nbdforge test CA"
+    gen_cert pki-server pki-ca "$server_info"
+    mkdir -p -m 0700 "$1" "$2"
+    cp "$tmp/pki-ca-cert.pem" "$1/ca-cert.pem"
+    cp "$tmp/pki-server-cert.pem" "$1/server-cert.pem"
+    cp "$tmp/pki-server-key.pem" "$1/server-key.pem"
+    cp "$tmp/pki-ca-cert.pem" "$2/ca-cert.pem"
+}

@@ -262,6 +262,11 @@ fn configure_stack(
 /// TLS credentials. `--tls=on` without usable credentials serves without TLS, with a warning, as
 /// nbdkit does; `--tls=require` without them is an error.
 fn load_tls(o: &mut Options) -> Result<Option<Arc<TlsContext>>, String> {
+    if !o.tls_given {
+        // nbdkit's default: TLS is offered (not required) when credentials load, from
+        // --tls-certificates, --tls-psk or the default directories, and off otherwise.
+        o.tls.mode = TlsMode::On;
+    }
     if o.tls.mode == TlsMode::Off {
         return Ok(None);
     }
@@ -271,6 +276,11 @@ fn load_tls(o: &mut Options) -> Result<Option<Arc<TlsContext>>, String> {
             // --timeout bounds the whole handshake, TLS included.
             ctx.set_handshake_timeout(o.handshake_timeout());
             Ok(Some(Arc::new(ctx)))
+        }
+        Err(e) if !o.tls_given => {
+            tracing::debug!("TLS is off: no credentials could be loaded: {e}");
+            o.tls.mode = TlsMode::Off;
+            Ok(None)
         }
         Err(e) if o.tls.mode == TlsMode::On => {
             tracing::warn!("--tls=on but the TLS credentials could not be loaded: {e}; TLS is disabled and clients asking for it will be refused");
