@@ -56,6 +56,14 @@ pub trait Plugin: Send + Sync + 'static {
         ""
     }
 
+    /// Sets one of the plugin's debug flags from `-D NAME.FLAG=VALUE`, before any `config`.
+    /// Returns false for a flag the plugin does not have. Flags only change what is logged at
+    /// debug level (`-v`).
+    fn debug_flag(&mut self, flag: &str, value: i32) -> bool {
+        let _ = (flag, value);
+        false
+    }
+
     /// The key a bare first argument stands for (`nbdforge memory 1G` means `size=1G`).
     fn magic_config_key(&self) -> Option<&'static str> {
         None
@@ -123,6 +131,12 @@ pub trait Filter: Send + Sync + 'static {
     /// Help for the filter's parameters.
     fn config_help(&self) -> &'static str {
         ""
+    }
+
+    /// Sets one of the filter's debug flags from `-D NAME.FLAG=VALUE`; see [`Plugin::debug_flag`].
+    fn debug_flag(&mut self, flag: &str, value: i32) -> bool {
+        let _ = (flag, value);
+        false
     }
 
     /// Offered every parameter before layers below it. Returns `Ok(true)` if the filter took it,

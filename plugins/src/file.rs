@@ -75,6 +75,8 @@ pub struct FilePlugin {
     fadvise: PosixFadviseAdvice,
     /// Paths already reported as served read-only, so the warning is not repeated per connection.
     warned_read_only: Mutex<HashSet<PathBuf>>,
+    /// `-D file.zero=1`: log how each zero request was done.
+    debug_zero: bool,
 }
 
 impl Default for FilePlugin {
@@ -93,6 +95,7 @@ impl FilePlugin {
             cache: CacheMode::Default,
             fadvise: PosixFadviseAdvice::POSIX_FADV_NORMAL,
             warned_read_only: Mutex::new(HashSet::new()),
+            debug_zero: false,
         }
     }
 
@@ -111,7 +114,9 @@ impl FilePlugin {
                 tracing::warn!("file: {name}: no write access, serving it read-only");
             }
         }
-        FileHandle::new(file, name.to_string(), writable, self.cache, self.fadvise)
+        let mut handle = FileHandle::new(file, name.to_string(), writable, self.cache, self.fadvise)?;
+        handle.debug_zero = self.debug_zero;
+        Ok(handle)
     }
 }
 
@@ -133,6 +138,14 @@ impl Plugin for FilePlugin {
 
     fn magic_config_key(&self) -> Option<&'static str> {
         Some("file")
+    }
+
+    fn debug_flag(&mut self, flag: &str, value: i32) -> bool {
+        match flag {
+            "zero" => self.debug_zero = value != 0,
+            _ => return false,
+        }
+        true
     }
 
     fn config(&mut self, key: &str, value: &str) -> Result<()> {
@@ -381,6 +394,8 @@ struct FileHandle {
     /// Cleared when the file system answers `EOPNOTSUPP`, so later requests skip the attempt.
     punch_hole_works: AtomicBool,
     zero_range_works: AtomicBool,
+    /// `-D file.zero=1`.
+    debug_zero: bool,
 }
 
 impl FileHandle {
@@ -416,6 +431,7 @@ impl FileHandle {
             recent_writes: (cache == CacheMode::None).then(|| RecentWrites(Mutex::new(VecDeque::new()))),
             punch_hole_works: AtomicBool::new(true),
             zero_range_works: AtomicBool::new(true),
+            debug_zero: false,
         })
     }
 
@@ -569,20 +585,30 @@ impl Handle for FileHandle {
         let may_trim = flags.contains(Flags::MAY_TRIM);
         let fast = flags.contains(Flags::FAST_ZERO);
         // Punching is the cheapest zero, and a hole is what the client allowed.
-        let done = (may_trim && self.try_fallocate(&self.punch_hole_works, FallocateFlags::FALLOC_FL_PUNCH_HOLE, count, offset)?)
-            // On a block device the kernel may implement ZERO_RANGE by writing zeroes, which is
-            // no faster than the write a fast-zero request wants to avoid.
-            || (!(fast && self.is_block_device)
-                && self.try_fallocate(&self.zero_range_works, FallocateFlags::FALLOC_FL_ZERO_RANGE, count, offset)?)
-            // Without ZERO_RANGE (tmpfs, for one) a file can still punch and then reallocate.
-            || (!self.is_block_device && self.punch_and_reallocate(count, offset)?);
-        if !done {
+        let method = if may_trim && self.try_fallocate(&self.punch_hole_works, FallocateFlags::FALLOC_FL_PUNCH_HOLE, count, offset)? {
+            "punching a hole"
+        // On a block device the kernel may implement ZERO_RANGE by writing zeroes, which is no
+        // faster than the write a fast-zero request wants to avoid.
+        } else if !(fast && self.is_block_device)
+            && self.try_fallocate(&self.zero_range_works, FallocateFlags::FALLOC_FL_ZERO_RANGE, count, offset)?
+        {
+            "ZERO_RANGE"
+        // Without ZERO_RANGE (tmpfs, for one) a file can still punch and then reallocate.
+        } else if !self.is_block_device && self.punch_and_reallocate(count, offset)? {
+            "punching a hole and reallocating"
+        } else {
             let why = if fast {
                 "fast zero is not possible here"
             } else {
                 "no efficient way to zero; the core will write zeroes"
             };
+            if self.debug_zero {
+                tracing::debug!("file: {}: zero {count} bytes at {offset}: {why}", self.name);
+            }
             return Err(Error::new(libc::EOPNOTSUPP, format!("file: {}: zero: {why}", self.name)));
+        };
+        if self.debug_zero {
+            tracing::debug!("file: {}: zero {count} bytes at {offset} by {method}", self.name);
         }
         self.sync_if_fua(flags)
     }

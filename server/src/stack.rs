@@ -29,6 +29,23 @@ impl Stack {
         self.plugin.magic_config_key()
     }
 
+    /// `-D LAYER.FLAG=VALUE`: sets a debug flag of the filter or plugin called `layer`. Returns
+    /// false when no layer has that name, and an error when the layer has no such flag.
+    pub fn debug_flag(&mut self, layer: &str, flag: &str, value: i32) -> std::result::Result<bool, String> {
+        let known = if let Some(f) = self.filters.iter_mut().find(|f| f.name() == layer) {
+            f.debug_flag(flag, value)
+        } else if self.plugin.name() == layer {
+            self.plugin.debug_flag(flag, value)
+        } else {
+            return Ok(false);
+        };
+        if known {
+            Ok(true)
+        } else {
+            Err(format!("-D {layer}.{flag}={value}: {layer} has no debug flag called {flag}"))
+        }
+    }
+
     /// Offers `key=value` to the filters in order, then the plugin. Errors are prefixed with the
     /// name of the layer that refused it (`memory: size=12Q: unknown suffix ...`).
     pub fn config(&mut self, key: &str, value: &str) -> Result<()> {

@@ -53,10 +53,7 @@ pub fn run(id: &Identity, mut o: Options, plugin: Box<dyn Plugin>, filters: Vec<
         lock_memory()?;
     }
 
-    let stack_names: Vec<String> =
-        filters.iter().map(|f| f.name().to_string()).chain([plugin.name().to_string()]).collect();
-    check_debug_flags(&o, &stack_names);
-    let backend = configure_stack(plugin, filters, &o.params)?;
+    let backend = configure_stack(plugin, filters, &o)?;
     let tls = load_tls(&mut o)?;
 
     // `..default()` keeps this compiling as the server gains settings.
@@ -202,17 +199,25 @@ fn lock_memory() -> Result<(), String> {
 
 /// `-D NAME.FLAG=N`. Plugins cannot declare debug flags yet, so flags for layers in the stack
 /// are only recorded in the debug log; the server's own nbdkit.* flags are known by name.
-fn check_debug_flags(o: &Options, stack: &[String]) {
+/// `-D NAME.FLAG=N`: server flags (`nbdkit.*`) are accepted as nbdkit's are; a flag for a
+/// plugin or filter that is not loaded is ignored, and one the layer does not have is warned about.
+fn apply_debug_flags(o: &Options, stack: &mut Stack) {
     const SERVER_FLAGS: &[&str] = &["backend.controlpath", "backend.datapath", "tls.log", "tls.session"];
     for f in &o.debug_flags {
         if f.name == "nbdkit" || f.name == "nbdforge" {
             if !SERVER_FLAGS.contains(&f.flag.as_str()) {
                 tracing::warn!("-D {}.{}: the server has no debug flag called {}", f.name, f.flag, f.flag);
             }
-        } else if stack.contains(&f.name) {
-            tracing::debug!("debug flag {}.{}={} recorded", f.name, f.flag, f.value);
-        } else {
-            tracing::debug!("-D {}.{}: {} is not loaded; ignored", f.name, f.flag, f.name);
+            continue;
+        }
+        let Ok(value) = i32::try_from(f.value) else {
+            tracing::warn!("-D {}.{}={}: the value does not fit a debug flag (an int)", f.name, f.flag, f.value);
+            continue;
+        };
+        match stack.debug_flag(&f.name, &f.flag, value) {
+            Ok(true) => tracing::debug!("debug flag {}.{}={}", f.name, f.flag, f.value),
+            Ok(false) => tracing::debug!("-D {}.{}: {} is not loaded; ignored", f.name, f.flag, f.name),
+            Err(e) => tracing::warn!("{e}"),
         }
     }
 }
@@ -249,10 +254,11 @@ fn is_config_key(key: &str) -> bool {
 fn configure_stack(
     plugin: Box<dyn Plugin>,
     filters: Vec<Box<dyn Filter>>,
-    params: &[String],
+    o: &Options,
 ) -> Result<Arc<dyn nbdforge_api::Backend>, String> {
     let mut stack = Stack::new(plugin, filters);
-    for (key, value) in split_params(stack.magic_config_key(), params)? {
+    apply_debug_flags(o, &mut stack);
+    for (key, value) in split_params(stack.magic_config_key(), &o.params)? {
         tracing::debug!("config {key}={value}");
         stack.config(key, value).map_err(|e| e.message)?;
     }
