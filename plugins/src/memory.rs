@@ -169,6 +169,14 @@ impl Handle for MemoryHandle {
         Ok(Capabilities::ALL)
     }
 
+    fn pread_borrowed(&self, count: u64, offset: u64, send: &mut dyn FnMut(&[&[u8]])) -> Result<bool> {
+        Ok(match &*self.storage {
+            Storage::Sparse(array) => array.read_borrowed(offset, count, send),
+            // A flat buffer has no locks to keep a slice stable while it is sent.
+            Storage::Flat(_) => false,
+        })
+    }
+
     fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {
         match &*self.storage {
             Storage::Sparse(array) => array.read(buf, offset),

@@ -78,6 +78,38 @@ impl SparseArray {
         }
     }
 
+    /// Calls `send` with slices of the pages that hold the `count` bytes at `offset` (a static zero
+    /// page for absent ones), with those pages' stripes read-locked so no write changes them
+    /// meanwhile. Returns false without calling `send` for a range of more than [`STRIPES`] pages,
+    /// which would need one stripe twice.
+    ///
+    /// Stripes are locked in stripe order. Every other operation holds one stripe at a time, so
+    /// readers that hold several and wait behind a writer cannot form a cycle.
+    pub fn read_borrowed(&self, offset: u64, count: u64, send: &mut dyn FnMut(&[&[u8]])) -> bool {
+        let runs: Vec<(u64, usize, usize)> = page_runs(offset, count).collect();
+        if runs.len() > STRIPES {
+            return false;
+        }
+        // Consecutive pages are in distinct stripes, so each stripe is locked once.
+        let mut order: Vec<usize> = runs.iter().map(|r| stripe_of(r.0)).collect();
+        order.sort_unstable();
+        let guards: Vec<(usize, RwLockReadGuard<'_, BTreeMap<u64, Page>>)> =
+            order.into_iter().map(|s| (s, self.read_stripe(s as u64))).collect();
+        let slices: Vec<&[u8]> = runs
+            .iter()
+            .map(|&(index, in_page, len)| {
+                let stripe = stripe_of(index);
+                let map = &guards[guards.partition_point(|g| g.0 < stripe)].1;
+                match map.get(&index) {
+                    Some(page) => &page[in_page..in_page + len],
+                    None => &ZERO_PAGE[..len],
+                }
+            })
+            .collect();
+        send(&slices);
+        true
+    }
+
     /// Copies `buf` into the array at `offset`, allocating pages as needed. Zeroes written to an
     /// absent page leave it absent.
     pub fn write(&self, buf: &[u8], offset: u64) {
@@ -233,6 +265,9 @@ impl SparseArray {
         }
     }
 }
+
+/// What an absent page reads as.
+static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
 fn stripe_of(index: u64) -> usize {
     (index % STRIPES as u64) as usize
@@ -390,5 +425,40 @@ mod tests {
             }
         });
         assert_eq!(a.allocated_pages(), 8 * 200 * 4096 / PAGE_SIZE);
+    }
+}
+
+#[cfg(test)]
+mod borrowed_tests {
+    use super::*;
+
+    #[test]
+    fn borrowed_slices_match_a_copying_read() {
+        let a = SparseArray::new();
+        let data: Vec<u8> = (0..3 * PAGE_SIZE).map(|i| (i % 251) as u8 + 1).collect();
+        // Pages 1..4 written; page 0 and 4.. absent.
+        a.write(&data, PAGE_SIZE as u64);
+        let (offset, count) = (100u64, 5 * PAGE_SIZE as u64);
+        let mut copied = vec![0u8; count as usize];
+        a.read(&mut copied, offset);
+        let mut joined = Vec::new();
+        let mut calls = 0;
+        assert!(a.read_borrowed(offset, count, &mut |parts| {
+            calls += 1;
+            for p in parts {
+                joined.extend_from_slice(p);
+            }
+        }));
+        assert_eq!(calls, 1);
+        assert_eq!(joined, copied);
+        assert!(joined[..PAGE_SIZE - 100].iter().all(|&b| b == 0), "absent page reads as zeroes");
+    }
+
+    #[test]
+    fn borrowed_reads_decline_more_pages_than_stripes() {
+        let a = SparseArray::new();
+        let count = (STRIPES as u64 + 1) * PAGE_SIZE as u64;
+        assert!(!a.read_borrowed(0, count, &mut |_| panic!("must not be called")));
+        assert!(a.read_borrowed(0, STRIPES as u64 * PAGE_SIZE as u64, &mut |parts| assert_eq!(parts.len(), STRIPES)));
     }
 }

@@ -8,6 +8,7 @@
 //! backend finishes.
 
 use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
@@ -19,6 +20,7 @@ use nbdforge_protocol::{
     oldstyle_greeting, Command, ExportInfo, Exports, Negotiated, Negotiation, NegotiationConfig, OptionError,
     Refusal, Replies, ReplyHeader, Request, Session, Step, TlsPolicy,
 };
+use nix::sys::socket::MsgFlags;
 use tracing::{debug, error, warn};
 
 use crate::server::Shared;
@@ -46,6 +48,7 @@ pub(crate) fn serve(shared: &Shared, mut stream: Stream, peer: String) {
         }
     };
     let Some(handle) = exports.opened.take() else { return };
+    let socket = stream.plain_socket();
     let (read, write) = match stream.split() {
         Ok(halves) => halves,
         Err(e) => return warn!("{}: {e}", exports.client.peer),
@@ -59,6 +62,7 @@ pub(crate) fn serve(shared: &Shared, mut stream: Stream, peer: String) {
         writer: Mutex::new(write),
         failed: AtomicBool::new(false),
         buffers: Mutex::new(Vec::new()),
+        socket,
     };
     let threads = match shared.thread_model {
         ThreadModel::Parallel => shared.config.threads.max(1),
@@ -277,6 +281,8 @@ struct Transmission<'a> {
     reader: Mutex<Reader>,
     writer: Mutex<Box<dyn Write + Send>>,
     failed: AtomicBool,
+    /// The socket, for sends that must not block (see `read_borrowed`); `None` for TLS and pipes.
+    socket: Option<RawFd>,
     /// Request buffers, last freed first: a buffer is still in the CPU cache when the next request
     /// reuses it, where one buffer per worker would cycle through all of them.
     buffers: Mutex<Vec<Vec<u8>>>,
@@ -460,17 +466,12 @@ impl Transmission<'_> {
     }
 
     fn read(&self, req: &Request, offset: u64, length: u64, df: bool, buf: &mut Vec<u8>) {
-        let mut sent = false;
-        let borrowed = self.handle.pread_borrowed(length, offset, &mut |parts| {
-            sent = true;
-            self.send_read(req, offset, length, df, parts);
-        });
-        match borrowed {
-            Ok(true) if sent => return,
-            Ok(false) => {}
-            Ok(true) => return self.backend_error(req, Error::io("pread_borrowed returned no data")),
-            Err(e) if sent => return error!("{}: after the data was sent: {}", command_name(req.kind), e.message),
-            Err(e) => return self.backend_error(req, e),
+        if let Some(socket) = self.socket {
+            match self.read_borrowed(req, offset, length, df, buf, socket) {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => return self.backend_error(req, e),
+            }
         }
         let len = length as usize;
         if buf.len() < len {
@@ -483,53 +484,124 @@ impl Transmission<'_> {
         }
     }
 
+    /// Sends a read straight from the backend's memory when it offers its data that way
+    /// (`pread_borrowed`), saving a copy. The backend holds locks while its slices are borrowed,
+    /// so nothing here may wait then: the reply goes out only if the write lock is free, without
+    /// blocking; what the socket does not take at once is copied out and sent after the backend
+    /// has let go. Returns false when the backend does not offer borrowed reads.
+    fn read_borrowed(&self, req: &Request, offset: u64, length: u64, df: bool, buf: &mut Vec<u8>, socket: RawFd) -> nbdforge_api::Result<bool> {
+        enum Outcome<'w> {
+            Sent,
+            /// The write lock, held, and the bytes of the reply still to send.
+            Rest(MutexGuard<'w, Box<dyn Write + Send>>, Vec<u8>),
+            /// The writer was busy: the data was copied into `buf`.
+            Copied,
+            WrongLength,
+        }
+        let mut outcome = None;
+        let offered = self.handle.pread_borrowed(length, offset, &mut |parts| {
+            if parts.iter().map(|p| p.len() as u64).sum::<u64>() != length {
+                outcome = Some(Outcome::WrongLength);
+                return;
+            }
+            outcome = Some(match self.writer.try_lock() {
+                Ok(writer) => {
+                    let reply = self.read_reply(req, offset, df, parts);
+                    let mut iov = reply.iov();
+                    let total: usize = iov.iter().map(|s| s.len()).sum();
+                    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+                    let sent = match nix::sys::socket::sendmsg::<()>(socket, &iov, &[], flags, None) {
+                        Ok(n) => n,
+                        Err(nix::errno::Errno::EAGAIN) => 0,
+                        Err(e) => {
+                            self.failed.store(true, Ordering::Relaxed);
+                            debug!("writing a reply failed: {e}");
+                            total
+                        }
+                    };
+                    if sent == total {
+                        Outcome::Sent
+                    } else {
+                        let mut rest: &mut [IoSlice<'_>] = &mut iov;
+                        IoSlice::advance_slices(&mut rest, sent);
+                        let mut bytes = Vec::with_capacity(total - sent);
+                        rest.iter().for_each(|s| bytes.extend_from_slice(s));
+                        Outcome::Rest(writer, bytes)
+                    }
+                }
+                Err(_) => {
+                    buf.clear();
+                    parts.iter().for_each(|p| buf.extend_from_slice(p));
+                    Outcome::Copied
+                }
+            });
+        })?;
+        match (offered, outcome) {
+            (false, _) => Ok(false),
+            (true, Some(Outcome::Sent)) => Ok(true),
+            (true, Some(Outcome::Rest(mut writer, rest))) => {
+                if let Err(e) = writer.write_all(&rest) {
+                    self.failed.store(true, Ordering::Relaxed);
+                    debug!("writing a reply failed: {e}");
+                }
+                Ok(true)
+            }
+            (true, Some(Outcome::Copied)) => {
+                self.send_read(req, offset, length, df, &[&buf[..length as usize]]);
+                Ok(true)
+            }
+            (true, Some(Outcome::WrongLength)) | (true, None) => {
+                Err(Error::io(format!("the backend's borrowed read did not hold {length} bytes")))
+            }
+        }
+    }
+
     /// Sends the reply to a successful read whose data is `parts`, one after another.
-    ///
-    /// Blocks that read as zeroes travel as hole chunks. Finding them by looking at the data costs
-    /// next to nothing for real data (the scan stops at the first non-zero word) and less than
-    /// sending them for zeroes; asking the backend's extents instead can cost a scan of the whole
-    /// file per read (SEEK_HOLE on tmpfs).
     fn send_read(&self, req: &Request, offset: u64, length: u64, df: bool, parts: &[&[u8]]) {
         if parts.iter().map(|p| p.len() as u64).sum::<u64>() != length {
             let e = Error::io(format!("the backend returned data of the wrong length for {length} bytes"));
             return self.backend_error(req, e);
         }
-        // Runs of data or zeroes: (start, length, is_zero, first data part, data parts).
-        let mut runs: Vec<(u64, u64, bool, usize, usize)> = Vec::new();
-        let mut data: Vec<&[u8]> = Vec::with_capacity(parts.len());
+        self.send(&mut self.read_reply(req, offset, df, parts).iov());
+    }
+
+    /// The reply to a successful read of `parts`: data chunks, and hole chunks for the blocks
+    /// that read as zeroes (structured replies, without DF).
+    ///
+    /// Finding zero blocks by looking at the data costs next to nothing for real data (the scan
+    /// stops at the first non-zero word) and less than sending them for zeroes; asking the
+    /// backend's extents instead can cost a scan of the whole file per read (SEEK_HOLE on tmpfs).
+    fn read_reply<'a>(&self, req: &Request, offset: u64, df: bool, parts: &[&'a [u8]]) -> ReadReply<'a> {
+        let mut runs: Vec<Run> = Vec::new();
+        let mut data: Vec<&'a [u8]> = Vec::with_capacity(parts.len());
         let mut pos = offset;
-        for part in parts {
+        for &part in parts {
             let pieces = if self.replies.structured && !df { zero_pieces(part) } else { vec![(0, part.len(), false)] };
             for (at, n, zero) in pieces {
                 match runs.last_mut() {
-                    Some(run) if run.2 == zero => run.1 += n as u64,
-                    _ => runs.push((pos, n as u64, zero, data.len(), 0)),
+                    Some(run) if run.zero == zero => run.length += n as u64,
+                    _ => runs.push(Run { start: pos, length: n as u64, zero, first: data.len(), count: 0 }),
                 }
                 if !zero {
                     data.push(&part[at..at + n]);
-                    runs.last_mut().expect("a run was just pushed").4 += 1;
+                    runs.last_mut().expect("a run was just pushed").count += 1;
                 }
                 pos += n as u64;
             }
         }
         let last = runs.len().saturating_sub(1);
-        let headers: Vec<ReplyHeader> = runs
+        let headers = runs
             .iter()
             .enumerate()
-            .map(|(i, &(start, n, zero, _, _))| {
-                if zero {
-                    self.replies.read_hole(req.cookie, offset, start, n as u32, i == last)
+            .map(|(i, r)| {
+                if r.zero {
+                    self.replies.read_hole(req.cookie, offset, r.start, r.length as u32, i == last)
                 } else {
-                    self.replies.read_data(req.cookie, offset, start, n, i == last)
+                    self.replies.read_data(req.cookie, offset, r.start, r.length, i == last)
                 }
             })
             .collect();
-        let mut iov = Vec::with_capacity(runs.len() + data.len());
-        for (h, &(_, _, _, first, count)) in headers.iter().zip(&runs) {
-            iov.push(IoSlice::new(h.as_bytes()));
-            iov.extend(data[first..first + count].iter().map(|d| IoSlice::new(d)));
-        }
-        self.send(&mut iov);
+        ReadReply { headers, data, runs }
     }
 
     fn block_status(&self, req: &Request, offset: u64, length: u64, req_one: bool) {
@@ -545,6 +617,33 @@ impl Transmission<'_> {
         let mut out = Vec::with_capacity(40 + runs.len() * 16);
         self.replies.block_status(&mut out, req.cookie, offset, BASE_ALLOCATION_ID, &runs);
         self.send(&mut [IoSlice::new(&out)]);
+    }
+}
+
+/// A run of a read reply: data or zeroes, and which data slices belong to it.
+struct Run {
+    start: u64,
+    length: u64,
+    zero: bool,
+    first: usize,
+    count: usize,
+}
+
+/// The chunks of a read reply: a header per run, followed by the run's data slices.
+struct ReadReply<'a> {
+    headers: Vec<ReplyHeader>,
+    data: Vec<&'a [u8]>,
+    runs: Vec<Run>,
+}
+
+impl ReadReply<'_> {
+    fn iov(&self) -> Vec<IoSlice<'_>> {
+        let mut iov = Vec::with_capacity(self.runs.len() + self.data.len());
+        for (h, r) in self.headers.iter().zip(&self.runs) {
+            iov.push(IoSlice::new(h.as_bytes()));
+            iov.extend(self.data[r.first..r.first + r.count].iter().map(|d| IoSlice::new(d)));
+        }
+        iov
     }
 }
 

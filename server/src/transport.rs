@@ -62,6 +62,14 @@ impl Stream {
         })
     }
 
+    /// The descriptor of a plain socket, which replies may also be sent on directly.
+    pub fn plain_socket(&self) -> Option<std::os::fd::RawFd> {
+        match self {
+            Stream::Socket(f) => Some(std::os::fd::AsRawFd::as_raw_fd(f)),
+            _ => None,
+        }
+    }
+
     pub fn split(self) -> io::Result<(Box<dyn Read + Send>, Box<dyn Write + Send>)> {
         Ok(match self {
             Stream::Socket(f) => (Box::new(f.try_clone()?), Box::new(f)),
