@@ -144,3 +144,104 @@ impl Handle for Emulated {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use nbdforge_api::extents::DATA;
+    use nbdforge_api::Extent;
+
+    use super::*;
+
+    type Calls = Arc<Mutex<Vec<&'static str>>>;
+
+    /// A writable RAM disk that implements only pread, pwrite and flush, and records its calls.
+    struct Minimal {
+        data: Mutex<Vec<u8>>,
+        calls: Calls,
+    }
+
+    fn minimal(size: usize) -> (Emulated, Calls) {
+        let calls = Calls::default();
+        let disk = Minimal { data: Mutex::new(vec![0xff; size]), calls: Arc::clone(&calls) };
+        (Emulated::new(Box::new(disk)).unwrap(), calls)
+    }
+
+    fn take(calls: &Calls) -> Vec<&'static str> {
+        std::mem::take(&mut *calls.lock().unwrap())
+    }
+
+    impl Handle for Minimal {
+        fn get_size(&self) -> Result<u64> {
+            Ok(self.data.lock().unwrap().len() as u64)
+        }
+        fn capabilities(&self) -> Result<Capabilities> {
+            Ok(Capabilities {
+                write: true,
+                flush: true,
+                zero: Support::Emulate,
+                fua: Support::Emulate,
+                cache: Support::Emulate,
+                // Meaningless without a native zero: the core must not offer it.
+                fast_zero: true,
+                ..Capabilities::READ_ONLY
+            })
+        }
+        fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {
+            self.calls.lock().unwrap().push("pread");
+            let o = offset as usize;
+            buf.copy_from_slice(&self.data.lock().unwrap()[o..o + buf.len()]);
+            Ok(())
+        }
+        fn pwrite(&self, buf: &[u8], offset: u64, flags: Flags) -> Result<()> {
+            assert!(!flags.contains(Flags::FUA), "FUA reached a layer that only emulates it");
+            self.calls.lock().unwrap().push("pwrite");
+            let o = offset as usize;
+            self.data.lock().unwrap()[o..o + buf.len()].copy_from_slice(buf);
+            Ok(())
+        }
+        fn flush(&self, _flags: Flags) -> Result<()> {
+            self.calls.lock().unwrap().push("flush");
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn zero_is_written_as_zeroes_and_fua_becomes_a_flush() {
+        let (e, calls) = minimal(3 << 20);
+        assert!(!e.capabilities().unwrap().fast_zero, "fast zero needs a native zero");
+        e.zero(2 << 20, 4096, Flags::FUA | Flags::MAY_TRIM).unwrap();
+        assert_eq!(take(&calls), ["pwrite", "pwrite", "flush"], "1 MiB writes of zeroes, then the flush for FUA");
+        let mut buf = vec![1u8; (2 << 20) + 2];
+        e.pread(&mut buf, 4095, Flags::NONE).unwrap();
+        assert_eq!(buf[0], 0xff, "the byte before the range is untouched");
+        assert_eq!(*buf.last().unwrap(), 0xff, "the byte after the range is untouched");
+        assert!(buf[1..buf.len() - 1].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn fast_zero_is_refused_without_touching_the_disk() {
+        let (e, calls) = minimal(4096);
+        assert_eq!(e.zero(4096, 0, Flags::FAST_ZERO).unwrap_err().errno, libc::ENOTSUP);
+        assert!(take(&calls).is_empty());
+    }
+
+    #[test]
+    fn write_with_fua_is_followed_by_a_flush() {
+        let (e, calls) = minimal(4096);
+        e.pwrite(&[7; 512], 0, Flags::FUA).unwrap();
+        e.pwrite(&[7; 512], 512, Flags::NONE).unwrap();
+        assert_eq!(take(&calls), ["pwrite", "flush", "pwrite"]);
+    }
+
+    #[test]
+    fn cache_reads_and_extents_report_all_data() {
+        let (e, calls) = minimal(3 << 20);
+        e.cache(3 << 20, 0, Flags::NONE).unwrap();
+        assert_eq!(take(&calls), ["pread", "pread", "pread"], "cache reads the range in 1 MiB pieces");
+        let mut ext = Extents::new(0, 3 << 20);
+        e.extents(3 << 20, 0, Flags::NONE, &mut ext).unwrap();
+        assert_eq!(ext.as_slice(), &[Extent { offset: 0, length: 3 << 20, flags: DATA }]);
+    }
+}
