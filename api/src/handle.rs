@@ -70,6 +70,18 @@ pub trait Handle: Send + Sync {
         Ok(false)
     }
 
+    /// A faster read, for backends whose data sits in a file: the descriptor and the file offset
+    /// that hold the `count` bytes at `offset`. The server sends them with `sendfile`, so the data
+    /// never passes through a buffer of ours. The file must be at least `file_offset + count`
+    /// bytes long; a failure while sending ends the connection (the reply was already promised).
+    ///
+    /// The default returns `Ok(None)` and the server calls `pread`. Like `pread_borrowed`, it
+    /// does not pass through to `next`.
+    fn pread_file(&self, count: u64, offset: u64) -> Result<Option<(std::os::fd::BorrowedFd<'_>, u64)>> {
+        let _ = (count, offset);
+        Ok(None)
+    }
+
     /// Writes `buf` at `offset`. With [`Flags::FUA`] (only when `fua` is `Native`) the data
     /// must be durable before returning.
     fn pwrite(&self, buf: &[u8], offset: u64, flags: Flags) -> Result<()> {

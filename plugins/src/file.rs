@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use std::collections::VecDeque;
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -435,6 +435,14 @@ impl FileHandle {
         })
     }
 
+    /// The length of the file now (a block device keeps its size); 0 if it cannot be read.
+    fn current_len(&self) -> u64 {
+        if self.is_block_device {
+            return self.size;
+        }
+        self.file.metadata().map(|m| m.len()).unwrap_or(0)
+    }
+
     fn error(&self, what: &str, e: impl Into<io::Error>) -> Error {
         io_error(format!("file: {}: {what}", self.name), &e.into())
     }
@@ -525,6 +533,15 @@ impl Handle for FileHandle {
             extents: self.hole_search != HoleSearch::Unsupported,
             ..Capabilities::ALL
         })
+    }
+
+    fn pread_file(&self, count: u64, offset: u64) -> Result<Option<(BorrowedFd<'_>, u64)>> {
+        // cache=none drops pages after each read, which sendfile would bypass; and a file that
+        // shrank since open must fail the read cleanly, not the connection.
+        if self.recent_writes.is_some() || offset.saturating_add(count) > self.current_len() {
+            return Ok(None);
+        }
+        Ok(Some((self.file.as_fd(), offset)))
     }
 
     fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {

@@ -8,7 +8,7 @@
 //! backend finishes.
 
 use std::io::{self, BufReader, IoSlice, Read, Write};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
@@ -281,8 +281,9 @@ struct Transmission<'a> {
     reader: Mutex<Reader>,
     writer: Mutex<Box<dyn Write + Send>>,
     failed: AtomicBool,
-    /// The socket, for sends that must not block (see `read_borrowed`); `None` for TLS and pipes.
-    socket: Option<RawFd>,
+    /// The socket, for replies sent on it directly (see `read_borrowed` and `read_sendfile`);
+    /// `None` for TLS and pipes.
+    socket: Option<std::fs::File>,
     /// Request buffers, last freed first: a buffer is still in the CPU cache when the next request
     /// reuses it, where one buffer per worker would cycle through all of them.
     buffers: Mutex<Vec<Vec<u8>>>,
@@ -466,10 +467,15 @@ impl Transmission<'_> {
     }
 
     fn read(&self, req: &Request, offset: u64, length: u64, df: bool, buf: &mut Vec<u8>) {
-        if let Some(socket) = self.socket {
-            match self.read_borrowed(req, offset, length, df, buf, socket) {
+        if let Some(socket) = &self.socket {
+            match self.read_borrowed(req, offset, length, df, buf, socket.as_raw_fd()) {
                 Ok(true) => return,
                 Ok(false) => {}
+                Err(e) => return self.backend_error(req, e),
+            }
+            match self.handle.pread_file(length, offset) {
+                Ok(Some((file, at))) => return self.read_sendfile(req, offset, length, df, socket, file, at),
+                Ok(None) => {}
                 Err(e) => return self.backend_error(req, e),
             }
         }
@@ -556,6 +562,59 @@ impl Transmission<'_> {
         }
     }
 
+    /// Sends a read with `sendfile` from the backend's file, so the data never passes through our
+    /// memory. Ranges the backend's extents call zero go out as hole chunks (zeroes written as
+    /// data are sent as data, as qemu-nbd does). The reply is promised before the data is read,
+    /// so a failure part-way ends the connection.
+    #[allow(clippy::too_many_arguments)]
+    fn read_sendfile(&self, req: &Request, offset: u64, length: u64, df: bool, socket: &std::fs::File, file: BorrowedFd<'_>, at: u64) {
+        let runs = if self.replies.structured && !df { self.extent_runs(offset, length) } else { vec![(offset, length, false)] };
+        let last = runs.len() - 1;
+        let mut writer = lock(&self.writer);
+        for (i, &(start, n, zero)) in runs.iter().enumerate() {
+            let header = if zero {
+                self.replies.read_hole(req.cookie, offset, start, n as u32, i == last)
+            } else {
+                self.replies.read_data(req.cookie, offset, start, n, i == last)
+            };
+            let mut sent = writer.write_all(header.as_bytes());
+            if !zero && sent.is_ok() {
+                sent = send_file(socket, file, at + (start - offset), n);
+            }
+            if let Err(e) = sent {
+                if !self.failed.swap(true, Ordering::Relaxed) {
+                    warn!("{}: sending {n} bytes at {start} failed, closing the connection: {e}", command_name(req.kind));
+                }
+                let _ = nix::sys::socket::shutdown(socket.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+                return;
+            }
+        }
+    }
+
+    /// Runs `(start, length, reads_as_zero)` covering a read, from the backend's extents; all data
+    /// when they are unknown.
+    fn extent_runs(&self, offset: u64, length: u64) -> Vec<(u64, u64, bool)> {
+        let mut ext = Extents::new(offset, offset + length);
+        let mut runs: Vec<(u64, u64, bool)> = Vec::new();
+        if self.handle.extents(length, offset, Flags::NONE, &mut ext).is_ok() {
+            for e in ext.as_slice() {
+                let zero = e.flags & nbdforge_api::extents::ZERO != 0;
+                match runs.last_mut() {
+                    Some(run) if run.2 == zero => run.1 += e.length,
+                    _ => runs.push((e.offset, e.length, zero)),
+                }
+            }
+        }
+        let covered = runs.last().map_or(offset, |r| r.0 + r.1);
+        if covered < offset + length {
+            match runs.last_mut() {
+                Some(run) if !run.2 => run.1 += offset + length - covered,
+                _ => runs.push((covered, offset + length - covered, false)),
+            }
+        }
+        runs
+    }
+
     /// Sends the reply to a successful read whose data is `parts`, one after another.
     fn send_read(&self, req: &Request, offset: u64, length: u64, df: bool, parts: &[&[u8]]) {
         if parts.iter().map(|p| p.len() as u64).sum::<u64>() != length {
@@ -618,6 +677,21 @@ impl Transmission<'_> {
         self.replies.block_status(&mut out, req.cookie, offset, BASE_ALLOCATION_ID, &runs);
         self.send(&mut [IoSlice::new(&out)]);
     }
+}
+
+/// Sends `count` bytes of `file` from `at` to the socket, kernel to kernel.
+fn send_file(socket: &std::fs::File, file: BorrowedFd<'_>, at: u64, count: u64) -> io::Result<()> {
+    let mut offset = i64::try_from(at).map_err(|_| io::Error::other("file offset out of range"))?;
+    let mut left = count;
+    while left > 0 {
+        match nix::sys::sendfile::sendfile64(socket, file, Some(&mut offset), left.min(1 << 30) as usize) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file ended early")),
+            Ok(n) => left -= n as u64,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// A run of a read reply: data or zeroes, and which data slices belong to it.

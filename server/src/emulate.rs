@@ -75,6 +75,10 @@ impl Handle for Emulated {
         self.inner.pread_borrowed(count, offset, send)
     }
 
+    fn pread_file(&self, count: u64, offset: u64) -> Result<Option<(std::os::fd::BorrowedFd<'_>, u64)>> {
+        self.inner.pread_file(count, offset)
+    }
+
     fn pwrite(&self, buf: &[u8], offset: u64, flags: Flags) -> Result<()> {
         self.with_fua(flags, |f| self.inner.pwrite(buf, offset, f))
     }

@@ -62,10 +62,11 @@ impl Stream {
         })
     }
 
-    /// The descriptor of a plain socket, which replies may also be sent on directly.
-    pub fn plain_socket(&self) -> Option<std::os::fd::RawFd> {
+    /// A second handle on a plain socket, for replies sent on it directly (`sendmsg` without
+    /// blocking, `sendfile`) rather than through the write half.
+    pub fn plain_socket(&self) -> Option<File> {
         match self {
-            Stream::Socket(f) => Some(std::os::fd::AsRawFd::as_raw_fd(f)),
+            Stream::Socket(f) => f.try_clone().ok(),
             _ => None,
         }
     }
