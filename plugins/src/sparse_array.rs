@@ -10,6 +10,12 @@
 //! requests on different pages proceed in parallel and reads of the same page share a read lock. The
 //! maps are ordered, which lets extents and large trims skip over holes without visiting every
 //! absent page of an exabyte-sized disk.
+//!
+//! Page memory comes from [`slab`]: 2 MiB slabs faulted in whole when mapped, so that filling a
+//! fresh disk does not pay eight page faults per page; pages freed by trim and zero go back to the
+//! kernel.
+
+mod slab;
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
@@ -19,6 +25,8 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use nbdforge_api::extents::{DATA, HOLE, ZERO};
 use nbdforge_api::{Extents, Result};
 
+use slab::{Page, SlabPool};
+
 /// Bytes per page. 32 KiB keeps a fresh 4 KiB write cheap to allocate while a 256 KiB request
 /// touches only eight pages.
 pub const PAGE_SIZE: usize = 32 * 1024;
@@ -26,11 +34,11 @@ pub const PAGE_SIZE: usize = 32 * 1024;
 /// Number of lock stripes: a power of two, comfortably more than the threads that run requests.
 const STRIPES: usize = 64;
 
-/// Once this much page memory has been freed, ask the C allocator to hand free heap pages back to
-/// the kernel. Doing it for every trim would cost a heap walk per request.
+/// Once this much page memory has been freed, ask the C allocator to hand free heap memory back to
+/// the kernel: page memory itself goes back at once (see [`slab`]), but the page table's nodes
+/// live in the heap, and for a large disk they add up. Doing it for every trim would cost a heap
+/// walk per request.
 const RELEASE_AFTER_FREED_BYTES: u64 = 64 << 20;
-
-type Page = Box<[u8; PAGE_SIZE]>;
 
 /// One stripe of the page table, padded to a cache line so neighbouring locks do not share one.
 #[repr(align(64))]
@@ -40,6 +48,7 @@ struct Stripe(RwLock<BTreeMap<u64, Page>>);
 /// A sparse, thread-safe byte array. See the module documentation.
 pub struct SparseArray {
     stripes: Box<[Stripe]>,
+    pages: SlabPool,
     allocated_pages: AtomicUsize,
     freed_since_release: AtomicU64,
 }
@@ -55,6 +64,7 @@ impl SparseArray {
     pub fn new() -> Self {
         SparseArray {
             stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
+            pages: SlabPool::new(),
             allocated_pages: AtomicUsize::new(0),
             freed_since_release: AtomicU64::new(0),
         }
@@ -121,15 +131,9 @@ impl SparseArray {
             let page = match map.entry(index) {
                 Entry::Occupied(page) => page.into_mut(),
                 Entry::Vacant(_) if is_zero(data) => continue,
-                Entry::Vacant(slot) if len == PAGE_SIZE => {
-                    // A whole new page: build it from the data rather than zero it first.
-                    self.allocated_pages.fetch_add(1, Ordering::Relaxed);
-                    slot.insert(page_from(data));
-                    continue;
-                }
                 Entry::Vacant(slot) => {
                     self.allocated_pages.fetch_add(1, Ordering::Relaxed);
-                    slot.insert(new_page())
+                    slot.insert(self.pages.alloc())
                 }
             };
             page[in_page..in_page + len].copy_from_slice(data);
@@ -222,29 +226,37 @@ impl SparseArray {
         if let Some(page) = map.get_mut(&index) {
             page[in_page..in_page + len].fill(0);
             if is_zero(&page[..]) {
-                map.remove(&index);
+                let page = map.remove(&index).expect("the page was just found");
                 drop(map);
+                self.pages.free(page);
                 self.note_freed(1);
             }
         }
     }
 
-    /// Frees every page with an index in `[first, end)`.
+    /// Frees every page with an index in `[first, end)`. Pages go back to the pool after their
+    /// stripe lock is released: once out of the map, they are ours alone.
     fn free_pages(&self, first: u64, end: u64) {
         let mut freed = 0;
         if end - first <= 4 * STRIPES as u64 {
             for index in first..end {
-                freed += self.write_stripe(index).remove(&index).is_some() as usize;
+                let removed = self.write_stripe(index).remove(&index);
+                if let Some(page) = removed {
+                    self.pages.free(page);
+                    freed += 1;
+                }
             }
         } else {
             // A large range: look up only the pages that exist rather than every index.
             for stripe in self.stripes.iter() {
                 let mut map = stripe.0.write().unwrap_or_else(|e| e.into_inner());
                 let doomed: Vec<u64> = map.range(first..end).map(|(&i, _)| i).collect();
-                for index in &doomed {
-                    map.remove(index);
+                let pages: Vec<Page> = doomed.iter().filter_map(|index| map.remove(index)).collect();
+                drop(map);
+                freed += pages.len();
+                for page in pages {
+                    self.pages.free(page);
                 }
-                freed += doomed.len();
             }
         }
         self.note_freed(freed);
@@ -271,18 +283,6 @@ static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
 fn stripe_of(index: u64) -> usize {
     (index % STRIPES as u64) as usize
-}
-
-fn new_page() -> Page {
-    // `vec![0; n]` asks the allocator for zeroed memory, which may come pre-zeroed from the kernel.
-    vec![0u8; PAGE_SIZE].into_boxed_slice().try_into().expect("a page has PAGE_SIZE bytes")
-}
-
-/// A page holding a copy of `data`, which is exactly [`PAGE_SIZE`] bytes.
-fn page_from(data: &[u8]) -> Page {
-    let mut bytes = Vec::with_capacity(PAGE_SIZE);
-    bytes.extend_from_slice(data);
-    bytes.into_boxed_slice().try_into().expect("a page has PAGE_SIZE bytes")
 }
 
 /// Splits `[offset, offset + count)` into `(page index, offset in page, length)` pieces.
@@ -405,6 +405,26 @@ mod tests {
         let mut one = Extents::new(0, 10 * PS);
         a.extents(10 * PS, 0, true, &mut one).unwrap();
         assert_eq!(one.as_slice().len(), 1);
+    }
+
+    #[test]
+    fn a_page_reused_after_trim_reads_zero_around_new_data() {
+        let a = SparseArray::new();
+        a.write(&vec![0xeeu8; 2 * PAGE_SIZE], 0);
+        a.zero(2 * PS, 0);
+        assert_eq!(a.allocated_pages(), 0);
+        // The freed pages are the first handed out again; only the bytes written may be non-zero.
+        a.write(b"abc", 5 * PS + 10);
+        a.write(b"def", 9 * PS + 20);
+        let mut buf = vec![0xffu8; PAGE_SIZE];
+        a.read(&mut buf, 5 * PS);
+        assert_eq!(&buf[10..13], b"abc");
+        buf[10..13].fill(0);
+        assert!(is_zero(&buf));
+        a.read(&mut buf, 9 * PS);
+        assert_eq!(&buf[20..23], b"def");
+        buf[20..23].fill(0);
+        assert!(is_zero(&buf));
     }
 
     #[test]
