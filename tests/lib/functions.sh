@@ -158,3 +158,23 @@ server_pki() {
     cp "$tmp/pki-server-key.pem" "$1/server-key.pem"
     cp "$tmp/pki-ca-cert.pem" "$2/ca-cert.pem"
 }
+
+# fio_verify: fio's NBD engine (libnbd) against $uri: random 4 KiB writes over 64 MiB with 16 in
+# flight and crc32c verification of every block, then mixed reads and writes from two jobs (two
+# connections) at once, also verified. Fails on any error or verification failure.
+fio_verify() {
+    (
+        cd "$tmp"   # fio writes its state files in the current directory
+        fio --name=randwrite --ioengine=nbd --uri="$uri" --rw=randwrite --bs=4k --size=64M \
+            --iodepth=16 --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 \
+            --output="$tmp/fio.out"
+        cat "$tmp/fio.out"
+        grep -Eq 'err= *0' "$tmp/fio.out" || fail "fio reported errors"
+        grep -Eiq 'verify.*(fail|bad)|crc32c.*fail' "$tmp/fio.out" && fail "fio verification failed"
+        fio --name=mixed --ioengine=nbd --uri="$uri" --rw=randrw --bs=64k --size=32M --numjobs=2 \
+            --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 \
+            --offset_increment=32M --output="$tmp/fio2.out"
+        cat "$tmp/fio2.out"
+        [ "$(grep -Ec 'err= *0' "$tmp/fio2.out")" -eq 2 ] || fail "fio mixed jobs reported errors"
+    )
+}
