@@ -224,16 +224,14 @@ impl Negotiation {
     pub fn option(&mut self, header: OptionHeader, data: &[u8], exports: &mut dyn Exports) -> Step {
         let opt = header.option;
         let mut out = Vec::new();
-        if self.config.tls == TlsPolicy::Require && !self.tls_active {
-            return match opt {
-                OPT_STARTTLS | OPT_ABORT => self.dispatch(header, data, exports, out),
-                OPT_EXPORT_NAME => Step::Close(out, "client asked for an export before STARTTLS, which is required".into()),
-                _ => {
-                    error_reply(&mut out, opt, REP_ERR_TLS_REQD, "TLS is required: send NBD_OPT_STARTTLS first");
-                    Step::Reply(out)
-                }
-            };
+        if self.config.tls == TlsPolicy::Require && !self.tls_active && !matches!(opt, OPT_STARTTLS | OPT_ABORT) {
+            if opt == OPT_EXPORT_NAME {
+                return Step::Close(out, "client asked for an export before STARTTLS, which is required".into());
+            }
+            error_reply(&mut out, opt, REP_ERR_TLS_REQD, "TLS is required: send NBD_OPT_STARTTLS first");
+            return Step::Reply(out);
         }
+        // Checked for every option, STARTTLS included: discarded data must not pass for none.
         if header.discard {
             if opt == OPT_EXPORT_NAME {
                 return Step::Close(out, format!("export name of {} bytes is too long", header.length));
@@ -242,10 +240,11 @@ impl Negotiation {
             error_reply(&mut out, opt, REP_ERR_TOO_BIG, &msg);
             return Step::Reply(out);
         }
-        self.dispatch(header, data, exports, std::mem::take(&mut out))
+        self.dispatch(header, data, exports)
     }
 
-    fn dispatch(&mut self, header: OptionHeader, data: &[u8], exports: &mut dyn Exports, mut out: Vec<u8>) -> Step {
+    fn dispatch(&mut self, header: OptionHeader, data: &[u8], exports: &mut dyn Exports) -> Step {
+        let mut out = Vec::new();
         let opt = header.option;
         match opt {
             OPT_EXPORT_NAME => {

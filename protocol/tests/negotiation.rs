@@ -270,6 +270,18 @@ fn require_refuses_everything_but_starttls_and_abort_before_tls() {
 }
 
 #[test]
+fn oversized_starttls_is_refused_not_acknowledged() {
+    for tls in [TlsPolicy::Require, TlsPolicy::On] {
+        let mut n = started(tls);
+        let h = n.option_header(&header(OPT_STARTTLS, 1 << 20)).unwrap();
+        assert!(h.discard);
+        let r = reply_of(n.option(h, &[], &mut FakeExports { opened: vec![] }));
+        assert_eq!(r[0].1, REP_ERR_TOO_BIG, "{tls:?}");
+        assert!(!n.tls_active());
+    }
+}
+
+#[test]
 fn starttls_rules_and_state_reset() {
     let mut n = started(TlsPolicy::On);
     send(&mut n, OPT_STRUCTURED_REPLY, &[]);
