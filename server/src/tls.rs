@@ -754,11 +754,11 @@ fn handshake(
         identity.as_deref().map(|i| format!(", client {i}")).unwrap_or_default()
     );
     let session = Arc::new(Session { ssl: Mutex::new(stream), read_fd, write_fd });
+    // The socket's timeouts were for the handshake; the stream's are set by its user.
+    let io = HalfIo { session: session.clone(), read_timeout: Timeout::new(None), write_timeout: Timeout::new(None) };
     Ok(TlsStream {
-        // The socket's timeouts were for the handshake; the stream's are set by its user.
-        io: HalfIo { session: session.clone(), read_timeout: Timeout::new(None), write_timeout: Timeout::new(None) },
-        closer: CloseNotify(session),
-        staging: Vec::new(),
+        reader: TlsReader { io: io.copy() },
+        writer: TlsWriter { io, staging: Vec::new(), _closer: CloseNotify(session) },
         identity,
     })
 }
@@ -1076,9 +1076,9 @@ fn write_gathered(io: &HalfIo, staging: &mut Vec<u8>, bufs: &[IoSlice<'_>]) -> i
 /// sends close_notify; the descriptors close when both halves are gone. A reader blocked waiting
 /// for data holds no lock: `shutdown(2)` on the socket (see [`AsFd`]) wakes it with end-of-file.
 pub struct TlsStream {
-    io: HalfIo,
-    closer: CloseNotify,
-    staging: Vec<u8>,
+    /// The halves `split` hands out; until then the stream reads and writes through them.
+    reader: TlsReader,
+    writer: TlsWriter,
     identity: Option<String>,
 }
 
@@ -1093,7 +1093,7 @@ impl TlsStream {
 
     /// The protocol and cipher in use, for logs: "TLSv1.3 TLS_AES_128_GCM_SHA256".
     pub fn description(&self) -> String {
-        let ssl = self.io.session.lock();
+        let ssl = self.writer.io.session.lock();
         format!("{} {}", ssl.ssl().version_str(), ssl.ssl().current_cipher().map(|c| c.name()).unwrap_or("?"))
     }
 
@@ -1102,13 +1102,13 @@ impl TlsStream {
     /// own `SO_RCVTIMEO` no longer matters after the handshake. The halves from `split` start with
     /// the value it has then.
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.io.read_timeout.set(timeout);
+        self.reader.io.read_timeout.set(timeout);
         Ok(())
     }
 
     /// Limits each write to waiting this long for room in the socket; None (the start) waits forever.
     pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.io.write_timeout.set(timeout);
+        self.writer.io.write_timeout.set(timeout);
         Ok(())
     }
 
@@ -1117,10 +1117,7 @@ impl TlsStream {
     /// Both may be used at once from different threads; several writers must be serialised by the
     /// caller. Dropping the writer sends close_notify; neither drop waits for the other half.
     pub fn split(self) -> (Box<dyn io::Read + Send>, Box<dyn io::Write + Send>) {
-        let TlsStream { io, closer, staging, identity: _ } = self;
-        let reader = TlsReader { io: io.copy() };
-        let writer = TlsWriter { io, staging, _closer: closer };
-        (Box::new(reader), Box::new(writer))
+        (Box::new(self.reader), Box::new(self.writer))
     }
 }
 
@@ -1128,26 +1125,25 @@ impl AsFd for TlsStream {
     /// The socket the session reads from. Only for `shutdown(2)`, socket options and addresses:
     /// reading or writing it directly would corrupt the session.
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.io.session.read_fd.as_fd()
+        self.reader.io.session.read_fd.as_fd()
     }
 }
 
 impl io::Read for TlsStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.io.read(buf)
+        self.reader.read(buf)
     }
 }
 
 impl io::Write for TlsStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.io.write_all(buf)?;
-        Ok(buf.len())
+        self.writer.write(buf)
     }
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        write_gathered(&self.io, &mut self.staging, bufs)
+        self.writer.write_vectored(bufs)
     }
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        self.writer.flush()
     }
 }
 
@@ -1828,7 +1824,7 @@ mod tests {
             let _cli = our_client(&client, theirs.into(), theirs2.into()).unwrap();
             let mut srv = srv.join().unwrap();
             // The socket's timeout was for the handshake only.
-            assert_eq!(srv.io.read_timeout.get(), None);
+            assert_eq!(srv.reader.io.read_timeout.get(), None);
             srv.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
             let t = Instant::now();
             let e = srv.read(&mut [0u8; 4]).unwrap_err();
