@@ -37,11 +37,11 @@ const KEEP_BUFFER: usize = 8 << 20;
 const READ_BUFFER: usize = 16 << 10;
 
 /// Serves one client to the end.
-pub(crate) fn serve(shared: &Shared, mut stream: Stream, peer: String) {
+pub(crate) fn serve(shared: &Shared, stream: Stream, peer: String) {
     let mut exports = ConnExports::new(shared, peer);
-    let negotiated = match negotiate(shared, &mut stream, &mut exports) {
-        Ok(Some(n)) => n,
-        Ok(None) => return,
+    let (stream, negotiated) = match negotiate(shared, stream, &mut exports) {
+        Ok((stream, Some(n))) => (stream, n),
+        Ok((_, None)) => return,
         Err(e) => {
             debug!("{}: handshake ended: {e}", exports.client.peer);
             return;
@@ -80,7 +80,9 @@ pub(crate) fn serve(shared: &Shared, mut stream: Stream, peer: String) {
     debug!("{}: connection closed", exports.client.peer);
 }
 
-fn negotiate(shared: &Shared, stream: &mut Stream, exports: &mut ConnExports) -> io::Result<Option<Negotiated>> {
+/// Runs the handshake. Returns the stream (a TLS one after STARTTLS) and, unless the client left,
+/// what the transmission phase starts with.
+fn negotiate(shared: &Shared, mut stream: Stream, exports: &mut ConnExports) -> io::Result<(Stream, Option<Negotiated>)> {
     let deadline = shared.config.handshake_timeout.map(|t| Instant::now() + t);
     let read = |stream: &mut Stream, buf: &mut [u8]| -> io::Result<()> {
         if let Some(deadline) = deadline {
@@ -112,19 +114,19 @@ fn negotiate(shared: &Shared, stream: &mut Stream, exports: &mut ConnExports) ->
         });
         stream.write_all(&neg.greeting())?;
         let mut flags = [0u8; 4];
-        read(stream, &mut flags)?;
+        read(&mut stream, &mut flags)?;
         neg.client_flags(flags).map_err(io::Error::other)?;
         let mut data = Vec::new();
         loop {
             let mut header = [0u8; 16];
-            read(stream, &mut header)?;
+            read(&mut stream, &mut header)?;
             let header = neg.option_header(&header).map_err(io::Error::other)?;
             data.clear();
             if header.discard {
-                drain(&mut |b: &mut [u8]| read(stream, b), header.length as u64)?;
+                drain(&mut |b: &mut [u8]| read(&mut stream, b), header.length as u64)?;
             } else {
                 data.resize(header.length as usize, 0);
-                read(stream, &mut data)?;
+                read(&mut stream, &mut data)?;
             }
             match neg.option(header, &data, exports) {
                 Step::Reply(bytes) => stream.write_all(&bytes)?,
@@ -133,11 +135,10 @@ fn negotiate(shared: &Shared, stream: &mut Stream, exports: &mut ConnExports) ->
                     let Some(tls) = shared.config.tls.as_ref() else {
                         return Err(io::Error::other("TLS is enabled but no credentials are loaded"));
                     };
-                    let plain = std::mem::replace(stream, Stream::Pipes { read: null_file()?, write: null_file()? });
-                    let (upgraded, identity) = plain.start_tls(tls).inspect_err(|e| {
+                    let (upgraded, identity) = stream.start_tls(tls).inspect_err(|e| {
                         warn!("{}: TLS handshake failed: {e}", exports.client.peer);
                     })?;
-                    *stream = upgraded;
+                    stream = upgraded;
                     neg.tls_started();
                     exports.tls = true;
                     exports.client.tls_identity = identity;
@@ -146,7 +147,7 @@ fn negotiate(shared: &Shared, stream: &mut Stream, exports: &mut ConnExports) ->
                 Step::Close(bytes, why) => {
                     stream.write_all(&bytes)?;
                     debug!("{}: {why}", exports.client.peer);
-                    return Ok(None);
+                    return Ok((stream, None));
                 }
                 Step::Transmission(bytes, negotiated) => {
                     stream.write_all(&bytes)?;
@@ -158,11 +159,7 @@ fn negotiate(shared: &Shared, stream: &mut Stream, exports: &mut ConnExports) ->
     if deadline.is_some() {
         stream.set_read_timeout(None)?;
     }
-    Ok(result)
-}
-
-fn null_file() -> io::Result<std::fs::File> {
-    std::fs::File::open("/dev/null")
+    Ok((stream, result))
 }
 
 /// Reads and throws away `len` bytes without holding them all in memory.
@@ -391,9 +388,14 @@ impl Transmission<'_> {
     fn send(&self, parts: &mut [IoSlice<'_>]) {
         let mut w = lock(&self.writer);
         if let Err(e) = write_all_vectored(w.as_mut(), parts) {
-            if !self.failed.swap(true, Ordering::Relaxed) {
-                debug!("writing a reply failed: {e}");
-            }
+            self.reply_failed(e);
+        }
+    }
+
+    /// A reply could not be written: the client is gone, and no more requests are read.
+    fn reply_failed(&self, e: impl std::fmt::Display) {
+        if !self.failed.swap(true, Ordering::Relaxed) {
+            debug!("writing a reply failed: {e}");
         }
     }
 
@@ -520,8 +522,7 @@ impl Transmission<'_> {
                         Ok(n) => n,
                         Err(nix::errno::Errno::EAGAIN) => 0,
                         Err(e) => {
-                            self.failed.store(true, Ordering::Relaxed);
-                            debug!("writing a reply failed: {e}");
+                            self.reply_failed(e);
                             total
                         }
                     };
@@ -547,8 +548,7 @@ impl Transmission<'_> {
             (true, Some(Outcome::Sent)) => Ok(true),
             (true, Some(Outcome::Rest(mut writer, rest))) => {
                 if let Err(e) = writer.write_all(&rest) {
-                    self.failed.store(true, Ordering::Relaxed);
-                    debug!("writing a reply failed: {e}");
+                    self.reply_failed(e);
                 }
                 Ok(true)
             }
