@@ -10,8 +10,19 @@
 //! does not override it is read-only with nothing optional. The server asks once per connection,
 //! after `open`, and checks every request against the answer before the handle sees it: a handle is
 //! never asked to write when it said it cannot, nor to read past `get_size`.
+//!
+//! Reads have two entry points. [`Handle::pread`] fills a buffer: what a plugin implements. The
+//! server and the layers above call [`Handle::read`], which hands the data to a [`ReadSink`]:
+//! a plugin whose data already sits in memory or in a file can give the sink that memory or that
+//! file instead of copying it, and the server sends it from there. A filter that does not change
+//! read data says so with [`Handle::reads_unchanged`], and such reads pass through it untouched.
+
+use std::os::fd::BorrowedFd;
 
 use crate::{BlockSize, Capabilities, Error, Extents, Flags, Result};
+
+/// The name of the block status context every export has.
+pub const BASE_ALLOCATION: &str = "base:allocation";
 
 macro_rules! pass_through {
     ($self:ident, $call:expr, $leaf:expr) => {
@@ -22,11 +33,41 @@ macro_rules! pass_through {
     };
 }
 
+/// Where a read's data goes. The server gives one to [`Handle::read`]; exactly one of the three
+/// methods is called once by the layer that has the data.
+pub trait ReadSink {
+    /// A buffer of the read's length to fill (the ordinary way: `pread` into it).
+    fn buffer(&mut self) -> Result<&mut [u8]>;
+
+    /// The data as slices of the backend's own memory, in order, together the read's length.
+    /// The slices must stay unchanged during the call (hold a read lock); the call may send them
+    /// to the network but never waits for the client.
+    fn borrowed(&mut self, parts: &[&[u8]]) -> Result<()>;
+
+    /// The data in a file: the read's length at `offset` of `file`, which is at least that long.
+    /// The server may send it with `sendfile`, kernel to kernel.
+    fn file(&mut self, file: BorrowedFd<'_>, offset: u64) -> Result<()>;
+}
+
 /// An open connection to a plugin or filter. See the module documentation.
 pub trait Handle: Send + Sync {
     /// The handle of the layer below, for filters. Plugins keep the default (`None`).
     fn next(&self) -> Option<&dyn Handle> {
         None
+    }
+
+    /// Called right after open, the layer below already prepared (nbdkit's `prepare`).
+    fn prepare(&self, readonly: bool) -> Result<()> {
+        let _ = readonly;
+        Ok(())
+    }
+
+    /// Called when the connection ends, before the handle is dropped, this layer before the one
+    /// below (nbdkit's `finalize`): flush what must be durable here. The server finalizes the
+    /// layer of [`Handle::next`] itself; a handle that opened further contexts below finalizes
+    /// those.
+    fn finalize(&self) -> Result<()> {
+        Ok(())
     }
 
     /// Size of the export in bytes.
@@ -57,29 +98,28 @@ pub trait Handle: Send + Sync {
         pass_through!(self, |n: &dyn Handle| n.pread(buf, offset, flags), Err(Error::unsupported("pread")))
     }
 
-    /// A faster read, for backends that hold the data in memory: calls `send` once with slices
-    /// of the backend's own memory that together hold the `count` bytes at `offset`, in order,
-    /// and returns `Ok(true)`. The server sends them to the client straight from there, saving
-    /// the copy into a buffer that `pread` costs. The slices must stay unchanged while `send`
-    /// runs (hold a read lock), and `send` may block on the network.
+    /// Reads `count` bytes at `offset` into `sink`: what the server and the layers above call.
     ///
-    /// The default returns `Ok(false)`, and the server calls `pread` instead. It does not pass
-    /// through to `next`: a filter that changes data in `pread` must not be bypassed.
-    fn pread_borrowed(&self, count: u64, offset: u64, send: &mut dyn FnMut(&[&[u8]])) -> Result<bool> {
-        let _ = (count, offset, send);
-        Ok(false)
+    /// The default passes the read to the layer below when [`reads_unchanged`](Self::reads_unchanged)
+    /// says so, and otherwise fills the sink's buffer with [`pread`](Self::pread). Override it
+    /// to offer data without a copy (`sink.borrowed`, `sink.file`), or in a filter that must see
+    /// every read without changing it (count, log, delay) and then calls `next.read`.
+    fn read(&self, count: u64, offset: u64, flags: Flags, sink: &mut dyn ReadSink) -> Result<()> {
+        match self.next() {
+            Some(next) if self.reads_unchanged() => next.read(count, offset, flags, sink),
+            _ => {
+                let buf = sink.buffer()?;
+                debug_assert_eq!(buf.len() as u64, count);
+                self.pread(buf, offset, flags)
+            }
+        }
     }
 
-    /// A faster read, for backends whose data sits in a file: the descriptor and the file offset
-    /// that hold the `count` bytes at `offset`. The server sends them with `sendfile`, so the data
-    /// never passes through a buffer of ours. The file must be at least `file_offset + count`
-    /// bytes long; a failure while sending ends the connection (the reply was already promised).
-    ///
-    /// The default returns `Ok(None)` and the server calls `pread`. Like `pread_borrowed`, it
-    /// does not pass through to `next`.
-    fn pread_file(&self, count: u64, offset: u64) -> Result<Option<(std::os::fd::BorrowedFd<'_>, u64)>> {
-        let _ = (count, offset);
-        Ok(None)
+    /// For filters: true when the filter's `pread` would return exactly what the layer below
+    /// returns at the same offset, so that reads may bypass it (and keep the zero-copy paths of
+    /// the layer below). The default is false, which is always correct.
+    fn reads_unchanged(&self) -> bool {
+        false
     }
 
     /// Writes `buf` at `offset`. With [`Flags::FUA`] (only when `fua` is `Native`) the data
@@ -107,14 +147,161 @@ pub trait Handle: Send + Sync {
         pass_through!(self, |n: &dyn Handle| n.zero(count, offset, flags), Err(Error::unsupported("zero")))
     }
 
-    /// Describes the allocation state from `extents.next_offset()` onwards. Must add at least one
-    /// run; with [`Flags::REQ_ONE`] one run is enough.
+    /// Describes the allocation state (`base:allocation`) from `extents.next_offset()` onwards.
+    /// Must add at least one run; with [`Flags::REQ_ONE`] one run is enough. Stop adding when
+    /// [`Extents::is_full`] says so: the reply has a cap on its length and on its time.
     fn extents(&self, count: u64, offset: u64, flags: Flags, extents: &mut Extents) -> Result<()> {
-        pass_through!(self, |n: &dyn Handle| n.extents(count, offset, flags, extents), Err(Error::unsupported("extents")))
+        pass_through!(
+            self,
+            |n: &dyn Handle| n.extents(count, offset, flags, extents),
+            Err(Error::unsupported("extents"))
+        )
+    }
+
+    /// The block status contexts this handle answers for, by full name (`base:allocation`,
+    /// `qemu:dirty-bitmap:backup0`). The server always offers `base:allocation` (emulating it when
+    /// needed); add others here. The default is the layer below's list, or none for a plugin.
+    fn meta_contexts(&self) -> Result<Vec<String>> {
+        pass_through!(self, |n: &dyn Handle| n.meta_contexts(), Ok(Vec::new()))
+    }
+
+    /// Block status of `context` (one of [`meta_contexts`](Self::meta_contexts), or
+    /// `base:allocation`), in the context's own flags. The default answers `base:allocation`
+    /// with [`extents`](Self::extents) and passes other contexts to the layer below.
+    fn block_status(&self, context: &str, count: u64, offset: u64, flags: Flags, extents: &mut Extents) -> Result<()> {
+        if context == BASE_ALLOCATION {
+            return self.extents(count, offset, flags, extents);
+        }
+        pass_through!(
+            self,
+            |n: &dyn Handle| n.block_status(context, count, offset, flags, extents),
+            Err(Error::invalid(format!("unknown meta context '{context}'")))
+        )
     }
 
     /// Prefetches `count` bytes at `offset` (advisory).
     fn cache(&self, count: u64, offset: u64, flags: Flags) -> Result<()> {
         pass_through!(self, |n: &dyn Handle| n.cache(count, offset, flags), Err(Error::unsupported("cache")))
+    }
+}
+
+/// A sink over a caller's buffer: borrowed data is copied into it, file data read into it. What
+/// a filter uses to read from a layer below into memory of its own (the server's emulation does
+/// this for `pread`).
+pub struct BufferSink<'a>(pub &'a mut [u8]);
+
+impl ReadSink for BufferSink<'_> {
+    fn buffer(&mut self) -> Result<&mut [u8]> {
+        Ok(self.0)
+    }
+
+    fn borrowed(&mut self, parts: &[&[u8]]) -> Result<()> {
+        let mut at = 0;
+        for p in parts {
+            let end = at + p.len();
+            let Some(dst) = self.0.get_mut(at..end) else {
+                return Err(Error::io("borrowed read: more data than asked for"));
+            };
+            dst.copy_from_slice(p);
+            at = end;
+        }
+        if at != self.0.len() {
+            return Err(Error::io(format!("borrowed read: {at} bytes where {} were asked for", self.0.len())));
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, file: BorrowedFd<'_>, offset: u64) -> Result<()> {
+        let mut done = 0;
+        while done < self.0.len() {
+            let at = i64::try_from(offset + done as u64).map_err(|_| Error::invalid("file offset out of range"))?;
+            match nix::sys::uio::pread(file, &mut self.0[done..], at) {
+                Ok(0) => return Err(Error::io(format!("read from file: it ends before offset {}", offset + done as u64))),
+                Ok(n) => done += n,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(Error::new(e as i32, format!("read from file: {e}"))),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::AsFd;
+
+    struct Words;
+    impl Handle for Words {
+        fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {
+            buf.iter_mut().enumerate().for_each(|(i, b)| *b = (offset as usize + i) as u8);
+            Ok(())
+        }
+    }
+
+    struct Borrowing(Vec<u8>);
+    impl Handle for Borrowing {
+        fn read(&self, count: u64, offset: u64, _flags: Flags, sink: &mut dyn ReadSink) -> Result<()> {
+            let o = offset as usize;
+            let (a, b) = self.0[o..o + count as usize].split_at(count as usize / 2);
+            sink.borrowed(&[a, b])
+        }
+    }
+
+    struct Passing<H>(H, bool);
+    impl<H: Handle> Handle for Passing<H> {
+        fn next(&self) -> Option<&dyn Handle> {
+            Some(&self.0)
+        }
+        fn reads_unchanged(&self) -> bool {
+            self.1
+        }
+    }
+
+    #[test]
+    fn reads_reach_a_buffer_sink_every_way() {
+        let mut buf = [0u8; 6];
+        Words.read(6, 10, Flags::NONE, &mut BufferSink(&mut buf)).unwrap();
+        assert_eq!(buf, [10, 11, 12, 13, 14, 15]);
+        let mem = Borrowing((0..100).collect());
+        mem.read(6, 20, Flags::NONE, &mut BufferSink(&mut buf)).unwrap();
+        assert_eq!(buf, [20, 21, 22, 23, 24, 25]);
+        // Through a filter, whether it declares its reads unchanged or not.
+        Passing(Borrowing((0..100).collect()), true).read(6, 30, Flags::NONE, &mut BufferSink(&mut buf)).unwrap();
+        assert_eq!(buf[0], 30);
+        Passing(Words, false).read(6, 40, Flags::NONE, &mut BufferSink(&mut buf)).unwrap();
+        assert_eq!(buf[0], 40);
+    }
+
+    #[test]
+    fn file_data_and_wrong_lengths() {
+        let dir = std::env::temp_dir().join(format!("nbdforge-sink-{}", std::process::id()));
+        let mut f = std::fs::File::options().read(true).write(true).create(true).truncate(true).open(&dir).unwrap();
+        f.write_all(b"0123456789").unwrap();
+        let mut buf = [0u8; 4];
+        BufferSink(&mut buf).file(f.as_fd(), 3).unwrap();
+        assert_eq!(&buf, b"3456");
+        assert!(BufferSink(&mut buf).file(f.as_fd(), 8).is_err(), "short file");
+        std::fs::remove_file(&dir).unwrap();
+        assert!(BufferSink(&mut buf).borrowed(&[b"ab"]).is_err());
+        assert!(BufferSink(&mut buf).borrowed(&[b"abcde"]).is_err());
+    }
+
+    #[test]
+    fn contexts_default_to_base_allocation_through_extents() {
+        struct Holes;
+        impl Handle for Holes {
+            fn extents(&self, count: u64, offset: u64, _f: Flags, e: &mut Extents) -> Result<()> {
+                e.add(offset, count, crate::extents::HOLE)
+            }
+        }
+        let h = Passing(Holes, true);
+        let mut e = Extents::new(0, 10);
+        h.block_status(BASE_ALLOCATION, 10, 0, Flags::NONE, &mut e).unwrap();
+        assert_eq!(e.as_slice()[0].flags, crate::extents::HOLE);
+        let err = h.block_status("qemu:dirty-bitmap:x", 10, 0, Flags::NONE, &mut Extents::new(0, 10)).unwrap_err();
+        assert!(err.message.contains("qemu:dirty-bitmap:x"));
+        assert!(h.meta_contexts().unwrap().is_empty());
     }
 }

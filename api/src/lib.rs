@@ -10,14 +10,15 @@
 //! [`Plugin::open`] (once per client connection). The smallest useful plugin:
 //!
 //! ```
-//! use nbdforge_api::{Flags, Handle, OpenArgs, Plugin, Result};
+//! use nbdforge_api::{Flags, Handle, Layer, OpenArgs, Plugin, Result};
 //!
 //! /// A 1 MiB disk of 0xAA bytes.
 //! struct Stripes;
 //! struct StripesHandle;
 //!
+//! impl Layer for Stripes {}
+//!
 //! impl Plugin for Stripes {
-//!     fn name(&self) -> &'static str { "stripes" }
 //!     fn open(&self, _args: &OpenArgs) -> Result<Box<dyn Handle>> { Ok(Box::new(StripesHandle)) }
 //! }
 //!
@@ -28,24 +29,42 @@
 //!         Ok(())
 //!     }
 //! }
+//!
+//! // What the server's table holds: who the plugin is, and how to make one.
+//! let entry = nbdforge_api::Registration::plugin(
+//!     nbdforge_api::LayerInfo::new("stripes", "a disk of stripes"),
+//!     || Stripes,
+//! );
+//! assert!(entry.is_plugin());
 //! ```
 //!
 //! Errors are [`Error`] values: an errno for the client and a message for the log and the
-//! structured error reply. See `examples/` in the repository for a complete plugin with
-//! parameters, writes and extents.
+//! structured error reply. See `docs/sdk.md` and `examples/` in the repository for a complete
+//! plugin and filter.
 
 #![warn(missing_docs)]
 
 mod config;
+pub mod context;
 mod error;
 pub mod extents;
 mod handle;
+mod layer;
 mod plugin;
+mod sys;
 mod types;
 
-pub use config::{parse_bool, parse_choice, parse_size, MAX_SIZE};
+pub use config::{
+    absolute_path, parse_bool, parse_choice, parse_delay, parse_int, parse_probability, parse_size, read_password,
+    realpath, MAX_SIZE,
+};
+pub use context::{server, ClientInfo, Connection, Peer, TlsPeer};
 pub use error::{Error, Result};
 pub use extents::{Extent, Extents};
-pub use handle::Handle;
-pub use plugin::{Backend, ClientInfo, Filter, OpenArgs, Plugin};
+pub use handle::{BufferSink, Handle, ReadSink, BASE_ALLOCATION};
+pub use layer::{find, Constructor, Layer, LayerInfo, Registration};
+pub use plugin::{unknown_parameter, Backend, Filter, OpenArgs, Plugin};
 pub use types::{BlockSize, Capabilities, Export, Flags, Support, ThreadModel};
+
+#[doc(hidden)]
+pub use context::log_debug;

@@ -1,90 +1,53 @@
-//! Plugins and filters as the server loads them: configured once from `key=value` parameters, then
+//! Plugins and filters as the server runs them: configured once from `key=value` parameters, then
 //! opened once per client connection.
 //!
-//! Life of a stack: each filter (client side first) and then the plugin is created; every parameter
-//! from the command line is offered to the filters in order and the first that takes it keeps it,
-//! otherwise the plugin gets it; `config_complete` runs on each; `get_ready` runs before the server
-//! listens. Per connection the server calls `open` on the outermost layer, which opens the next layer
-//! through the [`Backend`] it is given, and so on down to the plugin.
+//! Life of a stack (nbdkit's order):
+//! 1. each layer is made from its [`Registration`](crate::Registration); every parameter from the
+//!    command line is offered to the filters in order (client side first) and the first that
+//!    takes it keeps it, otherwise the plugin gets it; `config_complete` runs on each;
+//! 2. `get_ready` runs from the plugin upwards, each filter seeing the finished layer below;
+//!    the server forks into the background if asked, then `after_fork` runs;
+//! 3. per connection: `preconnect` before the handshake, with who the client is; `open` on the
+//!    outermost layer, which opens the next through the [`Backend`] it is given, down to the
+//!    plugin; each handle's `prepare` runs right after its open, the plugin's first; at the end
+//!    `finalize` runs from the outermost down, then the handles are dropped (closed);
+//! 4. `cleanup` on each layer when the server exits.
 
-use crate::{Error, Export, Handle, Result, ThreadModel};
+use std::sync::Arc;
 
-/// What the server knows about a connection when it opens the stack for it.
-#[derive(Debug, Clone, Copy)]
-pub struct OpenArgs<'a> {
+use crate::{ClientInfo, Connection, Error, Export, Handle, Layer, Result, ThreadModel};
+
+/// What a layer is told when it is opened for a connection. It is owned, so a filter can keep a
+/// copy to reopen the layer below later.
+#[derive(Debug, Clone)]
+pub struct OpenArgs {
     /// The export must be served read-only (`-r`, or a filter above asked for it).
     pub readonly: bool,
-    /// The export name the client asked for (after default-export resolution by the server).
-    pub export_name: &'a str,
+    /// The export name the client asked for (`""` resolved to the default export by the server).
+    pub export_name: String,
     /// The connection is protected by TLS.
     pub tls: bool,
-    /// Who the client is.
-    pub client: &'a ClientInfo,
+    /// The connection: who the client is, its id, and requests to the server about it.
+    pub conn: Arc<Connection>,
 }
 
-/// The client of a connection.
-#[derive(Debug, Clone, Default)]
-pub struct ClientInfo {
-    /// The peer's address as text (`127.0.0.1:41234`, a Unix socket path, or empty for stdin).
-    pub peer: String,
-    /// The identity proven during the TLS handshake: a PSK username, or the subject of the client
-    /// certificate under `--tls-verify-peer`.
-    pub tls_identity: Option<String>,
+impl OpenArgs {
+    /// Arguments for a connection that is not on the network (tests, tools).
+    pub fn local(export_name: &str, readonly: bool) -> Self {
+        OpenArgs { readonly, export_name: export_name.to_string(), tls: false, conn: Connection::detached() }
+    }
+
+    /// The same arguments, read-only (a filter reopening the layer below for reading only).
+    pub fn read_only(&self) -> Self {
+        OpenArgs { readonly: true, ..self.clone() }
+    }
 }
 
 /// A plugin: the bottom of a stack, where the data lives.
 ///
 /// Write the plugin as plain blocking Rust; the server owns the protocol, the threads, the locking
 /// the [`ThreadModel`] calls for, and the emulation of what the plugin's [`Handle`] lacks.
-pub trait Plugin: Send + Sync + 'static {
-    /// Short name, as typed on the command line (`memory`).
-    fn name(&self) -> &'static str;
-
-    /// One line saying what the plugin is, printed by `--help` and `--dump-plugin`.
-    fn description(&self) -> &'static str {
-        ""
-    }
-
-    /// Version printed by `nbdforge PLUGIN --version`.
-    fn version(&self) -> &'static str {
-        env!("CARGO_PKG_VERSION")
-    }
-
-    /// Help for the plugin's parameters, printed by `nbdforge PLUGIN --help`. One parameter per
-    /// line: `size=<SIZE>  (required) Size of the RAM disk.`
-    fn config_help(&self) -> &'static str {
-        ""
-    }
-
-    /// Sets one of the plugin's debug flags from `-D NAME.FLAG=VALUE`, before any `config`.
-    /// Returns false for a flag the plugin does not have. Flags only change what is logged at
-    /// debug level (`-v`).
-    fn debug_flag(&mut self, flag: &str, value: i32) -> bool {
-        let _ = (flag, value);
-        false
-    }
-
-    /// The key a bare first argument stands for (`nbdforge memory 1G` means `size=1G`).
-    fn magic_config_key(&self) -> Option<&'static str> {
-        None
-    }
-
-    /// Takes one `key=value` parameter. Errors should read `key=value: what is wrong`.
-    fn config(&mut self, key: &str, value: &str) -> Result<()> {
-        let _ = value;
-        Err(Error::invalid(format!("unknown parameter '{key}'")))
-    }
-
-    /// Called once every parameter is in: check required ones and cross-parameter rules.
-    fn config_complete(&mut self) -> Result<()> {
-        Ok(())
-    }
-
-    /// Extra `key=value` lines for `--dump-plugin`.
-    fn dump_plugin(&self) -> Vec<(String, String)> {
-        Vec::new()
-    }
-
+pub trait Plugin: Layer {
     /// The concurrency the plugin's handles tolerate.
     fn thread_model(&self) -> ThreadModel {
         ThreadModel::Parallel
@@ -92,6 +55,18 @@ pub trait Plugin: Send + Sync + 'static {
 
     /// Last preparation before the server listens (open files, allocate, check access).
     fn get_ready(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called once the server is in the background (after the fork), before any connection:
+    /// start threads here, not in `get_ready`, since threads do not survive a fork.
+    fn after_fork(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called for every connection before the handshake. An error refuses the client.
+    fn preconnect(&self, client: &ClientInfo, readonly: bool) -> Result<()> {
+        let _ = (client, readonly);
         Ok(())
     }
 
@@ -112,53 +87,33 @@ pub trait Plugin: Send + Sync + 'static {
 
 /// A filter: a layer between the client and the plugin that changes requests or replies.
 ///
-/// Its handle owns the handle of the layer below (opened through `next.open`) and returns it from
-/// [`Handle::next`]; whatever the handle does not override passes through.
-pub trait Filter: Send + Sync + 'static {
-    /// Short name, as given to `--filter=NAME`.
-    fn name(&self) -> &'static str;
-
-    /// One line saying what the filter does.
-    fn description(&self) -> &'static str {
-        ""
+/// Its handle usually owns one handle of the layer below (from `next.open(args)`) and returns it
+/// from [`Handle::next`], so whatever the handle does not override passes through. It may also
+/// keep `next` (an `Arc`) and `args` to open the layer below again: a second context, a reopen
+/// after a failure, a read-only reopen.
+pub trait Filter: Layer {
+    /// The concurrency the filter's handles tolerate, knowing the model of the layers below
+    /// (`below`). The server takes the most restrictive of the answer and `below`.
+    fn thread_model(&self, below: ThreadModel) -> ThreadModel {
+        below
     }
 
-    /// Version printed by `nbdforge --filter=NAME PLUGIN --version`.
-    fn version(&self) -> &'static str {
-        env!("CARGO_PKG_VERSION")
-    }
-
-    /// Help for the filter's parameters.
-    fn config_help(&self) -> &'static str {
-        ""
-    }
-
-    /// Sets one of the filter's debug flags from `-D NAME.FLAG=VALUE`; see [`Plugin::debug_flag`].
-    fn debug_flag(&mut self, flag: &str, value: i32) -> bool {
-        let _ = (flag, value);
-        false
-    }
-
-    /// Offered every parameter before layers below it. Returns `Ok(true)` if the filter took it,
-    /// `Ok(false)` to pass it down.
-    fn config(&mut self, key: &str, value: &str) -> Result<bool> {
-        let _ = (key, value);
-        Ok(false)
-    }
-
-    /// Called once every parameter is in.
-    fn config_complete(&mut self) -> Result<()> {
+    /// Last preparation before the server listens; the layers below are ready.
+    fn get_ready(&mut self, next: &Arc<dyn Backend>) -> Result<()> {
+        let _ = next;
         Ok(())
     }
 
-    /// The concurrency the filter's handles tolerate.
-    fn thread_model(&self) -> ThreadModel {
-        ThreadModel::Parallel
+    /// Called once the server is in the background, after the layers below ran theirs.
+    fn after_fork(&self, next: &Arc<dyn Backend>) -> Result<()> {
+        let _ = next;
+        Ok(())
     }
 
-    /// Last preparation before the server listens.
-    fn get_ready(&mut self) -> Result<()> {
-        Ok(())
+    /// Called for every connection before the handshake; the default asks the layer below. An
+    /// error refuses the client.
+    fn preconnect(&self, next: &dyn Backend, client: &ClientInfo, readonly: bool) -> Result<()> {
+        next.preconnect(client, readonly)
     }
 
     /// The exports offered to `NBD_OPT_LIST`.
@@ -172,7 +127,7 @@ pub trait Filter: Send + Sync + 'static {
     }
 
     /// Opens a connection's handle. The default opens the layer below and adds nothing.
-    fn open(&self, next: &dyn Backend, args: &OpenArgs) -> Result<Box<dyn Handle>> {
+    fn open(&self, next: &Arc<dyn Backend>, args: &OpenArgs) -> Result<Box<dyn Handle>> {
         next.open(args)
     }
 }
@@ -184,11 +139,24 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> &str;
     /// The most restrictive thread model of this layer and everything below.
     fn thread_model(&self) -> ThreadModel;
+    /// Runs `after_fork` on this layer and everything below, the plugin first.
+    fn after_fork(&self) -> Result<()>;
+    /// See [`Plugin::preconnect`].
+    fn preconnect(&self, client: &ClientInfo, readonly: bool) -> Result<()>;
     /// See [`Plugin::list_exports`].
     fn list_exports(&self, readonly: bool, tls: bool) -> Result<Vec<Export>>;
     /// See [`Plugin::default_export`].
     fn default_export(&self, readonly: bool, tls: bool) -> Result<String>;
-    /// Opens this layer and everything below for one connection. The handle returned emulates
-    /// what the layer lacks (zero, FUA, cache, extents), so a filter can call any method of it.
+    /// Opens (and prepares) this layer and everything below for one connection. The handle
+    /// returned emulates what the layer lacks (zero, FUA, cache, extents), so a filter can call any
+    /// method of it. Call [`Handle::finalize`] on it before dropping it when the data must be
+    /// durable (the server does for the handles it opens).
     fn open(&self, args: &OpenArgs) -> Result<Box<dyn Handle>>;
+    /// Runs `cleanup` on this layer and everything below, the outermost first.
+    fn cleanup(&self);
+}
+
+/// An error for a parameter no layer took.
+pub fn unknown_parameter(key: &str) -> Error {
+    Error::invalid(format!("unknown parameter '{key}'"))
 }

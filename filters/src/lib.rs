@@ -5,24 +5,17 @@
 //!
 //! - [`nofilter`]: changes nothing; proves the mechanism and is the smallest filter to copy.
 //!
-//! The binary finds a filter named by `--filter=NAME` with [`lookup`].
+//! The binary finds a filter named by `--filter=NAME` in [`registrations`].
 
 #![warn(missing_docs)]
 
 pub mod nofilter;
 
-use nbdforge_api::Filter;
+use nbdforge_api::Registration;
 
-/// The names of the built-in filters, as given to `--filter=`.
-pub const NAMES: &[&str] = &["nofilter"];
-
-/// A fresh, unconfigured instance of the built-in filter called `name`, or `None` if there is no
-/// such filter.
-pub fn lookup(name: &str) -> Option<Box<dyn Filter>> {
-    Some(match name {
-        "nofilter" => Box::new(nofilter::NoFilter::new()),
-        _ => return None,
-    })
+/// The built-in filters: their entries in the server's table.
+pub fn registrations() -> Vec<Registration> {
+    vec![nofilter::registration()]
 }
 
 #[cfg(test)]
@@ -30,10 +23,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_name_resolves_to_its_filter() {
-        for name in NAMES {
-            assert_eq!(lookup(name).expect(name).name(), *name);
+    fn every_entry_is_a_filter_with_a_unique_name() {
+        let table = registrations();
+        for r in &table {
+            assert!(!r.is_plugin(), "{}", r.info.name);
+            assert_eq!(table.iter().filter(|o| o.info.name == r.info.name).count(), 1);
+            assert!(r.new_filter().is_some());
         }
-        assert!(lookup("nosuch").is_none());
     }
 }

@@ -1,10 +1,13 @@
 //! The `nofilter` filter: passes every request and every reply through unchanged.
 //!
 //! It exists to prove the filter mechanism (and as the smallest filter to copy): its handle owns
-//! the handle of the layer below and returns it from [`Handle::next`], overriding nothing, so the
-//! SDK's pass-through defaults forward every call.
+//! the handle of the layer below and returns it from [`Handle::next`], overriding nothing else,
+//! so the SDK's pass-through defaults forward every call; and it declares that it leaves read
+//! data unchanged, so reads keep the zero-copy paths of the layer below.
 
-use nbdforge_api::{Backend, Filter, Handle, OpenArgs, Result};
+use std::sync::Arc;
+
+use nbdforge_api::{Backend, Filter, Handle, Layer, LayerInfo, OpenArgs, Registration, Result};
 
 /// The `nofilter` filter. It takes no parameters.
 #[derive(Debug, Default)]
@@ -17,16 +20,15 @@ impl NoFilter {
     }
 }
 
+/// The filter's entry in the server's table.
+pub fn registration() -> Registration {
+    Registration::filter(LayerInfo::new("nofilter", "passes everything through unchanged"), NoFilter::new)
+}
+
+impl Layer for NoFilter {}
+
 impl Filter for NoFilter {
-    fn name(&self) -> &'static str {
-        "nofilter"
-    }
-
-    fn description(&self) -> &'static str {
-        "passes everything through unchanged"
-    }
-
-    fn open(&self, next: &dyn Backend, args: &OpenArgs) -> Result<Box<dyn Handle>> {
+    fn open(&self, next: &Arc<dyn Backend>, args: &OpenArgs) -> Result<Box<dyn Handle>> {
         Ok(Box::new(NoFilterHandle { next: next.open(args)? }))
     }
 }
@@ -40,13 +42,17 @@ impl Handle for NoFilterHandle {
     fn next(&self) -> Option<&dyn Handle> {
         Some(&*self.next)
     }
+
+    fn reads_unchanged(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nbdforge_api::{Capabilities, ClientInfo, Error, Export, Extents, Flags, Support, ThreadModel};
-    use std::sync::{Arc, Mutex};
+    use nbdforge_api::{ClientInfo, Capabilities, Error, Export, Extents, Flags, Support, ThreadModel};
+    use std::sync::Mutex;
 
     type CallLog = Arc<Mutex<Vec<&'static str>>>;
 
@@ -103,6 +109,13 @@ mod tests {
         fn thread_model(&self) -> ThreadModel {
             ThreadModel::Parallel
         }
+        fn after_fork(&self) -> Result<()> {
+            Ok(())
+        }
+        fn preconnect(&self, _client: &ClientInfo, _readonly: bool) -> Result<()> {
+            Ok(())
+        }
+        fn cleanup(&self) {}
         fn list_exports(&self, _readonly: bool, _tls: bool) -> Result<Vec<Export>> {
             Ok(vec![Export::named("only")])
         }
@@ -111,6 +124,7 @@ mod tests {
         }
         fn open(&self, args: &OpenArgs) -> Result<Box<dyn Handle>> {
             assert_eq!(args.export_name, "only");
+            assert_eq!(args.conn.id(), 0);
             Ok(Box::new(RecordingHandle { data: Mutex::new(vec![0; 4096]), calls: self.calls.clone() }))
         }
     }
@@ -118,12 +132,12 @@ mod tests {
     #[test]
     fn everything_passes_through() {
         let filter = NoFilter::new();
-        let client = ClientInfo::default();
-        let args = OpenArgs { readonly: false, export_name: "only", tls: false, client: &client };
-        let backend = RecordingBackend { calls: CallLog::default() };
+        let args = OpenArgs::local("only", false);
+        let calls = CallLog::default();
+        let backend: Arc<dyn Backend> = Arc::new(RecordingBackend { calls: Arc::clone(&calls) });
         let h = filter.open(&backend, &args).unwrap();
-        assert_eq!(filter.list_exports(&backend, false, false).unwrap(), vec![Export::named("only")]);
-        assert_eq!(filter.default_export(&backend, false, false).unwrap(), "only");
+        assert_eq!(filter.list_exports(backend.as_ref(), false, false).unwrap(), vec![Export::named("only")]);
+        assert_eq!(filter.default_export(backend.as_ref(), false, false).unwrap(), "only");
 
         assert_eq!(h.get_size().unwrap(), 4096);
         let caps = h.capabilities().unwrap();
@@ -140,7 +154,7 @@ mod tests {
         h.extents(4096, 0, Flags::NONE, &mut e).unwrap();
         assert_eq!(e.as_slice()[0].flags, nbdforge_api::extents::HOLE);
 
-        assert_eq!(*backend.calls.lock().unwrap(), ["pwrite", "pread", "zero", "extents"]);
+        assert_eq!(*calls.lock().unwrap(), ["pwrite", "pread", "zero", "extents"]);
         let below = h.next().expect("the filter exposes the layer below");
         assert_eq!(below.get_size().unwrap(), 4096);
     }

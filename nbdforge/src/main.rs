@@ -45,16 +45,17 @@ fn run(id: &Identity, args: Vec<OsString>) -> Result<u8, String> {
         return stdout(probe::print_short_options());
     }
 
-    let filters = o.filters.iter().map(|f| registry::filter(f)).collect::<Result<Vec<_>, _>>()?;
+    let table = registry::table();
+    let filters = o.filters.iter().map(|f| registry::filter(&table, f)).collect::<Result<Vec<_>, _>>()?;
     let plugin = match &o.plugin {
-        Some(name) => Some(registry::plugin(name)?),
+        Some(name) => Some(registry::plugin(&table, name)?),
         None => None,
     };
     if o.help {
-        return stdout(probe::print_help(id, &filters, plugin.as_deref()));
+        return stdout(probe::print_help(id, &filters, plugin));
     }
     if o.version {
-        return stdout(probe::print_version(id, &filters, plugin.as_deref()));
+        return stdout(probe::print_version(id, &filters, plugin));
     }
     if o.dump_plugin {
         let Some(plugin) = plugin else {
@@ -63,10 +64,11 @@ fn run(id: &Identity, args: Vec<OsString>) -> Result<u8, String> {
                 id.prog
             ));
         };
-        return stdout(probe::print_dump_plugin(id, plugin.as_ref()));
+        return stdout(probe::print_dump_plugin(id, plugin));
     }
     let Some(plugin) = plugin else {
         return Err(format!("no plugins given on the command line.\n{hint}"));
     };
-    lifecycle::run(id, o, plugin, filters)
+    let stack = nbdforge_server::Stack::from_registrations(plugin, &filters)?;
+    lifecycle::run(id, o, stack)
 }

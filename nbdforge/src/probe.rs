@@ -10,7 +10,7 @@
 use std::io::{self, Write};
 use std::path::PathBuf;
 
-use nbdforge_api::{Filter, Plugin};
+use nbdforge_api::Registration;
 
 use crate::options;
 
@@ -60,16 +60,22 @@ impl Identity {
 }
 
 /// `--version` with an optional stack: the server line, one per filter, then the plugin.
-pub fn print_version(id: &Identity, filters: &[Box<dyn Filter>], plugin: Option<&dyn Plugin>) -> io::Result<()> {
+pub fn print_version(id: &Identity, filters: &[&Registration], plugin: Option<&Registration>) -> io::Result<()> {
     let mut out = io::stdout().lock();
     writeln!(out, "{} {}", id.name(), id.version())?;
     for f in filters {
-        writeln!(out, "{} {}", f.name(), f.version())?;
+        writeln!(out, "{} {}", f.info.name, f.info.version)?;
     }
     if let Some(p) = plugin {
-        writeln!(out, "{} {}", p.name(), p.version())?;
+        writeln!(out, "{} {}", p.info.name, p.info.version)?;
     }
     out.flush()
+}
+
+/// The names of the plugins (or filters) the binary knows, space-separated, for `--dump-config`.
+fn layer_names(plugins: bool) -> String {
+    let table = crate::registry::table();
+    table.iter().filter(|r| r.is_plugin() == plugins).map(|r| r.info.name.as_str()).collect::<Vec<_>>().join(" ")
 }
 
 /// The installation layout, derived from where the binary is (`/usr/bin/nbdforge` gives the
@@ -131,14 +137,14 @@ pub fn dump_config_lines(id: &Identity) -> Vec<(String, String)> {
         ("bindir".into(), path(&l.bindir)),
         ("exit_with_parent".into(), "yes".into()),
         ("filterdir".into(), path(&libdir.join("nbdforge").join("filters"))),
-        ("filters".into(), nbdforge_filters::NAMES.join(" ")),
+        ("filters".into(), layer_names(false)),
         ("host_cpu".into(), std::env::consts::ARCH.into()),
         ("host_os".into(), host_os().into()),
         ("libdir".into(), path(&libdir)),
         ("mandir".into(), path(&l.prefix.join("share").join("man"))),
         ("name".into(), id.name().into()),
         ("plugindir".into(), path(&libdir.join("nbdforge").join("plugins"))),
-        ("plugins".into(), nbdforge_plugins::NAMES.join(" ")),
+        ("plugins".into(), layer_names(true)),
         ("root_tls_certificates_dir".into(), root_tls_dir(id).into()),
         // --run with neither -p nor -U listens on a private Unix socket, not on TCP port 10809.
         ("run_default_socket".into(), "unix".into()),
@@ -170,25 +176,29 @@ pub fn print_dump_config(id: &Identity) -> io::Result<()> {
 
 /// `PLUGIN --dump-plugin`: what nbdkit prints that applies to a built-in plugin, then the
 /// plugin's own lines.
-pub fn print_dump_plugin(id: &Identity, plugin: &dyn Plugin) -> io::Result<()> {
+pub fn print_dump_plugin(id: &Identity, entry: &Registration) -> io::Result<()> {
+    let Some(plugin) = entry.new_plugin() else {
+        return Err(io::Error::other(format!("{} is a filter", entry.info.name)));
+    };
+    let info = &entry.info;
     let mut out = io::stdout().lock();
     let l = Layout::find();
     writeln!(out, "path={}", l.binary.display())?;
-    writeln!(out, "name={}", plugin.name())?;
-    writeln!(out, "version={}", plugin.version())?;
+    writeln!(out, "name={}", info.name)?;
+    writeln!(out, "version={}", info.version)?;
     writeln!(out, "api_version=2")?;
     writeln!(out, "max_thread_model={}", plugin.thread_model().as_str())?;
     writeln!(out, "thread_model={}", plugin.thread_model().as_str())?;
     writeln!(out, "errno_is_preserved=1")?;
-    if let Some(key) = plugin.magic_config_key() {
+    if let Some(key) = &info.magic_config_key {
         writeln!(out, "magic_config_key={key}")?;
     }
-    if !plugin.description().is_empty() {
-        writeln!(out, "description={}", plugin.description())?;
+    if !info.description.is_empty() {
+        writeln!(out, "description={}", info.description)?;
     }
     writeln!(out, "has_config=1")?;
     writeln!(out, "has_config_complete=1")?;
-    if !plugin.config_help().is_empty() {
+    if !info.config_help.is_empty() {
         writeln!(out, "has_config_help=1")?;
     }
     writeln!(out, "has_get_ready=1")?;
@@ -201,7 +211,7 @@ pub fn print_dump_plugin(id: &Identity, plugin: &dyn Plugin) -> io::Result<()> {
 }
 
 /// `PLUGIN --help`: the synopsis, then each filter's and the plugin's parameters.
-pub fn print_help(id: &Identity, filters: &[Box<dyn Filter>], plugin: Option<&dyn Plugin>) -> io::Result<()> {
+pub fn print_help(id: &Identity, filters: &[&Registration], plugin: Option<&Registration>) -> io::Result<()> {
     let mut out = io::stdout().lock();
     write!(out, "{}", options::usage(&id.prog))?;
     let section = |out: &mut io::StdoutLock, kind: &str, name: &str, desc: &str, help: &str| -> io::Result<()> {
@@ -218,11 +228,12 @@ pub fn print_help(id: &Identity, filters: &[Box<dyn Filter>], plugin: Option<&dy
         Ok(())
     };
     for f in filters {
-        section(&mut out, "filter", f.name(), f.description(), f.config_help())?;
+        section(&mut out, "filter", &f.info.name, &f.info.description, &f.info.config_help)?;
     }
     if let Some(p) = plugin {
-        section(&mut out, "plugin", p.name(), p.description(), p.config_help())?;
-        if let Some(key) = p.magic_config_key() {
+        let i = &p.info;
+        section(&mut out, "plugin", &i.name, &i.description, &i.config_help)?;
+        if let Some(key) = &i.magic_config_key {
             writeln!(out, "(an argument without KEY= is taken as {key}=ARGUMENT)")?;
         }
     }

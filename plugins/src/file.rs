@@ -15,14 +15,17 @@ use std::collections::HashSet;
 use std::collections::VecDeque;
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use nbdforge_api::extents::{DATA, HOLE, ZERO};
-use nbdforge_api::{parse_choice, Capabilities, Error, Export, Extents, Flags, Handle, OpenArgs, Plugin, Result};
+use nbdforge_api::{
+    parse_choice, Capabilities, Error, Export, Extents, Flags, Handle, Layer, LayerInfo, OpenArgs, Plugin, ReadSink,
+    Registration, Result,
+};
 use nix::errno::Errno;
 use nix::fcntl::{fallocate, posix_fadvise, FallocateFlags, PosixFadviseAdvice};
 use nix::sys::statfs::{fstatfs, TMPFS_MAGIC};
@@ -120,26 +123,20 @@ impl FilePlugin {
     }
 }
 
-impl Plugin for FilePlugin {
-    fn name(&self) -> &'static str {
-        "file"
-    }
+/// The plugin's entry in the server's table.
+pub fn registration() -> Registration {
+    let info = LayerInfo::new("file", "serves a file or block device, or the files of a directory")
+        .help(
+            "[file=]<FILENAME>                  The file or block device to serve.\n\
+             dir=<DIRECTORY>                    Serve each file in DIRECTORY under its name (instead of file=).\n\
+             cache=default|none                 none: keep the file's data out of the page cache.\n\
+             fadvise=normal|random|sequential   Hint the kernel about the access pattern (default: normal).",
+        )
+        .magic("file");
+    Registration::plugin(info, FilePlugin::new)
+}
 
-    fn description(&self) -> &'static str {
-        "serves a file or block device, or the files of a directory"
-    }
-
-    fn config_help(&self) -> &'static str {
-        "[file=]<FILENAME>                  The file or block device to serve.\n\
-         dir=<DIRECTORY>                    Serve each file in DIRECTORY under its name (instead of file=).\n\
-         cache=default|none                 none: keep the file's data out of the page cache.\n\
-         fadvise=normal|random|sequential   Hint the kernel about the access pattern (default: normal)."
-    }
-
-    fn magic_config_key(&self) -> Option<&'static str> {
-        Some("file")
-    }
-
+impl Layer for FilePlugin {
     fn debug_flag(&mut self, flag: &str, value: i32) -> bool {
         match flag {
             "zero" => self.debug_zero = value != 0,
@@ -148,10 +145,11 @@ impl Plugin for FilePlugin {
         true
     }
 
-    fn config(&mut self, key: &str, value: &str) -> Result<()> {
+    fn config(&mut self, key: &str, value: &str) -> Result<bool> {
         match key {
             "file" => self.file = Some(Location::new(key, value)?),
-            "dir" => self.dir = Some(Location::new(key, value)?),
+            // directory= is nbdkit's other spelling of dir=.
+            "dir" | "directory" => self.dir = Some(Location::new(key, value)?),
             "cache" => {
                 self.cache = match parse_choice(key, value, &["default", "none"])? {
                     "none" => CacheMode::None,
@@ -171,7 +169,7 @@ impl Plugin for FilePlugin {
                 )))
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     fn config_complete(&mut self) -> Result<()> {
@@ -199,7 +197,9 @@ impl Plugin for FilePlugin {
             .map(|key| (key.to_string(), "yes".to_string()))
             .collect()
     }
+}
 
+impl Plugin for FilePlugin {
     /// Checks, before the server listens, that the file can be opened and is a file or block
     /// device, or that the directory can be listed.
     fn get_ready(&mut self) -> Result<()> {
@@ -242,7 +242,7 @@ impl Plugin for FilePlugin {
         let handle = match self.source()? {
             Source::File(location) => self.open_location(location, args.readonly)?,
             Source::Dir(dir) => {
-                let name = args.export_name;
+                let name = args.export_name.as_str();
                 check_export_name(name, &dir.given)?;
                 let location = Location {
                     given: format!("{}/{name}", dir.given.trim_end_matches('/')),
@@ -272,8 +272,9 @@ fn check_export_name(name: &str, dir: &str) -> Result<()> {
     Ok(())
 }
 
-/// The regular files and block devices directly in the directory (following symbolic links),
-/// sorted by name. Names that are not UTF-8 cannot be NBD export names and are skipped.
+/// The regular files and block devices directly in the directory (following symbolic links), in
+/// the order the directory lists them, as nbdkit does. Names that are not UTF-8 cannot be NBD
+/// export names and are skipped.
 fn list_directory(location: &Location) -> Result<Vec<Export>> {
     let fail = |e: io::Error| io_error(format!("file: dir={}", location.given), &e);
     let mut names = Vec::new();
@@ -290,7 +291,6 @@ fn list_directory(location: &Location) -> Result<Vec<Export>> {
             }
         }
     }
-    names.sort();
     Ok(names.into_iter().map(Export::named).collect())
 }
 
@@ -535,13 +535,15 @@ impl Handle for FileHandle {
         })
     }
 
-    fn pread_file(&self, count: u64, offset: u64) -> Result<Option<(BorrowedFd<'_>, u64)>> {
-        // cache=none drops pages after each read, which sendfile would bypass; and a file that
-        // shrank since open must fail the read cleanly, not the connection.
+    /// Reads offer the file itself, for the server to send with `sendfile`; except with
+    /// cache=none, which drops pages after each read (sendfile would bypass that), and past the
+    /// current end of a file that shrank since open, which must fail the read cleanly, not the
+    /// connection.
+    fn read(&self, count: u64, offset: u64, flags: Flags, sink: &mut dyn ReadSink) -> Result<()> {
         if self.recent_writes.is_some() || offset.saturating_add(count) > self.current_len() {
-            return Ok(None);
+            return self.pread(sink.buffer()?, offset, flags);
         }
-        Ok(Some((self.file.as_fd(), offset)))
+        sink.file(self.file.as_fd(), offset)
     }
 
     fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {
@@ -637,7 +639,7 @@ impl Handle for FileHandle {
         let fd = self.file.as_raw_fd();
         let end = offset.saturating_add(count);
         let mut pos = offset;
-        while pos < end {
+        while pos < end && !extents.is_full() {
             let at = to_off(pos).map_err(|e| self.error("extents", e))?;
             let next = match lseek(fd, at, Whence::SeekData) {
                 Ok(data) if data as u64 > pos => {
@@ -686,7 +688,7 @@ impl FileHandle {
         let end = offset.saturating_add(count);
         let mut pos = offset;
         for _ in 0..MAX_SAMPLES {
-            if pos >= end {
+            if pos >= end || extents.is_full() {
                 break;
             }
             let at = to_off(pos).map_err(|e| self.error("extents", e))?;
@@ -726,7 +728,7 @@ impl FileHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nbdforge_api::{ClientInfo, Extent};
+    use nbdforge_api::Extent;
     use std::sync::atomic::AtomicUsize;
 
     /// A directory under the system temp dir, removed when dropped.
@@ -765,8 +767,7 @@ mod tests {
     }
 
     fn open(plugin: &FilePlugin, export_name: &str, readonly: bool) -> Result<Box<dyn Handle>> {
-        let client = ClientInfo::default();
-        plugin.open(&OpenArgs { readonly, export_name, tls: false, client: &client })
+        plugin.open(&OpenArgs::local(export_name, readonly))
     }
 
     fn map(h: &dyn Handle, count: u64, offset: u64) -> Vec<Extent> {
@@ -1022,7 +1023,10 @@ mod tests {
         nix::unistd::mkfifo(&dir.0.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let d = dir.0.to_str().unwrap();
         let p = plugin(&[("dir", d)]).unwrap();
-        let names: Vec<String> = p.list_exports(false, false).unwrap().into_iter().map(|e| e.name).collect();
+        let mut names: Vec<String> = p.list_exports(false, false).unwrap().into_iter().map(|e| e.name).collect();
+        let listed: Vec<String> = std::fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).filter(|n| ["a.img", "b.img", "link"].contains(&n.as_str())).collect();
+        assert_eq!(names, listed, "exports in the order the directory lists them");
+        names.sort();
         assert_eq!(names, ["a.img", "b.img", "link"]);
         assert_eq!(p.default_export(false, false).unwrap(), "");
 

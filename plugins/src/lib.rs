@@ -10,7 +10,7 @@
 //!
 //! Shared machinery lives beside them: [`sparse_array`] (pages allocated on first write, behind
 //! lock stripes) and `flat_buffer` (one mapping for `memory allocator=malloc`). The binary finds a
-//! plugin by name with [`lookup`].
+//! plugin by name in [`registrations`].
 
 #![warn(missing_docs)]
 
@@ -22,21 +22,11 @@ pub mod pattern;
 pub mod sparse_array;
 mod sys;
 
-use nbdforge_api::Plugin;
+use nbdforge_api::Registration;
 
-/// The names of the built-in plugins, as typed on the command line.
-pub const NAMES: &[&str] = &["memory", "file", "null", "pattern"];
-
-/// A fresh, unconfigured instance of the built-in plugin called `name`, or `None` if there is no
-/// such plugin.
-pub fn lookup(name: &str) -> Option<Box<dyn Plugin>> {
-    Some(match name {
-        "memory" => Box::new(memory::MemoryPlugin::new()),
-        "file" => Box::new(file::FilePlugin::new()),
-        "null" => Box::new(null::NullPlugin::new()),
-        "pattern" => Box::new(pattern::PatternPlugin::new()),
-        _ => return None,
-    })
+/// The built-in plugins: their entries in the server's table.
+pub fn registrations() -> Vec<Registration> {
+    vec![memory::registration(), file::registration(), null::registration(), pattern::registration()]
 }
 
 #[cfg(test)]
@@ -44,10 +34,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_name_resolves_to_its_plugin() {
-        for name in NAMES {
-            assert_eq!(lookup(name).expect(name).name(), *name);
+    fn every_entry_is_a_plugin_with_a_unique_name() {
+        let table = registrations();
+        for r in &table {
+            assert!(r.is_plugin(), "{}", r.info.name);
+            assert_eq!(table.iter().filter(|o| o.info.name == r.info.name).count(), 1);
+            assert!(r.new_plugin().is_some());
         }
-        assert!(lookup("nosuch").is_none());
+        assert!(nbdforge_api::find(&table, "memory", true).is_some());
+        assert!(nbdforge_api::find(&table, "nosuch", true).is_none());
     }
 }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use nbdforge_api::extents::DATA;
 use nbdforge_api::{
-    parse_bool, parse_size, Capabilities, Error, Extents, Flags, Handle, OpenArgs, Plugin, Result,
+    parse_bool, parse_size, Capabilities, Error, Extents, Flags, Handle, Layer, LayerInfo, OpenArgs, Plugin,
+    ReadSink, Registration, Result,
 };
 
 use crate::flat_buffer::FlatBuffer;
@@ -88,25 +89,19 @@ fn parse_allocator(value: &str) -> Result<Allocator> {
     }
 }
 
-impl Plugin for MemoryPlugin {
-    fn name(&self) -> &'static str {
-        "memory"
-    }
+/// The plugin's entry in the server's table.
+pub fn registration() -> Registration {
+    let info = LayerInfo::new("memory", "RAM disk, all zeroes at start, discarded at exit")
+        .help(
+            "[size=]<SIZE>                      (required) Virtual size of the disk, up to 2^63-1 bytes.\n\
+             allocator=sparse|malloc[,mlock=true] How data is stored (default: sparse).",
+        )
+        .magic("size");
+    Registration::plugin(info, MemoryPlugin::new)
+}
 
-    fn description(&self) -> &'static str {
-        "RAM disk, all zeroes at start, discarded at exit"
-    }
-
-    fn config_help(&self) -> &'static str {
-        "[size=]<SIZE>                      (required) Virtual size of the disk, up to 2^63-1 bytes.\n\
-         allocator=sparse|malloc[,mlock=true] How data is stored (default: sparse)."
-    }
-
-    fn magic_config_key(&self) -> Option<&'static str> {
-        Some("size")
-    }
-
-    fn config(&mut self, key: &str, value: &str) -> Result<()> {
+impl Layer for MemoryPlugin {
+    fn config(&mut self, key: &str, value: &str) -> Result<bool> {
         match key {
             "size" => self.size = Some(parse_size(key, value)?),
             "allocator" => self.allocator = parse_allocator(value)?,
@@ -116,7 +111,7 @@ impl Plugin for MemoryPlugin {
                 )))
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     fn config_complete(&mut self) -> Result<()> {
@@ -131,7 +126,9 @@ impl Plugin for MemoryPlugin {
     fn dump_plugin(&self) -> Vec<(String, String)> {
         vec![("mlock".into(), "yes".into())]
     }
+}
 
+impl Plugin for MemoryPlugin {
     fn get_ready(&mut self) -> Result<()> {
         let size = self.size.ok_or_else(|| Error::invalid("size was not set"))?;
         let storage = match self.allocator {
@@ -169,12 +166,16 @@ impl Handle for MemoryHandle {
         Ok(Capabilities::ALL)
     }
 
-    fn pread_borrowed(&self, count: u64, offset: u64, send: &mut dyn FnMut(&[&[u8]])) -> Result<bool> {
-        Ok(match &*self.storage {
-            Storage::Sparse(array) => array.read_borrowed(offset, count, send),
-            // A flat buffer has no locks to keep a slice stable while it is sent.
-            Storage::Flat(_) => false,
-        })
+    /// Reads lend the pages themselves, read-locked, so the server sends them without a copy.
+    fn read(&self, count: u64, offset: u64, flags: Flags, sink: &mut dyn ReadSink) -> Result<()> {
+        if let Storage::Sparse(array) = &*self.storage {
+            let mut result = Ok(());
+            if array.read_borrowed(offset, count, &mut |parts| result = sink.borrowed(parts)) {
+                return result;
+            }
+        }
+        // A flat buffer has no locks to keep a slice stable while it is sent.
+        self.pread(sink.buffer()?, offset, flags)
     }
 
     fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {
@@ -189,9 +190,11 @@ impl Handle for MemoryHandle {
     fn pwrite(&self, buf: &[u8], offset: u64, _flags: Flags) -> Result<()> {
         match &*self.storage {
             Storage::Sparse(array) => array.write(buf, offset),
-            Storage::Flat(flat) => flat.write(buf, offset),
+            Storage::Flat(flat) => {
+                flat.write(buf, offset);
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     fn flush(&self, _flags: Flags) -> Result<()> {
@@ -229,7 +232,7 @@ impl Handle for MemoryHandle {
 mod tests {
     use super::*;
     use nbdforge_api::extents::{HOLE, ZERO};
-    use nbdforge_api::{ClientInfo, Extent, MAX_SIZE};
+    use nbdforge_api::{Extent, MAX_SIZE};
 
     fn configured(params: &[(&str, &str)]) -> Result<MemoryPlugin> {
         let mut plugin = MemoryPlugin::new();
@@ -242,8 +245,7 @@ mod tests {
     }
 
     fn open(plugin: &MemoryPlugin) -> Box<dyn Handle> {
-        let client = ClientInfo::default();
-        plugin.open(&OpenArgs { readonly: false, export_name: "", tls: false, client: &client }).unwrap()
+        plugin.open(&OpenArgs::local("", false)).unwrap()
     }
 
     #[test]
@@ -253,7 +255,7 @@ mod tests {
         assert_eq!(h.get_size().unwrap(), 1 << 20);
         assert_eq!(h.capabilities().unwrap(), Capabilities::ALL);
         assert_eq!(plugin.thread_model(), nbdforge_api::ThreadModel::Parallel);
-        assert_eq!(plugin.magic_config_key(), Some("size"));
+        assert_eq!(registration().info.magic_config_key.as_deref(), Some("size"));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! as `size=` says (0 by default). Useful to measure the server itself and to probe filters.
 
 use nbdforge_api::extents::{HOLE, ZERO};
-use nbdforge_api::{parse_size, Capabilities, Error, Extents, Flags, Handle, OpenArgs, Plugin, Result};
+use nbdforge_api::{
+    parse_size, Capabilities, Error, Extents, Flags, Handle, Layer, LayerInfo, OpenArgs, Plugin, Registration, Result,
+};
 
 /// The `null` plugin. Configure with an optional `size=`.
 #[derive(Debug, Default)]
@@ -17,31 +19,25 @@ impl NullPlugin {
     }
 }
 
-impl Plugin for NullPlugin {
-    fn name(&self) -> &'static str {
-        "null"
-    }
+/// The plugin's entry in the server's table.
+pub fn registration() -> Registration {
+    let info = LayerInfo::new("null", "discards writes and reads back zeroes")
+        .help("[size=]<SIZE>  Virtual size of the disk (default: 0).")
+        .magic("size");
+    Registration::plugin(info, NullPlugin::new)
+}
 
-    fn description(&self) -> &'static str {
-        "discards writes and reads back zeroes"
-    }
-
-    fn config_help(&self) -> &'static str {
-        "[size=]<SIZE>  Virtual size of the disk (default: 0)."
-    }
-
-    fn magic_config_key(&self) -> Option<&'static str> {
-        Some("size")
-    }
-
-    fn config(&mut self, key: &str, value: &str) -> Result<()> {
+impl Layer for NullPlugin {
+    fn config(&mut self, key: &str, value: &str) -> Result<bool> {
         match key {
             "size" => self.size = parse_size(key, value)?,
             _ => return Err(Error::invalid(format!("unknown parameter '{key}' (null takes only size=)"))),
         }
-        Ok(())
+        Ok(true)
     }
+}
 
+impl Plugin for NullPlugin {
     fn open(&self, _args: &OpenArgs) -> Result<Box<dyn Handle>> {
         Ok(Box::new(NullHandle { size: self.size }))
     }
@@ -94,11 +90,10 @@ impl Handle for NullHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nbdforge_api::{ClientInfo, Extent};
+    use nbdforge_api::Extent;
 
     fn open(plugin: &NullPlugin) -> Box<dyn Handle> {
-        let client = ClientInfo::default();
-        plugin.open(&OpenArgs { readonly: false, export_name: "", tls: false, client: &client }).unwrap()
+        plugin.open(&OpenArgs::local("", false)).unwrap()
     }
 
     #[test]

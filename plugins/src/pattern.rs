@@ -3,7 +3,10 @@
 //! which makes the plugin a test fixture for offset bugs.
 
 use nbdforge_api::extents::DATA;
-use nbdforge_api::{parse_size, Capabilities, Error, Extents, Flags, Handle, OpenArgs, Plugin, Result, Support};
+use nbdforge_api::{
+    parse_size, Capabilities, Error, Extents, Flags, Handle, Layer, LayerInfo, OpenArgs, Plugin, Registration, Result,
+    Support,
+};
 
 /// The `pattern` plugin. Configure with `size=` (required).
 #[derive(Debug, Default)]
@@ -18,29 +21,21 @@ impl PatternPlugin {
     }
 }
 
-impl Plugin for PatternPlugin {
-    fn name(&self) -> &'static str {
-        "pattern"
-    }
+/// The plugin's entry in the server's table.
+pub fn registration() -> Registration {
+    let info = LayerInfo::new("pattern", "read-only disk where each 8-byte word holds its offset, big-endian")
+        .help("[size=]<SIZE>  (required) Virtual size of the disk.")
+        .magic("size");
+    Registration::plugin(info, PatternPlugin::new)
+}
 
-    fn description(&self) -> &'static str {
-        "read-only disk where each 8-byte word holds its offset, big-endian"
-    }
-
-    fn config_help(&self) -> &'static str {
-        "[size=]<SIZE>  (required) Virtual size of the disk."
-    }
-
-    fn magic_config_key(&self) -> Option<&'static str> {
-        Some("size")
-    }
-
-    fn config(&mut self, key: &str, value: &str) -> Result<()> {
+impl Layer for PatternPlugin {
+    fn config(&mut self, key: &str, value: &str) -> Result<bool> {
         match key {
             "size" => self.size = Some(parse_size(key, value)?),
             _ => return Err(Error::invalid(format!("unknown parameter '{key}' (pattern takes only size=)"))),
         }
-        Ok(())
+        Ok(true)
     }
 
     fn config_complete(&mut self) -> Result<()> {
@@ -51,7 +46,9 @@ impl Plugin for PatternPlugin {
         }
         Ok(())
     }
+}
 
+impl Plugin for PatternPlugin {
     fn open(&self, _args: &OpenArgs) -> Result<Box<dyn Handle>> {
         let size = self.size.ok_or_else(|| Error::invalid("pattern: size was not set"))?;
         Ok(Box::new(PatternHandle { size }))
@@ -109,7 +106,7 @@ impl Handle for PatternHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nbdforge_api::{ClientInfo, MAX_SIZE};
+    use nbdforge_api::MAX_SIZE;
 
     /// The pattern byte at `offset`, computed the slow, obvious way.
     fn byte_at(offset: u64) -> u8 {
@@ -120,8 +117,7 @@ mod tests {
         let mut plugin = PatternPlugin::new();
         plugin.config("size", size).unwrap();
         plugin.config_complete().unwrap();
-        let client = ClientInfo::default();
-        plugin.open(&OpenArgs { readonly: false, export_name: "", tls: false, client: &client }).unwrap()
+        plugin.open(&OpenArgs::local("", false)).unwrap()
     }
 
     #[test]

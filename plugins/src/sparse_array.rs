@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use nbdforge_api::extents::{DATA, HOLE, ZERO};
-use nbdforge_api::{Extents, Result};
+use nbdforge_api::{Error, Extents, Result};
 
 use slab::{Page, SlabPool};
 
@@ -121,8 +121,9 @@ impl SparseArray {
     }
 
     /// Copies `buf` into the array at `offset`, allocating pages as needed. Zeroes written to an
-    /// absent page leave it absent.
-    pub fn write(&self, buf: &[u8], offset: u64) {
+    /// absent page leave it absent. Fails with ENOMEM when a page cannot be had; the pages
+    /// before it are written, as a short write on a full disk would be.
+    pub fn write(&self, buf: &[u8], offset: u64) -> Result<()> {
         let mut done = 0;
         for (index, in_page, len) in page_runs(offset, buf.len() as u64) {
             let data = &buf[done..done + len];
@@ -132,12 +133,16 @@ impl SparseArray {
                 Entry::Occupied(page) => page.into_mut(),
                 Entry::Vacant(_) if is_zero(data) => continue,
                 Entry::Vacant(slot) => {
+                    let Some(page) = self.pages.alloc() else {
+                        return Err(Error::new(libc::ENOMEM, "memory: out of memory for the data written"));
+                    };
                     self.allocated_pages.fetch_add(1, Ordering::Relaxed);
-                    slot.insert(self.pages.alloc())
+                    slot.insert(page)
                 }
             };
             page[in_page..in_page + len].copy_from_slice(data);
         }
+        Ok(())
     }
 
     /// Makes `count` bytes at `offset` read as zeroes, freeing every page that ends up all zero.
@@ -189,7 +194,7 @@ impl SparseArray {
                 extents.add(pos, next.min(end) - pos, HOLE | ZERO)?;
                 next
             };
-            if req_one {
+            if req_one || extents.is_full() {
                 break;
             }
             pos = run_end;
@@ -334,7 +339,7 @@ mod tests {
     fn write_read_across_pages() {
         let a = SparseArray::new();
         let data: Vec<u8> = (0..3 * PAGE_SIZE + 123).map(|i| (i % 251) as u8 + 1).collect();
-        a.write(&data, PS - 7);
+        a.write(&data, PS - 7).unwrap();
         assert_eq!(a.allocated_pages(), 5);
         let mut back = vec![0u8; data.len()];
         a.read(&mut back, PS - 7);
@@ -347,14 +352,14 @@ mod tests {
     #[test]
     fn writing_zeroes_to_a_hole_allocates_nothing() {
         let a = SparseArray::new();
-        a.write(&[0u8; 4096], 8192);
+        a.write(&[0u8; 4096], 8192).unwrap();
         assert_eq!(a.allocated_pages(), 0);
     }
 
     #[test]
     fn zero_frees_whole_pages_and_zeroes_partial_ones() {
         let a = SparseArray::new();
-        a.write(&vec![1u8; 4 * PAGE_SIZE], 0);
+        a.write(&vec![1u8; 4 * PAGE_SIZE], 0).unwrap();
         assert_eq!(a.allocated_pages(), 4);
         // Half of page 0, all of pages 1 and 2, a little of page 3.
         a.zero(3 * PS - PS / 2 + 10, PS / 2);
@@ -373,7 +378,7 @@ mod tests {
     fn large_zero_finds_scattered_pages() {
         let a = SparseArray::new();
         for i in 0..300u64 {
-            a.write(b"x", i * (1 << 40) + 5);
+            a.write(b"x", i * (1 << 40) + 5).unwrap();
         }
         assert_eq!(a.allocated_pages(), 300);
         a.zero(150 << 40, 0);
@@ -385,8 +390,8 @@ mod tests {
     #[test]
     fn extents_report_pages() {
         let a = SparseArray::new();
-        a.write(b"x", 2 * PS);
-        a.write(b"y", 3 * PS + 1);
+        a.write(b"x", 2 * PS).unwrap();
+        a.write(b"y", 3 * PS + 1).unwrap();
         assert_eq!(
             map(&a, 10 * PS, 0),
             vec![
@@ -410,12 +415,12 @@ mod tests {
     #[test]
     fn a_page_reused_after_trim_reads_zero_around_new_data() {
         let a = SparseArray::new();
-        a.write(&vec![0xeeu8; 2 * PAGE_SIZE], 0);
+        a.write(&vec![0xeeu8; 2 * PAGE_SIZE], 0).unwrap();
         a.zero(2 * PS, 0);
         assert_eq!(a.allocated_pages(), 0);
         // The freed pages are the first handed out again; only the bytes written may be non-zero.
-        a.write(b"abc", 5 * PS + 10);
-        a.write(b"def", 9 * PS + 20);
+        a.write(b"abc", 5 * PS + 10).unwrap();
+        a.write(b"def", 9 * PS + 20).unwrap();
         let mut buf = vec![0xffu8; PAGE_SIZE];
         a.read(&mut buf, 5 * PS);
         assert_eq!(&buf[10..13], b"abc");
@@ -436,7 +441,7 @@ mod tests {
                 s.spawn(move || {
                     for i in 0..200u64 {
                         let offset = (i * 8 + t as u64) * 4096;
-                        a.write(&[t + 1; 4096], offset);
+                        a.write(&[t + 1; 4096], offset).unwrap();
                         let mut back = [0u8; 4096];
                         a.read(&mut back, offset);
                         assert!(back.iter().all(|&b| b == t + 1));
@@ -457,7 +462,7 @@ mod borrowed_tests {
         let a = SparseArray::new();
         let data: Vec<u8> = (0..3 * PAGE_SIZE).map(|i| (i % 251) as u8 + 1).collect();
         // Pages 1..4 written; page 0 and 4.. absent.
-        a.write(&data, PAGE_SIZE as u64);
+        a.write(&data, PAGE_SIZE as u64).unwrap();
         let (offset, count) = (100u64, 5 * PAGE_SIZE as u64);
         let mut copied = vec![0u8; count as usize];
         a.read(&mut copied, offset);

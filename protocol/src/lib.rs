@@ -16,7 +16,7 @@ pub mod transmission;
 mod wire;
 
 pub use negotiation::{
-    oldstyle_greeting, ExportInfo, Exports, Negotiated, Negotiation, NegotiationConfig, OptionError, OptionHeader,
+    oldstyle_greeting, ExportInfo, Exports, MetaContext, Negotiated, Negotiation, NegotiationConfig, OptionError, OptionHeader,
     Step, TlsPolicy,
 };
 pub use transmission::{Command, Refusal, Replies, ReplyHeader, Request, Session};

@@ -97,6 +97,18 @@ pub trait Exports {
     fn list(&mut self) -> Result<Vec<(String, Option<String>)>, OptionError>;
     /// Looks up (and for `keep`, opens for the transmission phase) the export `name`.
     fn open(&mut self, name: &str, keep: bool) -> Result<ExportInfo, OptionError>;
+    /// The block status contexts the export `name` offers, by full name, in a fixed order: a
+    /// context's id is its position in this list plus one.
+    fn meta_contexts(&mut self, name: &str) -> Result<Vec<String>, OptionError>;
+}
+
+/// A meta context selected by the client: the id used on the wire and its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaContext {
+    /// The id in block status replies.
+    pub id: u32,
+    /// The full name (`base:allocation`).
+    pub name: String,
 }
 
 /// The state the transmission phase starts with.
@@ -108,8 +120,8 @@ pub struct Negotiated {
     pub structured: bool,
     /// Extended headers are on (64-bit requests and replies).
     pub extended: bool,
-    /// `base:allocation` was selected, so block status is allowed.
-    pub base_allocation: bool,
+    /// The meta contexts selected for this export; block status is allowed when there is one.
+    pub contexts: Vec<MetaContext>,
 }
 
 /// What the server must do after an option.
@@ -146,8 +158,8 @@ pub struct Negotiation {
     options_seen: u32,
     structured: bool,
     extended: bool,
-    /// Export name and whether `base:allocation` was selected for it.
-    meta: Option<(String, bool)>,
+    /// Export name and the contexts selected for it.
+    meta: Option<(String, Vec<MetaContext>)>,
 }
 
 impl Negotiation {
@@ -277,7 +289,7 @@ impl Negotiation {
                     Ok(list) => {
                         for (name, description) in list {
                             let mut d = Vec::with_capacity(4 + name.len());
-                            d.extend_from_slice(&(name.len() as u32).to_be_bytes());
+                            d.extend_from_slice(&wire_len(name.len()).to_be_bytes());
                             d.extend_from_slice(name.as_bytes());
                             if let Some(desc) = description {
                                 d.extend_from_slice(desc.as_bytes());
@@ -403,8 +415,11 @@ impl Negotiation {
             export.flags |= FLAG_BLOCK_STAT_PAYLOAD;
         }
         // Contexts are selected for a name; they hold only if the client goes to that export.
-        let base_allocation = matches!(&self.meta, Some((n, true)) if n == requested || *n == export.name);
-        Negotiated { export, structured: self.structured, extended: self.extended, base_allocation }
+        let contexts = match &self.meta {
+            Some((n, contexts)) if n == requested || *n == export.name => contexts.clone(),
+            _ => Vec::new(),
+        };
+        Negotiated { export, structured: self.structured, extended: self.extended, contexts }
     }
 
     fn meta_context(&mut self, opt: u32, data: &[u8], exports: &mut dyn Exports, out: &mut Vec<u8>) {
@@ -430,27 +445,43 @@ impl Negotiation {
             error_reply(out, opt, REP_ERR_INVALID, "malformed meta context data (name length, query count or a query length)");
             return;
         };
-        if let Err(e) = exports.open(name, false) {
-            error_reply(out, opt, e.reply, &e.message);
-            return;
-        }
-        let set = opt == OPT_SET_META_CONTEXT;
-        // An empty query list means "all" for LIST and "none" for SET.
-        let wanted = if queries.is_empty() {
-            !set
-        } else {
-            queries.iter().any(|q| matches!(*q, "base:" | BASE_ALLOCATION))
+        let offered = match exports.meta_contexts(name) {
+            Ok(offered) => offered,
+            Err(e) => {
+                error_reply(out, opt, e.reply, &e.message);
+                return;
+            }
         };
-        if wanted {
-            let mut d = BASE_ALLOCATION_ID.to_be_bytes().to_vec();
-            d.extend_from_slice(BASE_ALLOCATION.as_bytes());
-            option_reply(out, opt, REP_META_CONTEXT, &d);
+        let set = opt == OPT_SET_META_CONTEXT;
+        let mut chosen = Vec::new();
+        for (i, context) in offered.iter().enumerate() {
+            // An empty query list means "all" for LIST and "none" for SET; a query ending in ':'
+            // ("base:", "qemu:dirty-bitmap:") matches every context it is the start of.
+            let wanted = if queries.is_empty() {
+                !set
+            } else {
+                queries.iter().any(|q| q == context || (q.ends_with(':') && context.starts_with(q)))
+            };
+            let Ok(id) = u32::try_from(i + 1) else { break };
+            if wanted {
+                let mut d = id.to_be_bytes().to_vec();
+                d.extend_from_slice(context.as_bytes());
+                option_reply(out, opt, REP_META_CONTEXT, &d);
+                chosen.push(MetaContext { id, name: context.clone() });
+            }
         }
         if set {
-            self.meta = Some((name.to_string(), wanted));
+            self.meta = Some((name.to_string(), chosen));
         }
         option_reply(out, opt, REP_ACK, &[]);
     }
+}
+
+/// A length as the 32-bit field of the wire. Everything the server sends during negotiation is
+/// built from bounded parts (names and messages truncated to 4096 bytes, option data under the
+/// option limit), so this only fails on a bug; it saturates rather than wrap.
+fn wire_len(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// Appends an option reply.
@@ -458,7 +489,7 @@ pub fn option_reply(out: &mut Vec<u8>, option: u32, reply: u32, data: &[u8]) {
     out.extend_from_slice(&OPTION_REPLY_MAGIC.to_be_bytes());
     out.extend_from_slice(&option.to_be_bytes());
     out.extend_from_slice(&reply.to_be_bytes());
-    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(&wire_len(data.len()).to_be_bytes());
     out.extend_from_slice(data);
 }
 
@@ -486,7 +517,7 @@ pub fn oldstyle_greeting(size: u64, flags: u16) -> Vec<u8> {
     g.extend_from_slice(&NBDMAGIC.to_be_bytes());
     g.extend_from_slice(&OLDSTYLE_MAGIC.to_be_bytes());
     g.extend_from_slice(&size.to_be_bytes());
-    g.extend_from_slice(&(flags as u32).to_be_bytes());
+    g.extend_from_slice(&u32::from(flags).to_be_bytes());
     g.extend_from_slice(&[0u8; 124]);
     g
 }

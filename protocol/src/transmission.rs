@@ -5,7 +5,7 @@
 //! payload in one vectored write without copying the payload.
 
 use crate::consts::*;
-use crate::negotiation::{truncate, Negotiated};
+use crate::negotiation::{truncate, MetaContext, Negotiated};
 use crate::wire::Cursor;
 use crate::ProtocolError;
 
@@ -27,6 +27,8 @@ pub struct Request {
     pub offset: u64,
     /// Effect length, or payload length for WRITE and commands with `PAYLOAD_LEN`.
     pub length: u64,
+    /// The header was an extended (32-byte) one.
+    pub extended: bool,
 }
 
 impl Request {
@@ -45,12 +47,14 @@ impl Request {
         let cookie = c.u64().ok_or_else(short)?;
         let offset = c.u64().ok_or_else(short)?;
         let length = if extended { c.u64() } else { c.u32().map(u64::from) }.ok_or_else(short)?;
-        Ok(Request { flags, kind, cookie, offset, length })
+        Ok(Request { flags, kind, cookie, offset, length, extended })
     }
 
-    /// How many payload bytes follow this header on the wire.
+    /// How many payload bytes follow this header on the wire. `PAYLOAD_LEN` means a payload only
+    /// in an extended header; in a compact one it is an invalid flag, refused by
+    /// [`Session::check`] without waiting for bytes the client never meant to send.
     pub fn payload_len(&self) -> u64 {
-        if self.kind == CMD_WRITE || self.flags & CMD_FLAG_PAYLOAD_LEN != 0 {
+        if self.kind == CMD_WRITE || (self.extended && self.flags & CMD_FLAG_PAYLOAD_LEN != 0) {
             self.length
         } else {
             0
@@ -64,10 +68,11 @@ impl Request {
 #[allow(missing_docs)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
-    /// Read `length` bytes; `df`: do not fragment the reply.
-    Read { offset: u64, length: u64, df: bool },
-    /// Write the payload.
-    Write { offset: u64, length: u64, fua: bool },
+    /// Read `length` bytes (at most the maximum block size, so 32 bits); `df`: do not fragment
+    /// the reply.
+    Read { offset: u64, length: u32, df: bool },
+    /// Write the payload (at most the maximum block size).
+    Write { offset: u64, length: u32, fua: bool },
     /// Soft disconnect.
     Disconnect,
     /// Flush.
@@ -78,7 +83,7 @@ pub enum Command {
     Cache { offset: u64, length: u64 },
     /// Write zeroes; `may_trim` unless NO_HOLE was sent.
     WriteZeroes { offset: u64, length: u64, fua: bool, may_trim: bool, fast: bool },
-    /// Block status of `base:allocation`.
+    /// Block status of the selected meta contexts.
     BlockStatus { offset: u64, length: u64, req_one: bool },
 }
 
@@ -106,8 +111,8 @@ pub struct Session {
     pub structured: bool,
     /// Extended headers negotiated.
     pub extended: bool,
-    /// `base:allocation` selected.
-    pub base_allocation: bool,
+    /// The meta contexts selected.
+    pub contexts: Vec<MetaContext>,
     /// Block size constraints (minimum, preferred, maximum).
     pub block_size: (u32, u32, u32),
 }
@@ -120,7 +125,7 @@ impl Session {
             flags: n.export.flags,
             structured: n.structured,
             extended: n.extended,
-            base_allocation: n.base_allocation,
+            contexts: n.contexts.clone(),
             block_size: n.export.block_size,
         }
     }
@@ -179,7 +184,7 @@ impl Session {
         if f & CMD_FLAG_FAST_ZERO != 0 && !self.has(FLAG_SEND_FAST_ZERO) {
             return Err(refuse(EINVAL, format!("{name}: FAST_ZERO flag but the export does not support it")));
         }
-        if req.kind == CMD_BLOCK_STATUS && !self.base_allocation {
+        if req.kind == CMD_BLOCK_STATUS && self.contexts.is_empty() {
             return Err(refuse(EINVAL, format!("{name}: no metadata context was negotiated")));
         }
         match req.kind {
@@ -199,13 +204,15 @@ impl Session {
         if min > 1 && (offset % min as u64 != 0 || length % min as u64 != 0) {
             return Err(refuse(EINVAL, format!("{name}: offset {offset} length {length} not aligned to {min} bytes")));
         }
-        if matches!(req.kind, CMD_READ | CMD_WRITE) && length > max as u64 {
+        let data_length = u32::try_from(length).ok().filter(|&l| l <= max);
+        if matches!(req.kind, CMD_READ | CMD_WRITE) && data_length.is_none() {
             let errno = if req.kind == CMD_READ && self.structured { EOVERFLOW } else { EINVAL };
             return Err(refuse(errno, format!("{name}: length {length} is over the maximum of {max} bytes")));
         }
+        let data_length = data_length.unwrap_or(0);
         Ok(match req.kind {
-            CMD_READ => Command::Read { offset, length, df: f & CMD_FLAG_DF != 0 },
-            CMD_WRITE => Command::Write { offset, length, fua },
+            CMD_READ => Command::Read { offset, length: data_length, df: f & CMD_FLAG_DF != 0 },
+            CMD_WRITE => Command::Write { offset, length: data_length, fua },
             CMD_TRIM => Command::Trim { offset, length, fua },
             CMD_CACHE => Command::Cache { offset, length },
             CMD_WRITE_ZEROES => Command::WriteZeroes {
@@ -287,7 +294,10 @@ impl ReplyHeader {
             h.buf[24..32].copy_from_slice(&payload.to_be_bytes());
             h.len = 32;
         } else {
-            h.buf[16..20].copy_from_slice(&(payload as u32).to_be_bytes());
+            // Every compact payload is small (reads are at most the maximum block size, block
+            // status replies at most MAX_EXTENTS runs); saturating keeps a bug from wrapping.
+            debug_assert!(payload <= u32::MAX as u64);
+            h.buf[16..20].copy_from_slice(&u32::try_from(payload).unwrap_or(u32::MAX).to_be_bytes());
             h.len = 20;
         }
         h
@@ -327,11 +337,13 @@ impl Replies {
             return;
         }
         let message = truncate(message);
-        let payload = 6 + message.len() as u64;
+        let message_len = u16::try_from(message.len()).unwrap_or(0);
+        let message = &message[..usize::from(message_len)];
+        let payload = 6 + u64::from(message_len);
         let h = ReplyHeader::chunk(self.extended, REPLY_FLAG_DONE, REPLY_TYPE_ERROR, cookie, offset, payload);
         out.extend_from_slice(h.as_bytes());
         out.extend_from_slice(&errno.to_be_bytes());
-        out.extend_from_slice(&(message.len() as u16).to_be_bytes());
+        out.extend_from_slice(&message_len.to_be_bytes());
         out.extend_from_slice(message.as_bytes());
     }
 
@@ -356,27 +368,33 @@ impl Replies {
         h
     }
 
-    /// A complete BLOCK_STATUS reply for one context: `(length, flags)` runs. With extended headers
-    /// it is `BLOCK_STATUS_EXT` with 64-bit lengths; otherwise lengths must fit in 32 bits (the
-    /// caller clips them).
-    pub fn block_status(&self, out: &mut Vec<u8>, cookie: u64, offset: u64, context: u32, runs: &[(u64, u32)]) {
+    /// A complete BLOCK_STATUS reply chunk for one context: `(length, flags)` runs. With extended
+    /// headers it is `BLOCK_STATUS_EXT` with 64-bit lengths. Otherwise lengths are 32 bits: a run
+    /// longer than that is clipped and ends the list (a shorter reply is allowed). `done` marks the
+    /// last chunk of the reply.
+    pub fn block_status(&self, out: &mut Vec<u8>, cookie: u64, offset: u64, context: u32, runs: &[(u64, u32)], done: bool) {
+        let flags = if done { REPLY_FLAG_DONE } else { 0 };
+        let count = u32::try_from(runs.len()).unwrap_or(u32::MAX);
+        let runs = &runs[..count as usize];
         if self.extended {
-            let payload = 8 + 16 * runs.len() as u64;
-            let h = ReplyHeader::chunk(true, REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS_EXT, cookie, offset, payload);
+            let payload = 8 + 16 * u64::from(count);
+            let h = ReplyHeader::chunk(true, flags, REPLY_TYPE_BLOCK_STATUS_EXT, cookie, offset, payload);
             out.extend_from_slice(h.as_bytes());
             out.extend_from_slice(&context.to_be_bytes());
-            out.extend_from_slice(&(runs.len() as u32).to_be_bytes());
+            out.extend_from_slice(&count.to_be_bytes());
             for &(len, flags) in runs {
                 out.extend_from_slice(&len.to_be_bytes());
-                out.extend_from_slice(&(flags as u64).to_be_bytes());
+                out.extend_from_slice(&u64::from(flags).to_be_bytes());
             }
         } else {
+            let clipped = runs.iter().position(|&(len, _)| len > u64::from(u32::MAX)).map_or(runs.len(), |i| i + 1);
+            let runs = &runs[..clipped];
             let payload = 4 + 8 * runs.len() as u64;
-            let h = ReplyHeader::chunk(false, REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, cookie, offset, payload);
+            let h = ReplyHeader::chunk(false, flags, REPLY_TYPE_BLOCK_STATUS, cookie, offset, payload);
             out.extend_from_slice(h.as_bytes());
             out.extend_from_slice(&context.to_be_bytes());
             for &(len, flags) in runs {
-                out.extend_from_slice(&(len as u32).to_be_bytes());
+                out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
                 out.extend_from_slice(&flags.to_be_bytes());
             }
         }

@@ -24,6 +24,12 @@ impl Exports for FakeExports {
             description: Some("a disk".into()),
         })
     }
+    fn meta_contexts(&mut self, name: &str) -> Result<Vec<String>, OptionError> {
+        self.open(name, false)?;
+        let mut contexts = vec![BASE_ALLOCATION.to_string(), "qemu:allocation-depth".into()];
+        contexts.extend(["qemu:dirty-bitmap:a", "qemu:dirty-bitmap:b"].map(String::from));
+        Ok(contexts)
+    }
 }
 
 fn header(option: u32, length: u32) -> [u8; 16] {
@@ -206,25 +212,59 @@ fn export_name_skips_zeroes_when_the_client_asked() {
     }
 }
 
+/// The (id, name) pairs of the META_CONTEXT replies in `replies`.
+fn contexts_of(replies: &[(u32, u32, Vec<u8>)]) -> Vec<(u32, String)> {
+    replies
+        .iter()
+        .filter(|r| r.1 == REP_META_CONTEXT)
+        .map(|r| (u32::from_be_bytes(r.2[..4].try_into().unwrap()), String::from_utf8(r.2[4..].to_vec()).unwrap()))
+        .collect()
+}
+
 #[test]
 fn meta_contexts_need_structured_replies_and_select_base_allocation() {
     let mut n = started(TlsPolicy::Off);
     assert_eq!(reply_of(send(&mut n, OPT_SET_META_CONTEXT, &meta_data("", &[BASE_ALLOCATION])))[0].1, REP_ERR_INVALID);
     send(&mut n, OPT_STRUCTURED_REPLY, &[]);
-    // LIST with no queries lists everything; "base:" matches base:allocation.
-    for queries in [&[][..], &["base:"][..]] {
-        let r = reply_of(send(&mut n, OPT_LIST_META_CONTEXT, &meta_data("", queries)));
-        assert_eq!(r[0].1, REP_META_CONTEXT);
-        assert_eq!(&r[0].2[4..], BASE_ALLOCATION.as_bytes());
-        assert_eq!(r[1].1, REP_ACK);
-    }
-    let r = reply_of(send(&mut n, OPT_SET_META_CONTEXT, &meta_data("", &["qemu:dirty-bitmap:x", BASE_ALLOCATION])));
+    // "base:" matches base:allocation alone.
+    let r = reply_of(send(&mut n, OPT_LIST_META_CONTEXT, &meta_data("", &["base:"])));
+    assert_eq!(contexts_of(&r), [(BASE_ALLOCATION_ID, BASE_ALLOCATION.to_string())]);
+    assert_eq!(r.last().unwrap().1, REP_ACK);
+    let r = reply_of(send(&mut n, OPT_SET_META_CONTEXT, &meta_data("", &["qemu:nosuch", BASE_ALLOCATION])));
     assert_eq!(r.len(), 2);
     assert_eq!(u32::from_be_bytes(r[0].2[..4].try_into().unwrap()), BASE_ALLOCATION_ID);
     match send(&mut n, OPT_GO, &go_data("", &[])) {
-        Step::Transmission(_, negotiated) => assert!(negotiated.base_allocation),
+        Step::Transmission(_, negotiated) => {
+            assert_eq!(negotiated.contexts, [MetaContext { id: BASE_ALLOCATION_ID, name: BASE_ALLOCATION.into() }])
+        }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn meta_contexts_are_a_table_queried_by_name_and_namespace() {
+    let mut n = started(TlsPolicy::Off);
+    send(&mut n, OPT_STRUCTURED_REPLY, &[]);
+    let names = |r: &[(u32, u32, Vec<u8>)]| contexts_of(r).into_iter().map(|c| c.1).collect::<Vec<_>>();
+    // LIST with no query: everything, with ids by position.
+    let all = contexts_of(&reply_of(send(&mut n, OPT_LIST_META_CONTEXT, &meta_data("", &[]))));
+    assert_eq!(all.iter().map(|c| c.0).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    let qemu = reply_of(send(&mut n, OPT_LIST_META_CONTEXT, &meta_data("", &["qemu:"])));
+    assert_eq!(names(&qemu), ["qemu:allocation-depth", "qemu:dirty-bitmap:a", "qemu:dirty-bitmap:b"]);
+    let bitmaps = reply_of(send(&mut n, OPT_LIST_META_CONTEXT, &meta_data("", &["qemu:dirty-bitmap:"])));
+    assert_eq!(names(&bitmaps), ["qemu:dirty-bitmap:a", "qemu:dirty-bitmap:b"]);
+    // SET with no query selects nothing; with two names, exactly those, with their ids.
+    assert!(contexts_of(&reply_of(send(&mut n, OPT_SET_META_CONTEXT, &meta_data("", &[])))).is_empty());
+    let set = reply_of(send(&mut n, OPT_SET_META_CONTEXT, &meta_data("", &["qemu:dirty-bitmap:b", BASE_ALLOCATION])));
+    assert_eq!(contexts_of(&set), [(1, BASE_ALLOCATION.to_string()), (4, "qemu:dirty-bitmap:b".to_string())]);
+    match send(&mut n, OPT_GO, &go_data("", &[])) {
+        Step::Transmission(_, negotiated) => assert_eq!(negotiated.contexts.len(), 2),
+        other => panic!("{other:?}"),
+    }
+    // An unknown export refuses the query.
+    let mut n = started(TlsPolicy::Off);
+    send(&mut n, OPT_STRUCTURED_REPLY, &[]);
+    assert_eq!(reply_of(send(&mut n, OPT_LIST_META_CONTEXT, &meta_data("missing", &[])))[0].1, REP_ERR_UNKNOWN);
 }
 
 #[test]
@@ -233,7 +273,7 @@ fn meta_context_set_for_another_export_does_not_carry_over() {
     send(&mut n, OPT_STRUCTURED_REPLY, &[]);
     send(&mut n, OPT_SET_META_CONTEXT, &meta_data("a", &[BASE_ALLOCATION]));
     match send(&mut n, OPT_GO, &go_data("b", &[])) {
-        Step::Transmission(_, negotiated) => assert!(!negotiated.base_allocation),
+        Step::Transmission(_, negotiated) => assert!(negotiated.contexts.is_empty()),
         other => panic!("{other:?}"),
     }
 }

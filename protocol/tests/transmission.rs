@@ -5,14 +5,15 @@ use nbdforge_protocol::transmission::block_status_payload;
 use nbdforge_protocol::*;
 
 fn session(flags: u16) -> Session {
-    Session { size: 1 << 20, flags, structured: true, extended: false, base_allocation: true, block_size: (1, 4096, 64 << 20) }
+    let contexts = vec![MetaContext { id: BASE_ALLOCATION_ID, name: BASE_ALLOCATION.into() }];
+    Session { size: 1 << 20, flags, structured: true, extended: false, contexts, block_size: (1, 4096, 64 << 20) }
 }
 
 const RW: u16 = FLAG_HAS_FLAGS | FLAG_SEND_FLUSH | FLAG_SEND_FUA | FLAG_SEND_TRIM | FLAG_SEND_WRITE_ZEROES
     | FLAG_SEND_FAST_ZERO | FLAG_SEND_CACHE | FLAG_SEND_DF;
 
 fn req(kind: u16, flags: u16, offset: u64, length: u64) -> Request {
-    Request { flags, kind, cookie: 7, offset, length }
+    Request { flags, kind, cookie: 7, offset, length, extended: false }
 }
 
 fn errno(s: &Session, r: Request) -> u32 {
@@ -28,7 +29,7 @@ fn parses_compact_and_extended_headers() {
     b.extend_from_slice(&512u64.to_be_bytes());
     b.extend_from_slice(&4096u32.to_be_bytes());
     let r = Request::parse(&b, false).unwrap();
-    assert_eq!(r, Request { flags: CMD_FLAG_FUA, kind: CMD_WRITE, cookie: 9, offset: 512, length: 4096 });
+    assert_eq!(r, Request { flags: CMD_FLAG_FUA, kind: CMD_WRITE, cookie: 9, offset: 512, length: 4096, extended: false });
     assert_eq!(r.payload_len(), 4096);
     assert!(matches!(Request::parse(&b, true), Err(ProtocolError::BadMagic { .. })));
 
@@ -82,7 +83,7 @@ fn unadvertised_features_are_refused() {
     assert_eq!(errno(&s, req(CMD_WRITE, CMD_FLAG_FUA, 0, 1)), EINVAL);
     assert_eq!(errno(&s, req(CMD_READ, CMD_FLAG_DF, 0, 1)), EINVAL);
     let mut s = session(RW);
-    s.base_allocation = false;
+    s.contexts.clear();
     assert_eq!(errno(&s, req(CMD_BLOCK_STATUS, 0, 0, 1)), EINVAL);
 }
 
@@ -115,10 +116,35 @@ fn reply_layouts() {
     assert_eq!(&out[26..], b"bad");
 
     let mut out = Vec::new();
-    extended.block_status(&mut out, 7, 0, 1, &[(8 << 30, STATE_HOLE | STATE_ZERO)]);
+    extended.block_status(&mut out, 7, 0, 1, &[(8 << 30, STATE_HOLE | STATE_ZERO)], true);
     assert_eq!(out.len(), 32 + 8 + 16);
     assert_eq!(&out[6..8], &REPLY_TYPE_BLOCK_STATUS_EXT.to_be_bytes());
     assert_eq!(&out[40..48], &(8u64 << 30).to_be_bytes());
+
+    // Compact: a run over 32 bits is clipped and ends the list; a chunk that is not the last has
+    // no DONE flag.
+    let mut out = Vec::new();
+    compact.block_status(&mut out, 7, 0, 2, &[(8 << 30, STATE_HOLE), (512, 0)], false);
+    assert_eq!(out.len(), 20 + 4 + 8);
+    assert_eq!(&out[4..6], &0u16.to_be_bytes());
+    assert_eq!(&out[24..28], &u32::MAX.to_be_bytes());
+}
+
+#[test]
+fn payload_len_means_a_payload_only_in_extended_headers() {
+    let compact = Request { flags: CMD_FLAG_PAYLOAD_LEN, kind: CMD_BLOCK_STATUS, cookie: 1, offset: 0, length: 4096, extended: false };
+    assert_eq!(compact.payload_len(), 0, "a compact header never announces a payload but for WRITE");
+    assert_eq!(errno(&session(RW), compact), EINVAL);
+    let extended = Request { extended: true, ..compact };
+    assert_eq!(extended.payload_len(), 4096);
+}
+
+#[test]
+fn data_lengths_are_32_bits_and_capped() {
+    let mut s = session(RW);
+    s.extended = true;
+    assert_eq!(errno(&s, req(CMD_READ, 0, 0, (1 << 32) + 1)), EINVAL);
+    assert_eq!(s.check(&req(CMD_READ, 0, 0, 4096)), Ok(Command::Read { offset: 0, length: 4096, df: false }));
 }
 
 #[test]

@@ -2,9 +2,18 @@
 //! FUA by flushing after the write, cache by reading, block status as "all data".
 //!
 //! Every layer's handle is wrapped once per connection. The wrapper also asks the layer's
-//! capabilities once, at open, so the request path never asks again.
+//! capabilities once, at open, so the request path never asks again; names the layer for
+//! `debug!` during each call; turns `pread` from the layer above into a `read` of this layer, so
+//! a layer that serves reads only through `read` (borrowed memory, a file) is read either way; and
+//! finalizes the layer once, then the layer below it.
 
-use nbdforge_api::{extents, BlockSize, Capabilities, Error, Extents, Flags, Handle, Result, Support};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nbdforge_api::context::enter_layer;
+use nbdforge_api::{
+    extents, BlockSize, BufferSink, Capabilities, Error, Extents, Flags, Handle, ReadSink, Result, Support,
+    BASE_ALLOCATION,
+};
 
 /// Zeroes for emulated zeroing, shared and never written.
 static ZEROES: [u8; 1 << 20] = [0; 1 << 20];
@@ -13,14 +22,16 @@ static ZEROES: [u8; 1 << 20] = [0; 1 << 20];
 pub(crate) struct Emulated {
     inner: Box<dyn Handle>,
     caps: Capabilities,
+    name: &'static str,
+    finalized: AtomicBool,
 }
 
 impl Emulated {
-    pub fn open(inner: Box<dyn Handle>) -> Result<Box<dyn Handle>> {
-        Ok(Box::new(Self::new(inner)?))
+    pub fn open(inner: Box<dyn Handle>, name: &'static str) -> Result<Box<dyn Handle>> {
+        Ok(Box::new(Self::new(inner, name)?))
     }
 
-    pub fn new(inner: Box<dyn Handle>) -> Result<Emulated> {
+    pub fn new(inner: Box<dyn Handle>, name: &'static str) -> Result<Emulated> {
         let mut caps = inner.capabilities()?;
         // Writing operations mean nothing without writes; a fast zero needs a native zero.
         if !caps.write {
@@ -29,7 +40,7 @@ impl Emulated {
             caps.fua = Support::None;
         }
         caps.fast_zero &= caps.zero == Support::Native;
-        Ok(Emulated { inner, caps })
+        Ok(Emulated { inner, caps, name, finalized: AtomicBool::new(false) })
     }
 
     /// Runs a write-like operation, turning FUA into a flush when the layer only emulates it.
@@ -54,13 +65,31 @@ impl Emulated {
 }
 
 impl Handle for Emulated {
+    fn next(&self) -> Option<&dyn Handle> {
+        self.inner.next()
+    }
+    fn finalize(&self) -> Result<()> {
+        if self.finalized.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mine = {
+            let _layer = enter_layer(self.name);
+            self.inner.finalize()
+        };
+        // The layer below is finalized even when this one failed, as it will be closed anyway.
+        let below = self.inner.next().map_or(Ok(()), |next| next.finalize());
+        mine.and(below)
+    }
     fn get_size(&self) -> Result<u64> {
+        let _layer = enter_layer(self.name);
         self.inner.get_size()
     }
     fn block_size(&self) -> Result<Option<BlockSize>> {
+        let _layer = enter_layer(self.name);
         self.inner.block_size()
     }
     fn export_description(&self) -> Result<Option<String>> {
+        let _layer = enter_layer(self.name);
         self.inner.export_description()
     }
     fn capabilities(&self) -> Result<Capabilities> {
@@ -68,22 +97,22 @@ impl Handle for Emulated {
     }
 
     fn pread(&self, buf: &mut [u8], offset: u64, flags: Flags) -> Result<()> {
-        self.inner.pread(buf, offset, flags)
+        let _layer = enter_layer(self.name);
+        self.inner.read(buf.len() as u64, offset, flags, &mut BufferSink(buf))
     }
 
-    fn pread_borrowed(&self, count: u64, offset: u64, send: &mut dyn FnMut(&[&[u8]])) -> Result<bool> {
-        self.inner.pread_borrowed(count, offset, send)
-    }
-
-    fn pread_file(&self, count: u64, offset: u64) -> Result<Option<(std::os::fd::BorrowedFd<'_>, u64)>> {
-        self.inner.pread_file(count, offset)
+    fn read(&self, count: u64, offset: u64, flags: Flags, sink: &mut dyn ReadSink) -> Result<()> {
+        let _layer = enter_layer(self.name);
+        self.inner.read(count, offset, flags, sink)
     }
 
     fn pwrite(&self, buf: &[u8], offset: u64, flags: Flags) -> Result<()> {
+        let _layer = enter_layer(self.name);
         self.with_fua(flags, |f| self.inner.pwrite(buf, offset, f))
     }
 
     fn flush(&self, flags: Flags) -> Result<()> {
+        let _layer = enter_layer(self.name);
         if self.caps.flush {
             self.inner.flush(flags)
         } else {
@@ -96,6 +125,7 @@ impl Handle for Emulated {
             // Trim is advisory: a layer that cannot discard has nothing to do.
             return Ok(());
         }
+        let _layer = enter_layer(self.name);
         self.with_fua(flags, |f| self.inner.trim(count, offset, f))
     }
 
@@ -104,6 +134,7 @@ impl Handle for Emulated {
         if fast && !self.caps.fast_zero {
             return Err(Error::new(libc::ENOTSUP, "fast zero is not supported by this backend"));
         }
+        let _layer = enter_layer(self.name);
         self.with_fua(flags, |f| {
             if self.caps.zero == Support::Native {
                 match self.inner.zero(count, offset, f) {
@@ -123,6 +154,7 @@ impl Handle for Emulated {
         if !self.caps.extents {
             return out.add(offset, count, extents::DATA);
         }
+        let _layer = enter_layer(self.name);
         let before = out.next_offset();
         self.inner.extents(count, offset, flags, out)?;
         if out.next_offset() == before {
@@ -131,7 +163,31 @@ impl Handle for Emulated {
         Ok(())
     }
 
+    fn meta_contexts(&self) -> Result<Vec<String>> {
+        let _layer = enter_layer(self.name);
+        let mut contexts = self.inner.meta_contexts()?;
+        // Every export answers base:allocation, natively or by emulation, and it comes first so
+        // that its id is always 1.
+        contexts.retain(|c| c != BASE_ALLOCATION);
+        contexts.insert(0, BASE_ALLOCATION.to_string());
+        Ok(contexts)
+    }
+
+    fn block_status(&self, context: &str, count: u64, offset: u64, flags: Flags, out: &mut Extents) -> Result<()> {
+        if context == BASE_ALLOCATION {
+            return self.extents(count, offset, flags, out);
+        }
+        let _layer = enter_layer(self.name);
+        let before = out.next_offset();
+        self.inner.block_status(context, count, offset, flags, out)?;
+        if out.next_offset() == before {
+            return Err(Error::io(format!("block status of {context}: the backend returned no extents")));
+        }
+        Ok(())
+    }
+
     fn cache(&self, count: u64, offset: u64, flags: Flags) -> Result<()> {
+        let _layer = enter_layer(self.name);
         match self.caps.cache {
             Support::Native => self.inner.cache(count, offset, flags),
             Support::Emulate => {
@@ -139,7 +195,7 @@ impl Handle for Emulated {
                 let mut done = 0;
                 while done < count {
                     let n = (count - done).min(buf.len() as u64) as usize;
-                    self.inner.pread(&mut buf[..n], offset + done, Flags::NONE)?;
+                    self.inner.read(n as u64, offset + done, Flags::NONE, &mut BufferSink(&mut buf[..n]))?;
                     done += n as u64;
                 }
                 Ok(())
@@ -169,7 +225,7 @@ mod tests {
     fn minimal(size: usize) -> (Emulated, Calls) {
         let calls = Calls::default();
         let disk = Minimal { data: Mutex::new(vec![0xff; size]), calls: Arc::clone(&calls) };
-        (Emulated::new(Box::new(disk)).unwrap(), calls)
+        (Emulated::new(Box::new(disk), "minimal").unwrap(), calls)
     }
 
     fn take(calls: &Calls) -> Vec<&'static str> {

@@ -7,9 +7,9 @@
 //! The binaries only parse their command lines and call into this crate:
 //!
 //! ```no_run
-//! # fn plugin() -> Box<dyn nbdforge_api::Plugin> { unimplemented!() }
+//! # fn plugin() -> nbdforge_api::Registration { unimplemented!() }
 //! use nbdforge_server::{listen, Server, ServerConfig, Stack};
-//! let mut stack = Stack::new(plugin(), Vec::new());
+//! let mut stack = Stack::from_registrations(&plugin(), &[]).unwrap();
 //! stack.config("size", "1G").unwrap();
 //! let backend = stack.finish().unwrap();
 //! let server = Server::new(backend, ServerConfig::default());

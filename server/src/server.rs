@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use nbdforge_api::{Backend, ThreadModel};
+use nbdforge_api::{Backend, ClientInfo, Peer, ThreadModel};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tracing::{debug, info, warn};
 
@@ -27,8 +27,6 @@ pub struct ServerConfig {
     pub readonly: bool,
     /// `-t`: worker threads per connection (requests in flight at once).
     pub threads: usize,
-    /// `-e`: the name of the default export (what `""` means to clients).
-    pub export_name: Option<String>,
     /// `-o`: oldstyle handshake.
     pub oldstyle: bool,
     /// `--timeout`: clients that do not finish negotiating in this time are dropped.
@@ -52,7 +50,6 @@ impl Default for ServerConfig {
         ServerConfig {
             readonly: false,
             threads: 16,
-            export_name: None,
             oldstyle: false,
             handshake_timeout: Some(Duration::from_secs(10)),
             tls_mode: crate::TlsMode::Off,
@@ -72,6 +69,8 @@ pub(crate) struct Shared {
     pub thread_model: ThreadModel,
     /// Held around every backend call under `SerializeAllRequests`.
     pub serialize_all: Option<Mutex<()>>,
+    /// The request memory all connections together may hold.
+    pub budget: Arc<crate::connection::Budget>,
     stopping: AtomicBool,
     wake: (UnixStream, UnixStream),
     connections: Mutex<Connections>,
@@ -96,6 +95,7 @@ impl Shared {
         if self.stopping.swap(true, Ordering::SeqCst) {
             return;
         }
+        nbdforge_api::server::mark_shutting_down();
         let _ = (&self.wake.0).write_all(&[1]);
         let conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
         for &fd in conns.sockets.values() {
@@ -132,8 +132,9 @@ impl Shared {
     }
 }
 
-/// Runs one connection on its own thread, keeping the live count right however it ends.
-fn spawn_connection(shared: &Arc<Shared>, stream: Stream, socket: Option<RawFd>, peer: String) {
+/// Runs one connection on its own thread, keeping the live count right however it ends. When
+/// the system refuses the thread, the connection is closed and the server goes on.
+fn spawn_connection(shared: &Arc<Shared>, stream: Stream, socket: Option<RawFd>, client: ClientInfo) {
     let id = shared.register(socket);
     let shared2 = Arc::clone(shared);
     let spawned = std::thread::Builder::new().name("nbd-conn".into()).spawn(move || {
@@ -144,10 +145,10 @@ fn spawn_connection(shared: &Arc<Shared>, stream: Stream, socket: Option<RawFd>,
             }
         }
         let _done = Done(&shared2, id);
-        crate::connection::serve(&shared2, stream, peer);
+        crate::connection::serve(&shared2, stream, id, client);
     });
     if let Err(e) = spawned {
-        warn!("cannot start a thread for a connection: {e}");
+        warn!("cannot start a thread for a new connection, closing it: {e}");
         shared.unregister(id);
     }
 }
@@ -177,6 +178,7 @@ impl Server {
         let wake = UnixStream::pair().expect("socketpair for the shutdown wake-up");
         let shared = Shared {
             serialize_all: (thread_model <= ThreadModel::SerializeAllRequests).then(|| Mutex::new(())),
+            budget: crate::connection::total_budget(),
             backend,
             config,
             thread_model,
@@ -185,7 +187,15 @@ impl Server {
             connections: Mutex::new(Connections::default()),
             idle: Condvar::new(),
         };
-        Server { shared: Arc::new(shared) }
+        let shared = Arc::new(shared);
+        // A layer's request to shut down (nbdkit_shutdown) stops this server as a signal would.
+        let weak = Arc::downgrade(&shared);
+        nbdforge_api::server::set_shutdown_hook(move || {
+            if let Some(shared) = weak.upgrade() {
+                shared.stop();
+            }
+        });
+        Server { shared }
     }
 
     /// A handle that stops the server from another thread (a signal handler thread, `--run`).
@@ -229,10 +239,10 @@ impl Server {
                     break;
                 }
                 match accept(listener, shared.config.keepalive) {
-                    Ok((fd, peer)) => {
-                        debug!("accepted {peer}");
+                    Ok((fd, client)) => {
+                        debug!("accepted {}", client.peer_name());
                         let raw = fd.as_raw_fd();
-                        spawn_connection(shared, Stream::socket(fd), Some(raw), peer);
+                        spawn_connection(shared, Stream::socket(fd), Some(raw), client);
                         if serialize_connections {
                             shared.wait_idle(false);
                         }
@@ -248,6 +258,7 @@ impl Server {
         }
         drop(listeners);
         shared.wait_idle(false);
+        shared.backend.cleanup();
         Ok(())
     }
 
@@ -258,35 +269,45 @@ impl Server {
             || nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(fd.as_raw_fd()).is_ok();
         let socket = (read.as_raw_fd() == write.as_raw_fd() || is_socket(&read)).then(|| read.as_raw_fd());
         let stream = Stream::Pipes { read: read.into(), write: write.into() };
-        spawn_connection(&self.shared, stream, socket, "stdin".into());
+        nbdforge_api::server::set_stdio_in_use(true);
+        spawn_connection(&self.shared, stream, socket, ClientInfo::default());
         self.shared.wait_idle(true);
+        self.shared.backend.cleanup();
         Ok(())
     }
 }
 
-fn accept(listener: &Listener, keepalive: bool) -> io::Result<(OwnedFd, String)> {
-    match listener {
+fn accept(listener: &Listener, keepalive: bool) -> io::Result<(OwnedFd, ClientInfo)> {
+    let peer = match listener {
         Listener::Tcp(l) => {
             let (s, addr) = l.accept()?;
             s.set_nodelay(true)?;
             if keepalive {
                 socket2::SockRef::from(&s).set_keepalive(true)?;
             }
-            Ok((s.into(), addr.to_string()))
+            return Ok((s.into(), ClientInfo { peer: Peer::Tcp(addr), tls: None }));
         }
         Listener::Unix(l) => {
             let (s, _) = l.accept()?;
-            Ok((s.into(), "unix socket".into()))
+            let cred = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials).ok();
+            let peer = Peer::Unix {
+                pid: cred.map(|c| c.pid()),
+                uid: cred.map(|c| c.uid()),
+                gid: cred.map(|c| c.gid()),
+            };
+            return Ok((s.into(), ClientInfo { peer, tls: None }));
         }
-        Listener::Vsock(fd) => {
-            use nix::sys::socket::{accept4, getpeername, SockFlag, VsockAddr};
-            let raw = accept4(fd.as_raw_fd(), SockFlag::SOCK_CLOEXEC).map_err(io::Error::from)?;
-            // SAFETY: accept4 just returned this descriptor and nothing else owns it.
-            let s = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-            let peer = getpeername::<VsockAddr>(raw).map(|a| format!("vsock:{}:{}", a.cid(), a.port()));
-            Ok((s, peer.unwrap_or_else(|_| "vsock".into())))
-        }
-    }
+        Listener::Vsock(fd) => fd,
+    };
+    use nix::sys::socket::{accept4, getpeername, SockFlag, VsockAddr};
+    let raw = accept4(peer.as_raw_fd(), SockFlag::SOCK_CLOEXEC).map_err(io::Error::from)?;
+    // SAFETY: accept4 just returned this descriptor and nothing else owns it.
+    let s = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    let peer = match getpeername::<VsockAddr>(raw) {
+        Ok(a) => Peer::Vsock { cid: a.cid(), port: a.port() },
+        Err(_) => Peer::Local,
+    };
+    Ok((s, ClientInfo { peer, tls: None }))
 }
 
 fn is_transient(e: &io::Error) -> bool {

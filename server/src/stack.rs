@@ -1,41 +1,63 @@
 //! The backend stack: filters over a plugin, configured from `key=value` parameters, then opened
 //! once per connection. Each layer's handle is wrapped in [`Emulated`] so that the layer above
-//! (a filter, or the server itself) can call every operation whatever the layer implements.
+//! (a filter, or the server itself) can call every operation whatever the layer implements, and so
+//! that the layer's name is known to `nbdforge_api::debug!` while it runs.
 
 use std::sync::Arc;
 
-use nbdforge_api::{Backend, Error, Export, Filter, Handle, OpenArgs, Plugin, Result, ThreadModel};
+use nbdforge_api::context::enter_layer;
+use nbdforge_api::{
+    unknown_parameter, Backend, ClientInfo, Error, Export, Filter, Handle, LayerInfo, OpenArgs, Plugin, Registration,
+    Result, ThreadModel,
+};
 
 use crate::emulate::Emulated;
 
-/// Filters over a plugin, being configured.
-pub struct Stack {
-    plugin: Box<dyn Plugin>,
-    filters: Vec<Box<dyn Filter>>,
+/// A layer's name for the life of the process: layers are made a handful of times at start-up,
+/// and `debug!` needs the name on every thread without a lock.
+fn static_name(info: &LayerInfo) -> &'static str {
+    Box::leak(info.name.clone().into_boxed_str())
 }
 
-fn prefixed(layer: &str, e: Error) -> Error {
-    Error::new(e.errno, format!("{layer}: {}", e.message))
+/// Filters over a plugin, being configured.
+pub struct Stack {
+    plugin: (LayerInfo, Box<dyn Plugin>),
+    filters: Vec<(LayerInfo, Box<dyn Filter>)>,
+}
+
+fn prefixed(layer: &LayerInfo, e: Error) -> Error {
+    Error::new(e.errno, format!("{}: {}", layer.name, e.message))
 }
 
 impl Stack {
-    /// `filters` in command-line order (client side first).
-    pub fn new(plugin: Box<dyn Plugin>, filters: Vec<Box<dyn Filter>>) -> Self {
+    /// A stack from registrations: the plugin's and the filters' in command-line order (client
+    /// side first). Fails if `plugin` is a filter or a filter a plugin.
+    pub fn from_registrations(plugin: &Registration, filters: &[&Registration]) -> std::result::Result<Self, String> {
+        let p = plugin.new_plugin().ok_or_else(|| format!("{} is a filter, not a plugin", plugin.info.name))?;
+        let mut fs = Vec::new();
+        for f in filters {
+            fs.push((f.info.clone(), f.new_filter().ok_or_else(|| format!("{} is a plugin, not a filter", f.info.name))?));
+        }
+        Ok(Stack { plugin: (plugin.info.clone(), p), filters: fs })
+    }
+
+    /// A stack from instances and their metadata (tests, embedding programs).
+    pub fn new(plugin: (LayerInfo, Box<dyn Plugin>), filters: Vec<(LayerInfo, Box<dyn Filter>)>) -> Self {
         Stack { plugin, filters }
     }
 
     /// The plugin's magic key, for a bare first argument.
-    pub fn magic_config_key(&self) -> Option<&'static str> {
-        self.plugin.magic_config_key()
+    pub fn magic_config_key(&self) -> Option<&str> {
+        self.plugin.0.magic_config_key.as_deref()
     }
 
     /// `-D LAYER.FLAG=VALUE`: sets a debug flag of the filter or plugin called `layer`. Returns
     /// false when no layer has that name, and an error when the layer has no such flag.
     pub fn debug_flag(&mut self, layer: &str, flag: &str, value: i32) -> std::result::Result<bool, String> {
-        let known = if let Some(f) = self.filters.iter_mut().find(|f| f.name() == layer) {
+        let known = if let Some((_, f)) = self.filters.iter_mut().find(|(i, _)| i.name == layer) {
             f.debug_flag(flag, value)
-        } else if self.plugin.name() == layer {
-            self.plugin.debug_flag(flag, value)
+        } else if self.plugin.0.name == layer {
+            self.plugin.1.debug_flag(flag, value)
         } else {
             return Ok(false);
         };
@@ -49,88 +71,136 @@ impl Stack {
     /// Offers `key=value` to the filters in order, then the plugin. Errors are prefixed with the
     /// name of the layer that refused it (`memory: size=12Q: unknown suffix ...`).
     pub fn config(&mut self, key: &str, value: &str) -> Result<()> {
-        for f in &mut self.filters {
-            if f.config(key, value).map_err(|e| prefixed(f.name(), e))? {
+        for (info, f) in &mut self.filters {
+            if f.config(key, value).map_err(|e| prefixed(info, e))? {
                 return Ok(());
             }
         }
-        self.plugin.config(key, value).map_err(|e| prefixed(self.plugin.name(), e))
+        let (info, plugin) = &mut self.plugin;
+        match plugin.config(key, value).map_err(|e| prefixed(info, e))? {
+            true => Ok(()),
+            false => Err(prefixed(info, unknown_parameter(key))),
+        }
     }
 
-    /// `config_complete` and `get_ready` on every layer, then the finished stack.
+    /// `config_complete` on every layer, then `get_ready` from the plugin up, each filter seeing
+    /// the finished layers below it; returns the finished stack.
     pub fn finish(mut self) -> Result<Arc<dyn Backend>> {
-        for f in &mut self.filters {
-            f.config_complete().map_err(|e| prefixed(f.name(), e))?;
+        for (info, f) in &mut self.filters {
+            f.config_complete().map_err(|e| prefixed(info, e))?;
         }
-        self.plugin.config_complete().map_err(|e| prefixed(self.plugin.name(), e))?;
-        for f in &mut self.filters {
-            f.get_ready().map_err(|e| prefixed(f.name(), e))?;
-        }
-        self.plugin.get_ready().map_err(|e| prefixed(self.plugin.name(), e))?;
-        let mut backend: Arc<dyn Backend> = Arc::new(PluginLayer { plugin: self.plugin });
-        for filter in self.filters.into_iter().rev() {
-            backend = Arc::new(FilterLayer { filter, next: backend });
+        let (info, mut plugin) = self.plugin;
+        plugin.config_complete().map_err(|e| prefixed(&info, e))?;
+        plugin.get_ready().map_err(|e| prefixed(&info, e))?;
+        let mut backend: Arc<dyn Backend> = Arc::new(PluginLayer { name: static_name(&info), plugin });
+        for (info, mut filter) in self.filters.into_iter().rev() {
+            filter.get_ready(&backend).map_err(|e| prefixed(&info, e))?;
+            backend = Arc::new(FilterLayer { name: static_name(&info), filter, next: backend });
         }
         Ok(backend)
     }
 
-    /// The plugin.
-    pub fn plugin(&self) -> &dyn Plugin {
-        self.plugin.as_ref()
+    /// The plugin and its metadata.
+    pub fn plugin(&self) -> (&LayerInfo, &dyn Plugin) {
+        (&self.plugin.0, self.plugin.1.as_ref())
     }
 
-    /// The filters, client side first.
-    pub fn filters(&self) -> &[Box<dyn Filter>] {
-        &self.filters
+    /// The filters and their metadata, client side first.
+    pub fn filters(&self) -> impl Iterator<Item = (&LayerInfo, &dyn Filter)> {
+        self.filters.iter().map(|(i, f)| (i, f.as_ref()))
     }
 
-    /// The most restrictive thread model of the plugin and every filter.
+    /// The thread model the finished stack will have: the plugin's, then each filter's answer
+    /// knowing the model below it, the most restrictive winning.
     pub fn thread_model(&self) -> ThreadModel {
-        self.filters.iter().map(|f| f.thread_model()).fold(self.plugin.thread_model(), Ord::min)
+        self.filters.iter().rev().fold(self.plugin.1.thread_model(), |below, (_, f)| f.thread_model(below).min(below))
     }
 }
 
+/// Opens, prepares and wraps a layer's handle, with the layer's name set for its calls.
+fn open_layer(name: &'static str, args: &OpenArgs, open: impl FnOnce() -> Result<Box<dyn Handle>>) -> Result<Box<dyn Handle>> {
+    let _layer = enter_layer(name);
+    let handle = open()?;
+    handle.prepare(args.readonly)?;
+    Emulated::open(handle, name)
+}
+
 struct PluginLayer {
+    name: &'static str,
     plugin: Box<dyn Plugin>,
 }
 
 impl Backend for PluginLayer {
     fn name(&self) -> &str {
-        self.plugin.name()
+        self.name
     }
     fn thread_model(&self) -> ThreadModel {
         self.plugin.thread_model()
     }
+    fn after_fork(&self) -> Result<()> {
+        let _layer = enter_layer(self.name);
+        self.plugin.after_fork().map_err(|e| Error::new(e.errno, format!("{}: {}", self.name, e.message)))
+    }
+    fn preconnect(&self, client: &ClientInfo, readonly: bool) -> Result<()> {
+        let _layer = enter_layer(self.name);
+        self.plugin.preconnect(client, readonly)
+    }
     fn list_exports(&self, readonly: bool, tls: bool) -> Result<Vec<Export>> {
+        let _layer = enter_layer(self.name);
         self.plugin.list_exports(readonly, tls)
     }
     fn default_export(&self, readonly: bool, tls: bool) -> Result<String> {
+        let _layer = enter_layer(self.name);
         self.plugin.default_export(readonly, tls)
     }
     fn open(&self, args: &OpenArgs) -> Result<Box<dyn Handle>> {
-        Emulated::open(self.plugin.open(args)?)
+        open_layer(self.name, args, || self.plugin.open(args))
+    }
+    fn cleanup(&self) {
+        let _layer = enter_layer(self.name);
+        self.plugin.cleanup();
     }
 }
 
 struct FilterLayer {
+    name: &'static str,
     filter: Box<dyn Filter>,
     next: Arc<dyn Backend>,
 }
 
 impl Backend for FilterLayer {
     fn name(&self) -> &str {
-        self.filter.name()
+        self.name
     }
     fn thread_model(&self) -> ThreadModel {
-        self.filter.thread_model().min(self.next.thread_model())
+        let below = self.next.thread_model();
+        self.filter.thread_model(below).min(below)
+    }
+    fn after_fork(&self) -> Result<()> {
+        self.next.after_fork()?;
+        let _layer = enter_layer(self.name);
+        self.filter.after_fork(&self.next).map_err(|e| Error::new(e.errno, format!("{}: {}", self.name, e.message)))
+    }
+    fn preconnect(&self, client: &ClientInfo, readonly: bool) -> Result<()> {
+        let _layer = enter_layer(self.name);
+        self.filter.preconnect(self.next.as_ref(), client, readonly)
     }
     fn list_exports(&self, readonly: bool, tls: bool) -> Result<Vec<Export>> {
+        let _layer = enter_layer(self.name);
         self.filter.list_exports(self.next.as_ref(), readonly, tls)
     }
     fn default_export(&self, readonly: bool, tls: bool) -> Result<String> {
+        let _layer = enter_layer(self.name);
         self.filter.default_export(self.next.as_ref(), readonly, tls)
     }
     fn open(&self, args: &OpenArgs) -> Result<Box<dyn Handle>> {
-        Emulated::open(self.filter.open(self.next.as_ref(), args)?)
+        open_layer(self.name, args, || self.filter.open(&self.next, args))
+    }
+    fn cleanup(&self) {
+        {
+            let _layer = enter_layer(self.name);
+            self.filter.cleanup();
+        }
+        self.next.cleanup();
     }
 }

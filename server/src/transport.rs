@@ -23,11 +23,12 @@ impl Stream {
         Stream::Socket(File::from(fd))
     }
 
-    pub fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+    /// One read: whatever is there, up to `buf.len()` bytes.
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Stream::Socket(f) => f.read_exact(buf),
-            Stream::Pipes { read, .. } => read.read_exact(buf),
-            Stream::Tls(t) => t.read_exact(buf),
+            Stream::Socket(f) => f.read(buf),
+            Stream::Pipes { read, .. } => read.read(buf),
+            Stream::Tls(t) => t.read(buf),
         }
     }
 
@@ -49,16 +50,17 @@ impl Stream {
         }
     }
 
-    /// Upgrades a plain socket to TLS after the STARTTLS reply has been sent.
-    pub fn start_tls(self, tls: &TlsContext) -> io::Result<(Stream, Option<String>)> {
+    /// Upgrades a plain socket to TLS after the STARTTLS reply has been sent; returns what TLS
+    /// proved about the peer.
+    pub fn start_tls(self, tls: &TlsContext) -> io::Result<(Stream, nbdforge_api::TlsPeer)> {
         match self {
             Stream::Socket(f) => tls.accept(OwnedFd::from(f)),
             Stream::Pipes { read, write } => tls.accept_pair(read.into(), write.into()),
             Stream::Tls(_) => Err(io::Error::new(io::ErrorKind::Unsupported, "TLS is already running")),
         }
         .map(|t| {
-            let identity = t.identity();
-            (Stream::Tls(t), identity)
+            let peer = nbdforge_api::TlsPeer { identity: t.identity(), ..Default::default() };
+            (Stream::Tls(t), peer)
         })
     }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nbdforge_api::{Filter, Flags, Handle, OpenArgs, Plugin, Result, ThreadModel};
+use nbdforge_api::{Filter, Flags, Handle, Layer, LayerInfo, OpenArgs, Plugin, Result, ThreadModel};
 use nbdforge_server::{listen, Server, ServerConfig, Stack};
 
 #[derive(Default)]
@@ -34,10 +34,9 @@ struct ProbeHandle {
     in_flight: AtomicUsize,
 }
 
+impl Layer for Probe {}
+
 impl Plugin for Probe {
-    fn name(&self) -> &'static str {
-        "probe"
-    }
     fn thread_model(&self) -> ThreadModel {
         self.model
     }
@@ -72,13 +71,17 @@ impl Handle for ProbeHandle {
 /// A filter that only declares a thread model.
 struct Serializing(ThreadModel);
 
+impl Layer for Serializing {}
+
 impl Filter for Serializing {
-    fn name(&self) -> &'static str {
-        "serializing"
-    }
-    fn thread_model(&self) -> ThreadModel {
+    fn thread_model(&self, _below: ThreadModel) -> ThreadModel {
         self.0
     }
+}
+
+fn stack(plugin: Probe, filter: Option<ThreadModel>) -> Stack {
+    let filters = filter.into_iter().map(|m| (LayerInfo::new("serializing", ""), Box::new(Serializing(m)) as Box<dyn Filter>)).collect();
+    Stack::new((LayerInfo::new("probe", ""), Box::new(plugin)), filters)
 }
 
 /// Serves the probe (under `filter`, if any) and runs two nbdsh clients at once, each with 16 reads
@@ -86,8 +89,7 @@ impl Filter for Serializing {
 fn run(plugin_model: ThreadModel, filter: Option<ThreadModel>) -> Arc<Stats> {
     let stats = Arc::new(Stats::default());
     let plugin = Probe { model: plugin_model, stats: Arc::clone(&stats) };
-    let filters: Vec<Box<dyn Filter>> = filter.into_iter().map(|m| Box::new(Serializing(m)) as Box<dyn Filter>).collect();
-    let backend = Stack::new(Box::new(plugin), filters).finish().unwrap();
+    let backend = stack(plugin, filter).finish().unwrap();
     let dir = std::env::temp_dir().join(format!("nbdforge-thread-model-{}-{plugin_model:?}-{filter:?}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("sock");
@@ -159,6 +161,5 @@ fn serialize_connections_serves_one_connection_at_a_time() {
 #[test]
 fn the_most_restrictive_model_wins() {
     let plugin = Probe { model: ThreadModel::SerializeRequests, stats: Arc::default() };
-    let filters: Vec<Box<dyn Filter>> = vec![Box::new(Serializing(ThreadModel::Parallel))];
-    assert_eq!(Stack::new(Box::new(plugin), filters).thread_model(), ThreadModel::SerializeRequests);
+    assert_eq!(stack(plugin, Some(ThreadModel::Parallel)).thread_model(), ThreadModel::SerializeRequests);
 }

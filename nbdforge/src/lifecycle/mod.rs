@@ -22,7 +22,6 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 
-use nbdforge_api::{Filter, Plugin};
 use nbdforge_server::tls::TlsContext;
 use nbdforge_server::{Server, ServerConfig, Stack, TlsMode};
 
@@ -31,7 +30,7 @@ use crate::options::{LogDest, Options};
 use crate::probe::Identity;
 
 /// Runs the server the options describe; returns the exit status.
-pub fn run(id: &Identity, mut o: Options, plugin: Box<dyn Plugin>, filters: Vec<Box<dyn Filter>>) -> Result<u8, String> {
+pub fn run(id: &Identity, mut o: Options, stack: Stack) -> Result<u8, String> {
     let inherited = activation::take_listen_fds()?;
     o.check_combinations(inherited.is_some()).map_err(|e| e.0)?;
     let creds = privileges::Credentials::resolve(o.user.as_deref(), o.group.as_deref())?;
@@ -53,7 +52,8 @@ pub fn run(id: &Identity, mut o: Options, plugin: Box<dyn Plugin>, filters: Vec<
         lock_memory()?;
     }
 
-    let backend = configure_stack(plugin, filters, &o)?;
+    let backend = configure_stack(stack, &o)?;
+    backend.after_fork().map_err(|e| e.message)?;
     let tls = load_tls(&mut o)?;
 
     // `..default()` keeps this compiling as the server gains settings.
@@ -61,7 +61,6 @@ pub fn run(id: &Identity, mut o: Options, plugin: Box<dyn Plugin>, filters: Vec<
     let config = ServerConfig {
         readonly: o.readonly,
         threads: o.threads.filter(|&t| t > 0).unwrap_or(16),
-        export_name: o.export_name.clone(),
         oldstyle: o.oldstyle,
         handshake_timeout: o.handshake_timeout(),
         tls_mode: o.tls.mode,
@@ -226,7 +225,7 @@ fn apply_debug_flags(o: &Options, stack: &mut Stack) {
 /// valid key; otherwise the whole word is the value of the plugin's magic key, or, for a plugin
 /// with none, the first such word is `script=` (so shebang scripts work:
 /// `#!/usr/bin/env -S nbdforge sh`).
-pub fn split_params<'a>(magic: Option<&'static str>, params: &'a [String]) -> Result<Vec<(&'a str, &'a str)>, String> {
+pub fn split_params<'a>(magic: Option<&'a str>, params: &'a [String]) -> Result<Vec<(&'a str, &'a str)>, String> {
     let mut out = Vec::with_capacity(params.len());
     for (i, word) in params.iter().enumerate() {
         match word.split_once('=') {
@@ -251,14 +250,10 @@ fn is_config_key(key: &str) -> bool {
 }
 
 /// Configures every layer and finishes the stack (config_complete, get_ready).
-fn configure_stack(
-    plugin: Box<dyn Plugin>,
-    filters: Vec<Box<dyn Filter>>,
-    o: &Options,
-) -> Result<Arc<dyn nbdforge_api::Backend>, String> {
-    let mut stack = Stack::new(plugin, filters);
+fn configure_stack(mut stack: Stack, o: &Options) -> Result<Arc<dyn nbdforge_api::Backend>, String> {
     apply_debug_flags(o, &mut stack);
-    for (key, value) in split_params(stack.magic_config_key(), &o.params)? {
+    let magic = stack.magic_config_key().map(str::to_string);
+    for (key, value) in split_params(magic.as_deref(), &o.params)? {
         tracing::debug!("config {key}={value}");
         stack.config(key, value).map_err(|e| e.message)?;
     }

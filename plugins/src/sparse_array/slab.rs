@@ -21,7 +21,6 @@
 //! the slab stays mapped while the pool or any of its pages holds it (an [`Arc`]), and the pool
 //! hands each page to one owner at a time, which is what makes the `Deref` impls sound.
 
-use std::alloc::{handle_alloc_error, Layout};
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroUsize;
 use std::ops::{Deref, DerefMut};
@@ -53,9 +52,8 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    /// Maps a fresh slab of zeroes, already resident. Running out of memory aborts, as a failed
-    /// heap allocation of a page did before slabs.
-    fn new() -> Mapping {
+    /// Maps a fresh slab of zeroes, already resident; `None` when the system has no memory for it.
+    fn new() -> Option<Mapping> {
         let len = NonZeroUsize::new(SLAB_SIZE).expect("a slab is not empty");
         // SAFETY: a new private anonymous mapping at an address the kernel picks overlaps nothing
         // we own.
@@ -67,8 +65,8 @@ impl Mapping {
                 MapFlags::MAP_PRIVATE | MapFlags::MAP_POPULATE,
             )
         }
-        .unwrap_or_else(|_| handle_alloc_error(Layout::from_size_align(SLAB_SIZE, 4096).expect("a slab layout")));
-        Mapping(mapped.cast())
+        .ok()?;
+        Some(Mapping(mapped.cast()))
     }
 
     fn base(&self) -> usize {
@@ -161,13 +159,14 @@ impl SlabPool {
         Self::default()
     }
 
-    /// A page of zeroes, from the lowest-addressed slab with one free, or from a new slab.
-    pub fn alloc(&self) -> Page {
+    /// A page of zeroes, from the lowest-addressed slab with one free, or from a new slab;
+    /// `None` when a new slab is needed and the system has no memory for it.
+    pub fn alloc(&self) -> Option<Page> {
         let mut guard = self.lock();
         if guard.with_free.is_empty() {
             // Mapped under the lock: threads that want a page meanwhile need this slab anyway, and
             // two threads populating a slab each would fault in one for nothing.
-            guard.insert(Mapping::new());
+            guard.insert(Mapping::new()?);
         }
         let slabs = &mut *guard;
         let base = *slabs.with_free.first().expect("a slab with a free page was just ensured");
@@ -181,7 +180,7 @@ impl SlabPool {
             slabs.with_free.remove(&base);
         }
         let bytes = slab.mapping.0.map_addr(|a| a.saturating_add(index * PAGE_SIZE)).cast();
-        Page { bytes, _slab: Arc::clone(&slab.mapping) }
+        Some(Page { bytes, _slab: Arc::clone(&slab.mapping) })
     }
 
     /// Takes a page back: its memory returns to the kernel and it reads as zero when reused.
@@ -245,7 +244,7 @@ mod tests {
     #[test]
     fn pages_pack_in_allocation_order() {
         let pool = SlabPool::new();
-        let mut pages: Vec<Page> = (0..2 * PAGES_PER_SLAB).map(|_| pool.alloc()).collect();
+        let mut pages: Vec<Page> = (0..2 * PAGES_PER_SLAB).map(|_| pool.alloc().unwrap()).collect();
         assert_eq!(pool.slab_count(), 2);
         for slab in pages.chunks(PAGES_PER_SLAB) {
             for pair in slab.windows(2) {
@@ -256,10 +255,10 @@ mod tests {
         let freed: BTreeSet<usize> = [pages[5].addr(), pages[PAGES_PER_SLAB + 7].addr()].into();
         pool.free(pages.swap_remove(PAGES_PER_SLAB + 7));
         pool.free(pages.swap_remove(5));
-        pages.extend([pool.alloc(), pool.alloc()]);
+        pages.extend([pool.alloc().unwrap(), pool.alloc().unwrap()]);
         assert_eq!(pages[pages.len() - 2..].iter().map(Page::addr).collect::<BTreeSet<_>>(), freed);
         assert_eq!(pool.slab_count(), 2);
-        pages.push(pool.alloc());
+        pages.push(pool.alloc().unwrap());
         assert_eq!(pool.slab_count(), 3);
         for page in pages {
             pool.free(page);
@@ -269,7 +268,7 @@ mod tests {
     #[test]
     fn reused_pages_read_as_zero() {
         let pool = SlabPool::new();
-        let mut pages: Vec<Page> = (0..PAGES_PER_SLAB + 3).map(|_| pool.alloc()).collect();
+        let mut pages: Vec<Page> = (0..PAGES_PER_SLAB + 3).map(|_| pool.alloc().unwrap()).collect();
         for page in &mut pages {
             page.fill(0xa5);
         }
@@ -279,7 +278,7 @@ mod tests {
         }
         // Every slab emptied: one is kept as the spare, the other unmapped.
         assert_eq!(pool.slab_count(), 1);
-        let again: Vec<Page> = (0..PAGES_PER_SLAB).map(|_| pool.alloc()).collect();
+        let again: Vec<Page> = (0..PAGES_PER_SLAB).map(|_| pool.alloc().unwrap()).collect();
         assert!(again.iter().all(|p| addrs.contains(&p.addr())), "the spare slab is reused");
         assert!(again.iter().all(|p| p.iter().all(|&b| b == 0)));
     }
@@ -293,7 +292,7 @@ mod tests {
                 s.spawn(move || {
                     let mut held = Vec::new();
                     for round in 0..400usize {
-                        let mut page = pool.alloc();
+                        let mut page = pool.alloc().unwrap();
                         assert!(page.iter().all(|&b| b == 0), "a new page is zero");
                         page.fill(t);
                         held.push(page);

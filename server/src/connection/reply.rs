@@ -1,0 +1,366 @@
+//! Replies that carry data: a READ's data (from a buffer, from the backend's own memory, or from
+//! a file with `sendfile`), with hole chunks for the blocks that read as zeroes; and BLOCK_STATUS,
+//! one chunk per selected meta context, bounded in length and time.
+//!
+//! The read path hands the backend a [`ReplySink`]: whichever way the backend offers its data
+//! decides how the reply is sent, so zero-copy paths survive any filter that passes reads through.
+
+use std::io::{self, IoSlice, Write};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::Ordering;
+use std::sync::MutexGuard;
+use std::time::{Duration, Instant};
+
+use nbdforge_api::{Error, Extents, Flags, ReadSink, Result};
+use nbdforge_protocol::transmission::command_name;
+use nbdforge_protocol::{ReplyHeader, Request};
+use nix::sys::socket::MsgFlags;
+use tracing::warn;
+
+use super::budget::Reservation;
+use super::transmission::{lock, Transmission};
+
+/// How long one BLOCK_STATUS reply may spend collecting extents before it is cut short.
+const BLOCK_STATUS_TIME: Duration = Duration::from_secs(2);
+
+/// How a read's reply went out, as the sink saw it.
+enum Outcome {
+    /// Nothing yet: the backend has not given the data.
+    Pending,
+    /// The data is in the sink's buffer, to be sent after the backend returns.
+    Buffered,
+    /// The reply was sent (or the connection failed trying).
+    Sent,
+}
+
+/// The sink of one READ: see the module comment.
+struct ReplySink<'t, 'b> {
+    t: &'t Transmission<'t>,
+    req: &'t Request,
+    offset: u64,
+    length: u32,
+    df: bool,
+    buf: &'b mut Vec<u8>,
+    held: Reservation<'t>,
+    outcome: Outcome,
+    /// The write lock and the part of a borrowed reply the socket did not take at once, sent once
+    /// the backend has let go of its memory.
+    rest: Option<(MutexGuard<'t, Box<dyn Write + Send>>, Vec<u8>)>,
+}
+
+impl<'t> ReadSink for ReplySink<'t, '_> {
+    fn buffer(&mut self) -> Result<&mut [u8]> {
+        let len = self.length as usize;
+        if !self.held.grow(len) {
+            return Err(Error::new(libc::ENOMEM, "the server is short of memory for the read"));
+        }
+        if self.buf.len() < len {
+            self.buf.try_reserve(len - self.buf.len()).map_err(|_| Error::new(libc::ENOMEM, "out of memory for the read"))?;
+            self.buf.resize(len, 0);
+        }
+        self.outcome = Outcome::Buffered;
+        Ok(&mut self.buf[..len])
+    }
+
+    fn borrowed(&mut self, parts: &[&[u8]]) -> Result<()> {
+        if parts.iter().map(|p| p.len() as u64).sum::<u64>() != u64::from(self.length) {
+            return Err(Error::io(format!("the backend's borrowed read did not hold {} bytes", self.length)));
+        }
+        // The backend holds locks while its slices are borrowed, so nothing here may wait: the
+        // reply goes out only if the write lock is free, without blocking; what the socket does
+        // not take at once is copied and sent after the backend lets go (in `finish`).
+        let t: &'t Transmission<'t> = self.t;
+        if let (Some(socket), Ok(writer)) = (&t.socket, t.writer.try_lock()) {
+            let reply = t.read_reply(self.req, self.offset, self.df, parts);
+            let mut iov = reply.iov();
+            let total: usize = iov.iter().map(|s| s.len()).sum();
+            let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+            let sent = match nix::sys::socket::sendmsg::<()>(socket.as_raw_fd(), &iov, &[], flags, None) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EAGAIN) => 0,
+                Err(e) => {
+                    t.reply_failed(e);
+                    total
+                }
+            };
+            if sent < total {
+                let mut rest: &mut [IoSlice<'_>] = &mut iov;
+                IoSlice::advance_slices(&mut rest, sent);
+                let mut bytes = Vec::with_capacity(total - sent);
+                rest.iter().for_each(|s| bytes.extend_from_slice(s));
+                self.rest = Some((writer, bytes));
+            }
+            self.outcome = Outcome::Sent;
+            return Ok(());
+        }
+        self.buf.clear();
+        parts.iter().for_each(|p| self.buf.extend_from_slice(p));
+        self.outcome = Outcome::Buffered;
+        Ok(())
+    }
+
+    fn file(&mut self, file: BorrowedFd<'_>, at: u64) -> Result<()> {
+        let Some(socket) = &self.t.socket else {
+            // TLS or pipes: the data must pass through our memory anyway.
+            let buf = self.buffer()?;
+            return nbdforge_api::BufferSink(buf).file(file, at);
+        };
+        self.t.read_sendfile(self.req, self.offset, u64::from(self.length), self.df, socket, file, at);
+        self.outcome = Outcome::Sent;
+        Ok(())
+    }
+}
+
+impl Transmission<'_> {
+    pub(super) fn read<'s>(&'s self, req: &'s Request, offset: u64, length: u32, df: bool, buf: &mut Vec<u8>) {
+        let held = Reservation::new(&self.budget, &self.shared.budget);
+        let mut sink = ReplySink { t: self, req, offset, length, df, buf, held, outcome: Outcome::Pending, rest: None };
+        let result = self.handle.read(u64::from(length), offset, Flags::NONE, &mut sink);
+        if let Some((mut writer, rest)) = sink.rest.take() {
+            if let Err(e) = writer.write_all(&rest) {
+                self.reply_failed(e);
+            }
+        }
+        let outcome = std::mem::replace(&mut sink.outcome, Outcome::Pending);
+        match (result, outcome) {
+            (Err(e), Outcome::Sent) => {
+                // The reply went out before the backend failed: too late to tell the client.
+                warn!("{}: {} after its reply was sent", command_name(req.kind), e.message);
+            }
+            (Err(e), _) => self.backend_error(req, e),
+            (Ok(()), Outcome::Sent) => {}
+            (Ok(()), Outcome::Buffered) => {
+                let data = &sink.buf[..length as usize];
+                self.send(&mut self.read_reply(req, offset, df, &[data]).iov());
+            }
+            (Ok(()), Outcome::Pending) => {
+                self.backend_error(req, Error::io("the backend's read returned no data"));
+            }
+        }
+    }
+
+    /// Sends a read with `sendfile` from the backend's file, so the data never passes through our
+    /// memory. Ranges the backend's extents call zero go out as hole chunks (zeroes written as
+    /// data are sent as data, as qemu-nbd does). The reply is promised before the data is read,
+    /// so a failure part-way ends the connection.
+    #[allow(clippy::too_many_arguments)]
+    fn read_sendfile(&self, req: &Request, offset: u64, length: u64, df: bool, socket: &std::fs::File, file: BorrowedFd<'_>, at: u64) {
+        let runs = if self.replies.structured && !df { self.extent_runs(offset, length) } else { vec![(offset, length, false)] };
+        let last = runs.len() - 1;
+        let mut writer = lock(&self.writer);
+        for (i, &(start, n, zero)) in runs.iter().enumerate() {
+            let header = if zero {
+                // A run of a read is at most the read's length, which is 32 bits.
+                self.replies.read_hole(req.cookie, offset, start, u32::try_from(n).unwrap_or(u32::MAX), i == last)
+            } else {
+                self.replies.read_data(req.cookie, offset, start, n, i == last)
+            };
+            let mut sent = writer.write_all(header.as_bytes());
+            if !zero && sent.is_ok() {
+                sent = send_file(socket, file, at + (start - offset), n);
+            }
+            if let Err(e) = sent {
+                if !self.failed.swap(true, Ordering::Relaxed) {
+                    warn!("{}: sending {n} bytes at {start} failed, closing the connection: {e}", command_name(req.kind));
+                }
+                let _ = nix::sys::socket::shutdown(socket.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+                return;
+            }
+        }
+    }
+
+    /// Runs `(start, length, reads_as_zero)` covering a read, from the backend's extents; all data
+    /// when they are unknown.
+    fn extent_runs(&self, offset: u64, length: u64) -> Vec<(u64, u64, bool)> {
+        let mut ext = Extents::new(offset, offset + length);
+        let mut runs: Vec<(u64, u64, bool)> = Vec::new();
+        if self.handle.extents(length, offset, Flags::NONE, &mut ext).is_ok() {
+            for e in ext.as_slice() {
+                let zero = e.flags & nbdforge_api::extents::ZERO != 0;
+                match runs.last_mut() {
+                    Some(run) if run.2 == zero => run.1 += e.length,
+                    _ => runs.push((e.offset, e.length, zero)),
+                }
+            }
+        }
+        let covered = runs.last().map_or(offset, |r| r.0 + r.1);
+        if covered < offset + length {
+            match runs.last_mut() {
+                Some(run) if !run.2 => run.1 += offset + length - covered,
+                _ => runs.push((covered, offset + length - covered, false)),
+            }
+        }
+        runs
+    }
+
+    /// The reply to a successful read of `parts`: data chunks, and hole chunks for the blocks
+    /// that read as zeroes (structured replies, without DF).
+    ///
+    /// Finding zero blocks by looking at the data costs next to nothing for real data (the scan
+    /// stops at the first non-zero word) and less than sending them for zeroes; asking the
+    /// backend's extents instead can cost a scan of the whole file per read (SEEK_HOLE on tmpfs).
+    fn read_reply<'a>(&self, req: &Request, offset: u64, df: bool, parts: &[&'a [u8]]) -> ReadReply<'a> {
+        let mut runs: Vec<Run> = Vec::new();
+        let mut data: Vec<&'a [u8]> = Vec::with_capacity(parts.len());
+        let mut pos = offset;
+        for &part in parts {
+            let pieces = if self.replies.structured && !df { zero_pieces(part) } else { vec![(0, part.len(), false)] };
+            for (at, n, zero) in pieces {
+                match runs.last_mut() {
+                    Some(run) if run.zero == zero => run.length += n as u64,
+                    _ => runs.push(Run { start: pos, length: n as u64, zero, first: data.len(), count: 0 }),
+                }
+                if !zero {
+                    data.push(&part[at..at + n]);
+                    if let Some(run) = runs.last_mut() {
+                        run.count += 1;
+                    }
+                }
+                pos += n as u64;
+            }
+        }
+        let last = runs.len().saturating_sub(1);
+        let headers = runs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                if r.zero {
+                    let len = u32::try_from(r.length).unwrap_or(u32::MAX);
+                    self.replies.read_hole(req.cookie, offset, r.start, len, i == last)
+                } else {
+                    self.replies.read_data(req.cookie, offset, r.start, r.length, i == last)
+                }
+            })
+            .collect();
+        ReadReply { headers, data, runs }
+    }
+
+    /// Block status of the selected contexts (or of `wanted` ids among them), one chunk each,
+    /// each bounded to `MAX_EXTENTS` runs and the whole reply to [`BLOCK_STATUS_TIME`].
+    pub(super) fn block_status(&self, req: &Request, offset: u64, length: u64, req_one: bool, wanted: Option<&[u32]>) {
+        let contexts: Vec<_> = match wanted {
+            None => self.session.contexts.iter().collect(),
+            Some(ids) => {
+                let mut chosen = Vec::new();
+                for id in ids {
+                    match self.session.contexts.iter().find(|c| c.id == *id) {
+                        Some(c) if !chosen.iter().any(|x: &&nbdforge_protocol::MetaContext| x.id == *id) => chosen.push(c),
+                        Some(_) => {}
+                        None => return self.send_error(req, nbdforge_protocol::consts::EINVAL, &format!("NBD_CMD_BLOCK_STATUS: context id {id} was not negotiated")),
+                    }
+                }
+                if chosen.is_empty() {
+                    self.session.contexts.iter().collect()
+                } else {
+                    chosen
+                }
+            }
+        };
+        let flags = if req_one { Flags::REQ_ONE } else { Flags::NONE };
+        let deadline = Some(Instant::now() + BLOCK_STATUS_TIME);
+        let mut out = Vec::new();
+        for (i, context) in contexts.iter().enumerate() {
+            let max = if req_one { 1 } else { nbdforge_api::extents::MAX_EXTENTS };
+            let mut ext = Extents::bounded(offset, offset.saturating_add(length), max, deadline);
+            if let Err(e) = self.handle.block_status(&context.name, length, offset, flags, &mut ext) {
+                return self.backend_error(req, e);
+            }
+            let runs: Vec<(u64, u32)> = ext.as_slice().iter().map(|e| (e.length, e.flags)).collect();
+            self.replies.block_status(&mut out, req.cookie, offset, context.id, &runs, i + 1 == contexts.len());
+        }
+        self.send(&mut [IoSlice::new(&out)]);
+    }
+}
+
+/// Sends `count` bytes of `file` from `at` to the socket, kernel to kernel.
+fn send_file(socket: &std::fs::File, file: BorrowedFd<'_>, at: u64, count: u64) -> io::Result<()> {
+    let mut offset = i64::try_from(at).map_err(|_| io::Error::other("file offset out of range"))?;
+    let mut left = count;
+    while left > 0 {
+        let n = usize::try_from(left.min(1 << 30)).unwrap_or(1 << 30);
+        match nix::sys::sendfile::sendfile64(socket, file, Some(&mut offset), n) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file ended early")),
+            Ok(n) => left -= n as u64,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// A run of a read reply: data or zeroes, and which data slices belong to it.
+struct Run {
+    start: u64,
+    length: u64,
+    zero: bool,
+    first: usize,
+    count: usize,
+}
+
+/// The chunks of a read reply: a header per run, followed by the run's data slices.
+struct ReadReply<'a> {
+    headers: Vec<ReplyHeader>,
+    data: Vec<&'a [u8]>,
+    runs: Vec<Run>,
+}
+
+impl ReadReply<'_> {
+    fn iov(&self) -> Vec<IoSlice<'_>> {
+        let mut iov = Vec::with_capacity(self.runs.len() + self.data.len());
+        for (h, r) in self.headers.iter().zip(&self.runs) {
+            iov.push(IoSlice::new(h.as_bytes()));
+            iov.extend(self.data[r.first..r.first + r.count].iter().map(|d| IoSlice::new(d)));
+        }
+        iov
+    }
+}
+
+/// Granularity of hole detection in reads: zero runs shorter than this travel as data.
+const HOLE_BLOCK: usize = 4096;
+
+/// Splits read data into runs `(start, length, all_zero)` at [`HOLE_BLOCK`] granularity.
+fn zero_pieces(data: &[u8]) -> Vec<(usize, usize, bool)> {
+    let mut pieces: Vec<(usize, usize, bool)> = Vec::new();
+    for (i, block) in data.chunks(HOLE_BLOCK).enumerate() {
+        let zero = is_zero(block);
+        match pieces.last_mut() {
+            Some(last) if last.2 == zero => last.1 += block.len(),
+            _ => pieces.push((i * HOLE_BLOCK, block.len(), zero)),
+        }
+    }
+    pieces
+}
+
+/// Whether every byte is zero: checks the first word at once, then 64 bytes at a time so the
+/// compiler can vectorise the comparison.
+fn is_zero(block: &[u8]) -> bool {
+    if block.first().is_some_and(|&b| b != 0) {
+        return false;
+    }
+    let mut chunks = block.chunks_exact(64);
+    for chunk in &mut chunks {
+        if chunk.iter().fold(0u8, |acc, &b| acc | b) != 0 {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_pieces_split_at_block_granularity() {
+        let mut data = vec![0u8; 4 * HOLE_BLOCK + 10];
+        data[HOLE_BLOCK + 5] = 1;
+        data[4 * HOLE_BLOCK + 9] = 7;
+        assert_eq!(
+            zero_pieces(&data),
+            vec![(0, HOLE_BLOCK, true), (HOLE_BLOCK, HOLE_BLOCK, false), (2 * HOLE_BLOCK, 2 * HOLE_BLOCK, true), (4 * HOLE_BLOCK, 10, false)]
+        );
+        assert_eq!(zero_pieces(&[1u8; 100]), vec![(0, 100, false)]);
+        assert!(is_zero(&[0u8; 1000]));
+        assert!(!is_zero(&{ let mut b = [0u8; 1000]; b[999] = 1; b }));
+    }
+}

@@ -1,0 +1,354 @@
+//! The transmission phase of one connection: workers that read requests, run them against the
+//! backend and send the replies.
+//!
+//! Workers run leader/follower style: a worker takes the read lock, reads one request (header and
+//! payload), lets go, runs it, then sends the reply in one vectored write under the write lock.
+//! The worker that read a request serves it, so there is no hand-off between threads, and replies
+//! go out in whatever order the backend finishes.
+//!
+//! A connection starts with one worker (its own thread) and adds one, up to `-t`, whenever a
+//! worker takes a request and no other is left waiting to read: an idle client costs one thread,
+//! a busy one gets the concurrency it uses.
+
+use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::Scope;
+
+use nbdforge_api::{Connection, Error, Flags, Handle, ThreadModel};
+use nbdforge_protocol::consts::*;
+use nbdforge_protocol::transmission::{block_status_payload, command_name, EXTENDED_REQUEST_LEN};
+use nbdforge_protocol::{Command, Negotiated, Refusal, Replies, Request, Session};
+use tracing::{debug, error, warn};
+
+use super::budget::{Budget, Reservation, PER_CONNECTION};
+use super::wire_errno;
+use crate::server::Shared;
+use crate::transport::{write_all_vectored, Stream};
+
+/// Buffers bigger than this are given back after the request that needed them.
+const KEEP_BUFFER: usize = 2 << 20;
+/// Idle buffers a connection keeps for its next requests.
+const POOL: usize = 8;
+/// Read-side buffer, so a burst of small requests costs one system call. Kept small because
+/// whatever part of a large WRITE payload lands in it is copied once more on its way out.
+const READ_BUFFER: usize = 16 << 10;
+/// An oversized payload up to this size is read and thrown away, so the connection stays in step;
+/// a larger one is refused and the connection closed, without reading it.
+const DRAIN_LIMIT: u64 = 2 * super::MAX_REQUEST as u64;
+/// Payload bytes are taken (and memory reserved for them) this many at a time, as they arrive.
+const PAYLOAD_STEP: usize = 1 << 20;
+
+pub(super) fn run(shared: &Shared, conn: &Arc<Connection>, handle: &dyn Handle, stream: Stream, negotiated: &Negotiated) {
+    let peer = conn.client().peer_name();
+    let socket = stream.plain_socket();
+    let (read, write) = match stream.split() {
+        Ok(halves) => halves,
+        Err(e) => return warn!("{peer}: {e}"),
+    };
+    let max_workers = match shared.thread_model {
+        ThreadModel::Parallel => shared.config.threads.max(1),
+        _ => 1,
+    };
+    let t = Transmission {
+        shared,
+        conn,
+        handle,
+        session: Session::new(negotiated),
+        replies: Replies { structured: negotiated.structured, extended: negotiated.extended },
+        reader: Mutex::new(Reader { input: BufReader::with_capacity(READ_BUFFER, read), done: false }),
+        writer: Mutex::new(write),
+        failed: AtomicBool::new(false),
+        buffers: Mutex::new(Vec::new()),
+        socket,
+        budget: Budget::new(PER_CONNECTION),
+        workers: AtomicUsize::new(1),
+        max_workers: AtomicUsize::new(max_workers),
+        reading: AtomicUsize::new(0),
+        peer,
+    };
+    std::thread::scope(|s| t.worker(s));
+    let _ = lock(&t.writer).flush();
+}
+
+struct Reader {
+    input: BufReader<Box<dyn Read + Send>>,
+    /// No more requests will be read: the client disconnected, or the stream broke.
+    done: bool,
+}
+
+pub(super) struct Transmission<'a> {
+    pub shared: &'a Shared,
+    conn: &'a Arc<Connection>,
+    pub handle: &'a dyn Handle,
+    pub session: Session,
+    pub replies: Replies,
+    reader: Mutex<Reader>,
+    pub writer: Mutex<Box<dyn Write + Send>>,
+    pub failed: AtomicBool,
+    /// The socket, for replies sent on it directly (borrowed reads, `sendfile`); `None` for TLS
+    /// and pipes.
+    pub socket: Option<std::fs::File>,
+    /// Request buffers, last freed first: a buffer is still in the CPU cache when the next request
+    /// reuses it, where one buffer per worker would cycle through all of them.
+    buffers: Mutex<Vec<Vec<u8>>>,
+    /// This connection's share of request memory.
+    pub budget: Budget,
+    workers: AtomicUsize,
+    max_workers: AtomicUsize,
+    /// Workers waiting to read a request (for the lock or for bytes).
+    reading: AtomicUsize,
+    peer: String,
+}
+
+/// A request read off the wire, with its payload in the worker's buffer.
+struct Incoming<'r> {
+    req: Request,
+    /// Why the request is refused without running it.
+    refused: Option<Refusal>,
+    /// After replying, close the connection: the stream cannot be trusted any more.
+    close: bool,
+    /// Memory held for the payload.
+    held: Reservation<'r>,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl<'a> Transmission<'a> {
+    fn worker<'s>(&'s self, scope: &'s Scope<'s, '_>) {
+        while let Some((incoming, mut buf)) = self.next_request() {
+            self.maybe_add_worker(scope);
+            let Incoming { req, refused, close, held } = incoming;
+            // A panicking plugin fails its request, not the connection (which would leave the
+            // client waiting for a reply that never comes).
+            let run = std::panic::AssertUnwindSafe(|| self.dispatch(req, refused, &mut buf));
+            if std::panic::catch_unwind(run).is_err() {
+                error!("{}: the backend panicked", command_name(req.kind));
+                self.send_error(&req, EIO, "internal error in the backend");
+            }
+            drop(held);
+            let mut pool = lock(&self.buffers);
+            if buf.capacity() <= KEEP_BUFFER && pool.len() < POOL {
+                pool.push(buf);
+            }
+            drop(pool);
+            if let Some(force) = self.conn.disconnect_requested() {
+                self.stop_reading(force);
+            }
+            if close {
+                self.stop_reading(true);
+            }
+            if req.kind == CMD_DISC {
+                break;
+            }
+        }
+    }
+
+    /// Adds a worker when this one took the last waiting reader's place, up to the limit.
+    fn maybe_add_worker<'s>(&'s self, scope: &'s Scope<'s, '_>) {
+        if self.reading.load(Ordering::SeqCst) > 0 {
+            return;
+        }
+        let count = self.workers.load(Ordering::Relaxed);
+        if count >= self.max_workers.load(Ordering::Relaxed) {
+            return;
+        }
+        self.workers.store(count + 1, Ordering::Relaxed);
+        let spawned = std::thread::Builder::new().name("nbd-worker".into()).spawn_scoped(scope, move || self.worker(scope));
+        if let Err(e) = spawned {
+            // The connection goes on with the workers it has.
+            self.workers.store(count, Ordering::Relaxed);
+            self.max_workers.store(count, Ordering::Relaxed);
+            warn!("{}: cannot start another worker thread ({e}); going on with {count}", self.peer);
+        }
+    }
+
+    /// No more requests are read; with `force` the socket is closed both ways at once.
+    fn stop_reading(&self, force: bool) {
+        if let Some(s) = &self.socket {
+            let how = if force { nix::sys::socket::Shutdown::Both } else { nix::sys::socket::Shutdown::Read };
+            let _ = nix::sys::socket::shutdown(std::os::fd::AsRawFd::as_raw_fd(s), how);
+        }
+        if force {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Reads the next request and its payload into a buffer from the pool, or `None` when the
+    /// connection is over.
+    fn next_request(&self) -> Option<(Incoming<'_>, Vec<u8>)> {
+        self.reading.fetch_add(1, Ordering::SeqCst);
+        let mut rd = lock(&self.reader);
+        let result = if rd.done || self.failed.load(Ordering::Relaxed) {
+            None
+        } else {
+            // Taken only now, so this request gets the buffer the last reply freed, still in cache.
+            let mut buf = lock(&self.buffers).pop().unwrap_or_default();
+            match self.read_request(&mut rd.input, &mut buf) {
+                Ok(mut incoming) => {
+                    // Requests read before shutdown began are in flight and finish; later ones are
+                    // refused as the spec asks, so the client knows to disconnect.
+                    let stopping = self.shared.stopping() || self.conn.disconnect_requested().is_some();
+                    if stopping && incoming.refused.is_none() && incoming.req.kind != CMD_DISC {
+                        let message = "the server is shutting down".to_string();
+                        incoming.refused = Some(Refusal { errno: ESHUTDOWN, message });
+                    }
+                    rd.done |= incoming.req.kind == CMD_DISC || incoming.close;
+                    Some((incoming, buf))
+                }
+                Err(e) => {
+                    rd.done = true;
+                    if e.kind() != io::ErrorKind::UnexpectedEof {
+                        warn!("{}: connection dropped: {e}", self.peer);
+                    }
+                    None
+                }
+            }
+        };
+        drop(rd);
+        self.reading.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    fn read_request(&self, input: &mut dyn Read, buf: &mut Vec<u8>) -> io::Result<Incoming<'_>> {
+        let mut header = [0u8; EXTENDED_REQUEST_LEN];
+        let header = &mut header[..if self.session.extended { 32 } else { 28 }];
+        input.read_exact(header)?;
+        let req = Request::parse(header, self.session.extended).map_err(io::Error::other)?;
+        let mut held = Reservation::new(&self.budget, &self.shared.budget);
+        let len = req.payload_len();
+        let limit = if req.kind == CMD_WRITE { self.session.max_payload() } else { 64 << 10 };
+        let refuse = |errno, message: String, close| Incoming { req, refused: Some(Refusal { errno, message }), close, held: Reservation::new(&self.budget, &self.shared.budget) };
+        if len > limit {
+            let message = format!("{}: payload of {len} bytes is over the limit of {limit}", command_name(req.kind));
+            if len > DRAIN_LIMIT {
+                return Ok(refuse(EINVAL, format!("{message}; closing the connection"), true));
+            }
+            drain(input, len)?;
+            return Ok(refuse(EINVAL, message, false));
+        }
+        // At most `limit` (64 MiB), so it fits.
+        let len = len as usize;
+        let mut have = 0;
+        while have < len {
+            let step = (len - have).min(PAYLOAD_STEP);
+            if !held.grow(step) {
+                drop(held);
+                drain(input, (len - have) as u64)?;
+                let message = format!("{}: the server is short of memory for the payload", command_name(req.kind));
+                return Ok(refuse(ENOMEM, message, false));
+            }
+            if buf.len() < have + step {
+                if buf.try_reserve(have + step - buf.len()).is_err() {
+                    drop(held);
+                    drain(input, (len - have) as u64)?;
+                    return Ok(refuse(ENOMEM, "out of memory for the payload".into(), false));
+                }
+                buf.resize(have + step, 0);
+            }
+            input.read_exact(&mut buf[have..have + step])?;
+            have += step;
+        }
+        Ok(Incoming { req, refused: None, close: false, held })
+    }
+
+    pub(super) fn send(&self, parts: &mut [IoSlice<'_>]) {
+        let mut w = lock(&self.writer);
+        if let Err(e) = write_all_vectored(w.as_mut(), parts) {
+            self.reply_failed(e);
+        }
+    }
+
+    /// A reply could not be written: the client is gone, and no more requests are read.
+    pub(super) fn reply_failed(&self, e: impl std::fmt::Display) {
+        if !self.failed.swap(true, Ordering::Relaxed) {
+            debug!("{}: writing a reply failed: {e}", self.peer);
+        }
+    }
+
+    pub(super) fn send_error(&self, req: &Request, errno: u32, message: &str) {
+        let mut out = Vec::with_capacity(64 + message.len());
+        self.replies.error(&mut out, req.cookie, req.offset, errno, message);
+        self.send(&mut [IoSlice::new(&out)]);
+    }
+
+    pub(super) fn backend_error(&self, req: &Request, e: Error) {
+        let errno = wire_errno(e.errno);
+        // Fast-zero refusals are routine (clients probe with them); everything else is worth a line.
+        if errno == ENOTSUP && req.kind == CMD_WRITE_ZEROES {
+            debug!("{}: {}", command_name(req.kind), e.message);
+        } else {
+            error!("{}: {}", command_name(req.kind), e.message);
+        }
+        self.send_error(req, errno, &e.message);
+    }
+
+    fn dispatch(&self, mut req: Request, refused: Option<Refusal>, buf: &mut Vec<u8>) {
+        if let Some(r) = refused {
+            return self.send_error(&req, r.errno, &r.message);
+        }
+        let mut wanted_ids = None;
+        if req.kind == CMD_BLOCK_STATUS && req.extended && req.flags & CMD_FLAG_PAYLOAD_LEN != 0 {
+            // The payload was read in full (at most 64 KiB), so the slice is in range.
+            match block_status_payload(&buf[..req.payload_len() as usize]) {
+                Some((effect, ids)) => {
+                    req.length = effect;
+                    req.flags &= !CMD_FLAG_PAYLOAD_LEN;
+                    wanted_ids = Some(ids);
+                }
+                None => return self.send_error(&req, EINVAL, "NBD_CMD_BLOCK_STATUS: malformed payload"),
+            }
+        }
+        let cmd = match self.session.check(&req) {
+            Ok(cmd) => cmd,
+            Err(r) => {
+                debug!("refused: {}", r.message);
+                if req.kind == CMD_DISC {
+                    return;
+                }
+                return self.send_error(&req, r.errno, &r.message);
+            }
+        };
+        let _serialized = self.shared.serialize_all.as_ref().map(lock);
+        let h = self.handle;
+        let fua = |fua: bool| if fua { Flags::FUA } else { Flags::NONE };
+        let result = match cmd {
+            Command::Disconnect => return,
+            Command::Read { offset, length, df } => return self.read(&req, offset, length, df, buf),
+            Command::BlockStatus { offset, length, req_one } => {
+                return self.block_status(&req, offset, length, req_one, wanted_ids.as_deref())
+            }
+            Command::Write { offset, length, fua: f } => h.pwrite(&buf[..length as usize], offset, fua(f)),
+            Command::Flush => h.flush(Flags::NONE),
+            Command::Trim { offset, length, fua: f } => h.trim(length, offset, fua(f)),
+            Command::Cache { offset, length } => h.cache(length, offset, Flags::NONE),
+            Command::WriteZeroes { offset, length, fua: f, may_trim, fast } => {
+                let mut flags = fua(f);
+                if may_trim {
+                    flags |= Flags::MAY_TRIM;
+                }
+                if fast {
+                    flags |= Flags::FAST_ZERO;
+                }
+                h.zero(length, offset, flags)
+            }
+        };
+        match result {
+            Ok(()) => self.send(&mut [IoSlice::new(self.replies.ok(req.cookie, req.offset).as_bytes())]),
+            Err(e) => self.backend_error(&req, e),
+        }
+    }
+}
+
+/// Reads and throws away `len` bytes without holding them all in memory.
+fn drain(input: &mut dyn Read, mut len: u64) -> io::Result<()> {
+    let mut scratch = [0u8; 64 << 10];
+    while len > 0 {
+        let n = len.min(scratch.len() as u64) as usize;
+        input.read_exact(&mut scratch[..n])?;
+        len -= n as u64;
+    }
+    Ok(())
+}
