@@ -2,7 +2,8 @@
 //! keeps to the deadline the negotiation code sets; on success it wraps the session in a
 //! [`TlsStream`]. It also turns a failed handshake into an error in the user's terms (the client's
 //! unknown PSK identity, why its certificate was refused) from what the `psk` callback and the
-//! `x509` verification left on the `SSL`, and names the client after a successful one.
+//! `x509` verification left on the `SSL`, and says who the client proved to be ([`TlsPeer`]) after
+//! a successful one.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -59,17 +60,17 @@ pub(super) fn handshake(
         wait(fd.as_fd(), events, wait_until).map_err(|e| io::Error::new(e.kind(), format!("TLS handshake: {e}")))?;
     }
 
-    let identity = match side {
-        Side::Server => client_identity(stream.ssl()),
-        Side::Client => None,
+    let peer = match side {
+        Side::Server => TlsPeer::of(stream.ssl()),
+        Side::Client => TlsPeer::default(),
     };
     tracing::debug!(
         "TLS handshake done: {} {}{}",
         stream.ssl().version_str(),
         stream.ssl().current_cipher().map(|c| c.name()).unwrap_or("?"),
-        identity.as_deref().map(|i| format!(", client {i}")).unwrap_or_default()
+        peer.identity.as_deref().map(|i| format!(", client {i}")).unwrap_or_default()
     );
-    Ok(TlsStream::new(stream, read_fd, write_fd, identity))
+    Ok(TlsStream::new(stream, read_fd, write_fd, peer))
 }
 
 fn socket_timeout(fd: &OwnedFd, opt: impl socket::GetSockOpt<Val = nix::sys::time::TimeVal>) -> Option<Duration> {
@@ -113,16 +114,40 @@ fn handshake_error(e: &ssl::Error, ssl: &ssl::SslRef, psk: bool) -> io::Error {
     io::Error::new(io::ErrorKind::PermissionDenied, format!("TLS handshake failed: {why}"))
 }
 
-/// The PSK username, or the subject of a verified client certificate (RFC 4514 form, as GnuTLS
-/// prints it: "CN=client.example.com,O=Example").
-fn client_identity(ssl: &ssl::SslRef) -> Option<String> {
-    if let Some(PskNote::Known(identity)) = ssl.ex_data(psk_note_index()) {
-        return Some(identity.clone());
-    }
-    let cert = ssl.peer_certificate()?;
-    (ssl.verify_result() == X509VerifyResult::OK).then(|| rfc4514(cert.subject_name()))
+/// Who the client proved to be in the TLS handshake: what nbdkit's plugins learn from
+/// `nbdkit_peer_tls_dn` and `nbdkit_peer_tls_issuer_dn`, and the identity logged and handed to
+/// plugins. Distinguished names are in RFC 4514 form, most specific first, as GnuTLS and OpenSSL's
+/// `-nameopt RFC2253` print them: `CN=client.example.com,O=Example,C=US`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsPeer {
+    /// The PSK username with `--tls-psk`; with `--tls-verify-peer` the verified client
+    /// certificate's subject (the same string as `dn`); otherwise None.
+    pub identity: Option<String>,
+    /// The subject DN of the client's certificate, when `--tls-verify-peer` made the client present
+    /// one and it was verified; None for PSK and without `--tls-verify-peer`, as in nbdkit.
+    pub dn: Option<String>,
+    /// The issuer DN of that certificate (the CA that signed it), under the same conditions.
+    pub issuer_dn: Option<String>,
 }
 
+impl TlsPeer {
+    /// What the handshake on `ssl` established: the PSK callback's note, or the verified client
+    /// certificate. The server only asks for a certificate under `--tls-verify-peer`.
+    fn of(ssl: &ssl::SslRef) -> TlsPeer {
+        if let Some(PskNote::Known(identity)) = ssl.ex_data(psk_note_index()) {
+            return TlsPeer { identity: Some(identity.clone()), dn: None, issuer_dn: None };
+        }
+        match ssl.peer_certificate() {
+            Some(cert) if ssl.verify_result() == X509VerifyResult::OK => {
+                let dn = rfc4514(cert.subject_name());
+                TlsPeer { identity: Some(dn.clone()), dn: Some(dn), issuer_dn: Some(rfc4514(cert.issuer_name())) }
+            }
+            _ => TlsPeer::default(),
+        }
+    }
+}
+
+/// A name in RFC 4514 form: attributes in reverse order, special characters escaped.
 fn rfc4514(name: &X509NameRef) -> String {
     let mut parts: Vec<String> = Vec::new();
     for entry in name.entries() {
@@ -183,6 +208,39 @@ mod tests {
         drop(theirs);
         let e = server.accept(OwnedFd::from(ours)).unwrap_err();
         assert!(e.to_string().starts_with("TLS handshake failed"), "{e}");
+    }
+
+    #[test]
+    fn peer_names_a_verified_certificate_and_its_issuer() {
+        let pki = Pki::new();
+        let server = TlsContext::new(&pki.options(true)).unwrap();
+        for version in [Version::Tls13, Version::Tls12] {
+            let (s, c) = exchange_peer(&server, x509_client(&pki, version, Some("client")));
+            c.unwrap();
+            let subject = "CN=client.example.com,O=nbdforge test".to_string();
+            let expected = TlsPeer {
+                identity: Some(subject.clone()),
+                dn: Some(subject),
+                issuer_dn: Some("CN=nbdforge test CA,O=nbdforge test".into()),
+            };
+            assert_eq!(s.unwrap(), expected);
+        }
+    }
+
+    #[test]
+    fn peer_has_no_names_for_psk_or_without_verify_peer() {
+        let (_dir, file) = psk_dir();
+        let psk = TlsContext::new(&psk_options(&file)).unwrap();
+        let (s, c) = exchange_peer(&psk, psk_client(Version::Tls13, "alice", ALICE_KEY));
+        c.unwrap();
+        assert_eq!(s.unwrap(), TlsPeer { identity: Some("alice".into()), dn: None, issuer_dn: None });
+
+        // Without --tls-verify-peer no certificate is asked for, even from a client that has one.
+        let pki = Pki::new();
+        let x509 = TlsContext::new(&pki.options(false)).unwrap();
+        let (s, c) = exchange_peer(&x509, x509_client(&pki, Version::Tls13, Some("client")));
+        c.unwrap();
+        assert_eq!(s.unwrap(), TlsPeer::default());
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! it hands the raw socket to [`TlsContext::accept`], which runs the server side of the handshake
 //! and returns a [`TlsStream`] for the rest of the negotiation; [`TlsStream::split`] then gives the
 //! halves the transmission phase uses (one reader thread, writers serialised by the caller).
+//! [`TlsStream::peer`] says who the client proved to be ([`TlsPeer`]: its PSK identity, or its
+//! verified certificate's subject and issuer DNs).
 //!
 //! Why the I/O looks the way it does: an OpenSSL `SSL` object must never be used by two threads at
 //! once, yet the reader waits for the next request while workers send replies. So the session sits
@@ -18,7 +20,7 @@
 //! - `context`: [`TlsContext`], the OpenSSL settings every connection shares, and accepting;
 //! - `x509`: loading a certificate directory (server key and chain, CA, CRL, `--tls-verify-peer`);
 //! - `psk`: the psktool key file, re-read when it changes, and the callback that looks keys up;
-//! - `handshake`: running the handshake without blocking, explaining failures, naming the peer;
+//! - `handshake`: running the handshake without blocking, explaining failures, [`TlsPeer`];
 //! - `stream`: [`TlsStream`] and its halves, sharing one session behind a mutex;
 //! - `transport`: the non-blocking descriptors under OpenSSL, and waiting on them with `poll`;
 //! - `errors`: how OpenSSL's and the system's errors are worded for users.
@@ -35,6 +37,7 @@ mod transport;
 mod x509;
 
 pub use context::{TlsContext, DEFAULT_HANDSHAKE_TIMEOUT};
+pub use handshake::TlsPeer;
 pub use options::{
     default_certificate_dirs, user_certificates_dir, TlsMode, TlsOptions, NBDKIT_ROOT_CERTIFICATES_DIR,
     ROOT_CERTIFICATES_DIR,

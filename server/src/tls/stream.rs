@@ -13,6 +13,7 @@ use nix::poll::PollFlags;
 use openssl::ssl::{self, ErrorCode, SslStream};
 
 use super::errors::reasons;
+use super::handshake::TlsPeer;
 use super::transport::{wait, Need, Transport};
 
 /// The session shared by a stream's halves.
@@ -239,7 +240,7 @@ pub struct TlsStream {
     /// The halves `split` hands out; until then the stream reads and writes through them.
     reader: TlsReader,
     writer: TlsWriter,
-    identity: Option<String>,
+    peer: TlsPeer,
 }
 
 impl TlsStream {
@@ -249,7 +250,7 @@ impl TlsStream {
         stream: SslStream<Transport>,
         read_fd: Arc<OwnedFd>,
         write_fd: Arc<OwnedFd>,
-        identity: Option<String>,
+        peer: TlsPeer,
     ) -> TlsStream {
         let session = Arc::new(Session { ssl: Mutex::new(stream), read_fd, write_fd });
         let io =
@@ -257,7 +258,7 @@ impl TlsStream {
         TlsStream {
             reader: TlsReader { io: io.copy() },
             writer: TlsWriter { io, staging: Vec::new(), _closer: CloseNotify(session) },
-            identity,
+            peer,
         }
     }
 
@@ -266,7 +267,13 @@ impl TlsStream {
     /// The PSK username for `--tls-psk`; with `--tls-verify-peer` the verified client
     /// certificate's subject in RFC 4514 form (`CN=client.example.com,O=Example`); otherwise None.
     pub fn identity(&self) -> Option<String> {
-        self.identity.clone()
+        self.peer.identity.clone()
+    }
+
+    /// Who the client proved to be: its identity and, for a verified client certificate, the
+    /// certificate's subject and issuer DNs (see [`TlsPeer`]).
+    pub fn peer(&self) -> &TlsPeer {
+        &self.peer
     }
 
     /// The protocol and cipher in use, for logs: "TLSv1.3 TLS_AES_128_GCM_SHA256".
@@ -327,7 +334,7 @@ impl io::Write for TlsStream {
 
 impl std::fmt::Debug for TlsStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsStream").field("identity", &self.identity).finish_non_exhaustive()
+        f.debug_struct("TlsStream").field("peer", &self.peer).finish_non_exhaustive()
     }
 }
 

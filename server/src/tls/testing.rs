@@ -22,7 +22,7 @@ use openssl::x509::extension::{BasicConstraints, ExtendedKeyUsage, KeyUsage, Sub
 use openssl::x509::{X509Builder, X509Name, X509NameBuilder, X509NameRef, X509};
 
 use super::psk::decode_hex;
-use super::{TlsContext, TlsMode, TlsOptions};
+use super::{TlsContext, TlsMode, TlsOptions, TlsPeer};
 
 pub(super) struct TempDir(PathBuf);
 
@@ -200,17 +200,24 @@ pub(super) fn psk_client(version: Version, user: &str, hex_key: &str) -> SslCont
 }
 
 /// Runs `server` on the accepted stream in a thread while an OpenSSL client connects with
-/// `client` and exchanges "ping"/"pong". Returns the server's result and the client's.
+/// `client` and exchanges "ping"/"pong". Returns the server's result (the client's identity) and
+/// the client's.
 pub(super) fn exchange(server: &TlsContext, client: SslContext) -> (io::Result<Option<String>>, Result<(), String>) {
+    let (server_result, client_result) = exchange_peer(server, client);
+    (server_result.map(|peer| peer.identity), client_result)
+}
+
+/// [`exchange`], returning all the server learnt about the client.
+pub(super) fn exchange_peer(server: &TlsContext, client: SslContext) -> (io::Result<TlsPeer>, Result<(), String>) {
     let (ours, theirs) = UnixStream::pair().unwrap();
     thread::scope(|s| {
-        let handle = s.spawn(move || -> io::Result<Option<String>> {
+        let handle = s.spawn(move || -> io::Result<TlsPeer> {
             let mut tls = server.accept(OwnedFd::from(ours))?;
             let mut buf = [0u8; 4];
             tls.read_exact(&mut buf)?;
             assert_eq!(&buf, b"ping");
             tls.write_all(b"pong")?;
-            Ok(tls.identity())
+            Ok(tls.peer().clone())
         });
         let client_result = (|| -> Result<(), String> {
             let ssl = Ssl::new(&client).map_err(|e| e.to_string())?;
