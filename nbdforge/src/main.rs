@@ -2,11 +2,11 @@
 //!
 //! This file only dispatches: [`options`] turns the command line into options, [`probe`] answers
 //! the questions that print something and exit (`--help`, `--version`, `--dump-*`), [`registry`]
-//! finds the plugin and filters, and [`lifecycle`] runs the server process. Every fatal error is
-//! printed as `PROG: message` on stderr (or the log, once in the background) with exit status 1.
+//! finds the plugin and filters, and [`lifecycle`] runs the server process (with the
+//! `nbdforge-process` library). Every fatal error is printed as `PROG: message` on stderr (or the
+//! log, once in the background) with exit status 1.
 
 mod lifecycle;
-mod logging;
 mod options;
 mod probe;
 mod registry;
@@ -14,6 +14,7 @@ mod registry;
 use std::ffi::OsString;
 use std::process::ExitCode;
 
+use nbdforge_process::logging;
 use probe::Identity;
 
 fn main() -> ExitCode {

@@ -11,6 +11,8 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use nbdforge_process::sockets::Family;
+use nbdforge_process::LogDest;
 use nbdforge_server::{TlsMode, TlsOptions};
 
 /// What `-U` asked for.
@@ -20,23 +22,6 @@ pub enum UnixSocket {
     Path(PathBuf),
     /// `-U -`: a socket in a new private temporary directory, removed at exit.
     Private,
-}
-
-/// Where log messages go (`--log`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogDest {
-    Stderr,
-    Syslog,
-    Null,
-}
-
-/// Address family restriction from `-4` / `-6` (the last one given wins).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Family {
-    #[default]
-    Any,
-    V4,
-    V6,
 }
 
 /// One `-D NAME.FLAG=N`.
@@ -52,6 +37,7 @@ pub struct DebugFlag {
 /// Everything the command line says.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
+    /// `-4` / `-6` (the last one given wins).
     pub family: Family,
     pub debug_flags: Vec<DebugFlag>,
     pub dump_config: bool,
@@ -64,6 +50,7 @@ pub struct Options {
     pub help: bool,
     pub ipaddr: Option<String>,
     pub keepalive: bool,
+    /// `--log`.
     pub log: Option<LogDest>,
     pub long_options: bool,
     pub mask_handshake: Option<u32>,

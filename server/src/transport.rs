@@ -7,7 +7,7 @@ use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
-use crate::tls::{TlsContext, TlsStream};
+use crate::tls::{TlsContext, TlsPeer, TlsStream};
 
 pub(crate) enum Stream {
     /// A connected socket, read and written through the same descriptor.
@@ -50,16 +50,18 @@ impl Stream {
         }
     }
 
-    /// Upgrades a plain socket to TLS after the STARTTLS reply has been sent; returns what TLS
-    /// proved about the peer.
-    pub fn start_tls(self, tls: &TlsContext) -> io::Result<(Stream, nbdforge_api::TlsPeer)> {
+    /// Upgrades a plain socket to TLS after the STARTTLS reply has been sent; returns who the
+    /// client proved to be: its identity and, for a verified client certificate
+    /// (`--tls-verify-peer`), the subject and issuer DNs (nbdkit's `nbdkit_peer_tls_dn` and
+    /// `nbdkit_peer_tls_issuer_dn`).
+    pub fn start_tls(self, tls: &TlsContext) -> io::Result<(Stream, TlsPeer)> {
         match self {
             Stream::Socket(f) => tls.accept(OwnedFd::from(f)),
             Stream::Pipes { read, write } => tls.accept_pair(read.into(), write.into()),
             Stream::Tls(_) => Err(io::Error::new(io::ErrorKind::Unsupported, "TLS is already running")),
         }
         .map(|t| {
-            let peer = nbdforge_api::TlsPeer { identity: t.identity(), ..Default::default() };
+            let peer = t.peer().clone();
             (Stream::Tls(t), peer)
         })
     }

@@ -9,35 +9,36 @@
 //! 5. building the server, catching signals, printing the URI, and telling the parent we are
 //!    ready; then running `--run`'s command, and serving until a signal, the command's exit, or
 //!    (with `-s`) the client's departure.
-
-mod activation;
-mod captive;
-mod daemon;
-mod privileges;
-mod sockets;
-mod uri;
+//!
+//! The machinery is the `nbdforge-process` library's, shared with `nbdforge-img`; this file decides
+//! from nbdkit's options what to ask of it, and words its errors with nbdkit's option names
+//! ([`nbdkit_says`]). Configuring the stack from the plugin parameters and `-D` flags, and nbdkit's
+//! TLS defaults, are nbdkit's too and stay here.
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::Path;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
+use nbdforge_process::sockets::{self, ListenOn};
+use nbdforge_process::{
+    activation, captive, daemon, logging, memory, parent, pidfile, privileges, stdio, uri, Error, LogDest, Setting,
+    Target,
+};
 use nbdforge_server::tls::TlsContext;
 use nbdforge_server::{Server, ServerConfig, Stack, TlsMode};
 
-use crate::logging;
-use crate::options::{LogDest, Options};
+use crate::options::{Options, UnixSocket};
 use crate::probe::Identity;
 
 /// Runs the server the options describe; returns the exit status.
 pub fn run(id: &Identity, mut o: Options, stack: Stack) -> Result<u8, String> {
-    let inherited = activation::take_listen_fds()?;
+    let inherited = activation::take_listen_fds().map_err(nbdkit_says)?;
     o.check_combinations(inherited.is_some()).map_err(|e| e.0)?;
-    let creds = privileges::Credentials::resolve(o.user.as_deref(), o.group.as_deref())?;
+    let creds = privileges::Credentials::resolve(o.user.as_deref(), o.group.as_deref()).map_err(nbdkit_says)?;
 
     let parent = nix::unistd::getppid();
     if o.exit_with_parent {
-        exit_with_parent(parent)?;
+        parent::exit_with_parent(parent).map_err(nbdkit_says)?;
     }
 
     let foreground = o.stays_in_foreground(inherited.is_some());
@@ -45,11 +46,11 @@ pub fn run(id: &Identity, mut o: Options, stack: Stack) -> Result<u8, String> {
     // every mode and a background server switches to syslog once it is ready. Debug messages
     // (-v) always go to stderr.
     logging::init(&id.prog, o.log.unwrap_or(LogDest::Stderr), o.verbose);
-    let ready = if foreground { None } else { Some(daemon::fork_into_background(&id.prog)?) };
+    let ready = if foreground { None } else { Some(daemon::fork_into_background(&id.prog).map_err(nbdkit_says)?) };
     let final_log = o.log.unwrap_or(if foreground { LogDest::Stderr } else { LogDest::Syslog });
 
     if o.swap {
-        lock_memory()?;
+        memory::lock_memory().map_err(nbdkit_says)?;
     }
 
     let backend = configure_stack(stack, &o)?;
@@ -74,27 +75,30 @@ pub fn run(id: &Identity, mut o: Options, stack: Stack) -> Result<u8, String> {
     };
 
     let target = match (o.single, inherited) {
-        (true, _) => Target::One(stdin_stdout()?),
-        (false, Some(fds)) => inherited_target(fds)?,
-        (false, None) => Target::Listen(sockets::bind_from_options(&o)?),
+        (true, _) => {
+            let (read, write) = stdio::stdin_stdout().map_err(nbdkit_says)?;
+            Target::One(read, write)
+        }
+        (false, Some(fds)) => activation::target(fds).map_err(nbdkit_says)?,
+        (false, None) => {
+            Target::Listen(sockets::bind(&listen_on(&o), o.selinux_label.as_deref()).map_err(nbdkit_says)?)
+        }
     };
     let bound = match target {
-        Target::One((read, write)) => {
-            return serve_single(&o, &creds, parent, backend, config, final_log, read, write)
-        }
+        Target::One(read, write) => return serve_single(&o, &creds, parent, backend, config, final_log, read, write),
         Target::Listen(bound) => bound,
     };
     if let Some(private) = &bound.private_dir {
-        creds.chown(&private.dir)?;
-        creds.chown(&private.socket)?;
+        creds.chown(&private.dir).map_err(nbdkit_says)?;
+        creds.chown(&private.socket).map_err(nbdkit_says)?;
     }
     if let Some(pidfile) = &o.pidfile {
-        write_pidfile(pidfile)?;
+        pidfile::write_pidfile(pidfile).map_err(nbdkit_says)?;
     }
-    creds.drop_privileges()?;
+    creds.drop_privileges().map_err(nbdkit_says)?;
     if o.exit_with_parent && !creds.is_empty() {
         // Changing credentials clears the parent-death signal.
-        exit_with_parent(parent)?;
+        parent::exit_with_parent(parent).map_err(nbdkit_says)?;
     }
 
     let export = o.export_name.clone().unwrap_or_default();
@@ -114,14 +118,14 @@ pub fn run(id: &Identity, mut o: Options, stack: Stack) -> Result<u8, String> {
     }
     if let Some(ready) = ready {
         // Debug messages (-v) stay on stderr, so keep it when asked to be verbose or to log there.
-        ready.notify(o.verbose > 0 || o.log == Some(LogDest::Stderr))?;
+        ready.notify(o.verbose > 0 || o.log == Some(LogDest::Stderr)).map_err(nbdkit_says)?;
     }
     logging::set_destination(final_log);
 
     let captive = match &o.run {
         Some(cmd) => {
             let env = captive::environment(&bound.endpoint, uri.as_deref(), &export, &o.tls);
-            Some(captive::Captive::start(cmd, &env, server.shutdown_handle())?)
+            Some(captive::Captive::start(cmd, &env, server.shutdown_handle()).map_err(nbdkit_says)?)
         }
         None => None,
     };
@@ -129,7 +133,7 @@ pub fn run(id: &Identity, mut o: Options, stack: Stack) -> Result<u8, String> {
     let sockets::Bound { listeners, private_dir, socket_file, .. } = bound;
     let served = server.serve(listeners);
     let status = match captive {
-        Some(c) => c.finish(&id.prog),
+        Some(c) => c.finish(&format!("{}: --run", id.prog)),
         None => 0,
     };
     drop(socket_file);
@@ -138,62 +142,44 @@ pub fn run(id: &Identity, mut o: Options, stack: Stack) -> Result<u8, String> {
     Ok(status)
 }
 
-/// Where clients come from: listening sockets, or one connection (`-s`, or systemd's
-/// `Accept=yes`) given as the descriptors to read and write.
-enum Target {
-    Listen(sockets::Bound),
-    One((OwnedFd, OwnedFd)),
+/// What to listen on, nbdkit's way: `--vsock`; `-U PATH` or `-U -`; a private Unix socket for
+/// `--run` without `-p` or `-U`; otherwise TCP (`-i`, `-p`, `-4`, `-6`).
+fn listen_on(o: &Options) -> ListenOn {
+    if o.vsock {
+        return ListenOn::Vsock { port: o.port.clone() };
+    }
+    match (&o.unix, o.run.is_some() && o.port.is_none()) {
+        (Some(UnixSocket::Path(path)), _) => ListenOn::Unix(path.clone()),
+        (Some(UnixSocket::Private), _) | (None, true) => ListenOn::PrivateUnix,
+        (None, false) => ListenOn::Tcp { host: o.ipaddr.clone(), port: o.port.clone(), family: o.family },
+    }
 }
 
-/// The sockets systemd passed: listening ones (`Accept=no`), or one accepted connection
-/// (`Accept=yes`).
-fn inherited_target(fds: Vec<OwnedFd>) -> Result<Target, String> {
-    let mut listeners = Vec::new();
-    let mut connections = Vec::new();
-    for fd in fds {
-        match activation::classify(fd)? {
-            activation::Inherited::Listener(l) => listeners.push(l),
-            activation::Inherited::Connection(c) => connections.push(c),
+/// An error of the process library in nbdkit's words, naming the option the setting comes from:
+/// `-u alice: not a valid user name or uid`, `--selinux-label=LABEL: ...`.
+fn nbdkit_says(e: Error) -> String {
+    e.describe(|setting, value| {
+        let option = match setting {
+            Setting::Port => "-p",
+            Setting::Address => "-i",
+            Setting::UnixSocket => "-U",
+            Setting::PrivateUnixSocket => "-U -",
+            Setting::Vsock => "--vsock",
+            Setting::SelinuxLabel => "--selinux-label",
+            Setting::User => "-u",
+            Setting::Group => "-g",
+            Setting::PidFile => "-P",
+            Setting::ExitWithParent => "--exit-with-parent",
+            Setting::Run => "--run",
+            Setting::LockMemory => "--swap",
+            Setting::Stdio => "-s",
+        };
+        match (setting, value) {
+            (Setting::SelinuxLabel, Some(value)) => format!("{option}={value}"),
+            (_, Some(value)) => format!("{option} {value}"),
+            (_, None) => option.to_string(),
         }
-    }
-    match (listeners.is_empty(), connections.pop()) {
-        (true, Some(conn)) if connections.is_empty() => {
-            let other = dup_owned(conn.as_raw_fd())?;
-            Ok(Target::One((conn, other)))
-        }
-        (false, None) => Ok(Target::Listen(sockets::Bound {
-            listeners,
-            endpoint: sockets::Endpoint::Activated,
-            private_dir: None,
-            socket_file: None,
-        })),
-        _ => Err("socket activation: expected listening sockets (Accept=no) or one connection (Accept=yes), got a mixture".into()),
-    }
-}
-
-/// Options the command line accepts but the server cannot act on yet: each needs a setting in
-/// `ServerConfig` first. Refusing them is better than pretending, since users reach for them to
-/// test clients.
-/// `--exit-with-parent`: SIGTERM (a clean shutdown) when the process that started us exits.
-fn exit_with_parent(parent: nix::unistd::Pid) -> Result<(), String> {
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
-        .map_err(|e| format!("--exit-with-parent: prctl: {e}"))?;
-    // The parent may have gone before the signal was armed.
-    if nix::unistd::getppid() != parent {
-        return Err("--exit-with-parent: the parent process has already exited".into());
-    }
-    Ok(())
-}
-
-/// `--swap`: keep every page in RAM, so that serving a swap device never waits on swap.
-fn lock_memory() -> Result<(), String> {
-    // SAFETY: mlockall only changes how the kernel pages this process; it has no memory-safety
-    // preconditions.
-    let r = unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) };
-    if r != 0 {
-        return Err(format!("--swap: mlockall: {} (raise ulimit -l or run as root)", std::io::Error::last_os_error()));
-    }
-    Ok(())
+    })
 }
 
 /// `-D NAME.FLAG=N`. Plugins cannot declare debug flags yet, so flags for layers in the stack
@@ -292,43 +278,6 @@ fn load_tls(o: &mut Options) -> Result<Option<Arc<TlsContext>>, String> {
     }
 }
 
-/// Writes our pid, replacing the file atomically so a reader never sees it empty.
-fn write_pidfile(path: &Path) -> Result<(), String> {
-    let text = format!("{}\n", std::process::id());
-    let tmp = path.with_file_name(format!(
-        ".{}.{}.tmp",
-        path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
-        std::process::id()
-    ));
-    let renamed = std::fs::write(&tmp, &text).and_then(|_| std::fs::rename(&tmp, path));
-    if renamed.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-        std::fs::write(path, &text).map_err(|e| format!("-P {}: {e}", path.display()))?;
-    }
-    Ok(())
-}
-
-/// A descriptor of our own for `fd` (close-on-exec, so nothing we start inherits it).
-fn dup_owned(fd: i32) -> Result<OwnedFd, String> {
-    use std::os::fd::FromRawFd;
-    let copy = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
-        .map_err(|e| format!("descriptor {fd}: {e}"))?;
-    // SAFETY: `copy` was just returned by fcntl(F_DUPFD_CLOEXEC) and is owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
-}
-
-/// `-s`: the NBD stream keeps duplicates of descriptors 0 and 1, and 0 and 1 themselves are
-/// pointed at /dev/null and stderr, so that a stray print can never corrupt the protocol.
-fn stdin_stdout() -> Result<(OwnedFd, OwnedFd), String> {
-    use nix::unistd::dup2;
-    let read = dup_owned(0).map_err(|e| format!("-s: {e}"))?;
-    let write = dup_owned(1).map_err(|e| format!("-s: {e}"))?;
-    let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
-    dup2(null.as_raw_fd(), 0).map_err(|e| format!("dup2: {e}"))?;
-    dup2(2, 1).map_err(|e| format!("dup2: {e}"))?;
-    Ok((read, write))
-}
-
 /// Serves one connection (`-s`, or a connection systemd accepted) until the client leaves.
 #[allow(clippy::too_many_arguments)]
 fn serve_single(
@@ -342,11 +291,11 @@ fn serve_single(
     write: OwnedFd,
 ) -> Result<u8, String> {
     if let Some(pidfile) = &o.pidfile {
-        write_pidfile(pidfile)?;
+        pidfile::write_pidfile(pidfile).map_err(nbdkit_says)?;
     }
-    creds.drop_privileges()?;
+    creds.drop_privileges().map_err(nbdkit_says)?;
     if o.exit_with_parent && !creds.is_empty() {
-        exit_with_parent(parent)?;
+        parent::exit_with_parent(parent).map_err(nbdkit_says)?;
     }
     logging::set_destination(final_log);
     let server = Server::new(backend, config);
@@ -377,5 +326,40 @@ mod tests {
         assert!(is_config_key("tls-psk.file_2"));
         assert!(!is_config_key("2x"));
         assert!(!is_config_key(""));
+    }
+
+    #[test]
+    fn library_errors_name_nbdkits_options() {
+        let e = privileges::Credentials::resolve(Some("no-such-user-xyz"), None).unwrap_err();
+        assert_eq!(nbdkit_says(e), "-u no-such-user-xyz: not a valid user name or uid");
+        let e = sockets::parse_port(" 65536").unwrap_err();
+        assert_eq!(nbdkit_says(e), "-p 65536: not a port number (0 to 65535) or a service name from /etc/services");
+        let e = sockets::bind(&ListenOn::Vsock { port: Some("x ".into()) }, None).unwrap_err();
+        assert_eq!(nbdkit_says(e), "-p x : not an AF_VSOCK port (0 to 4294967295)");
+        let e = pidfile::write_pidfile("/no/such/dir/x.pid".as_ref()).unwrap_err();
+        assert_eq!(nbdkit_says(e), "-P /no/such/dir/x.pid: No such file or directory (os error 2)");
+        let e = sockets::bind(&ListenOn::Unix("/no/such/dir/sock".into()), None).unwrap_err();
+        assert!(nbdkit_says(e).starts_with("-U: "));
+        let label = Error { setting: Some(Setting::SelinuxLabel), value: Some("L".into()), message: "why".into() };
+        assert_eq!(nbdkit_says(label), "--selinux-label=L: why");
+    }
+
+    #[test]
+    fn run_without_a_port_or_socket_listens_on_a_private_socket() {
+        let o = |f: fn(&mut Options)| {
+            let mut o = Options::default();
+            f(&mut o);
+            listen_on(&o)
+        };
+        let tcp = ListenOn::Tcp { host: None, port: None, family: Default::default() };
+        assert_eq!(o(|_| {}), tcp);
+        assert_eq!(o(|o| o.run = Some("true".into())), ListenOn::PrivateUnix);
+        let with_port = o(|o| {
+            o.run = Some("true".into());
+            o.port = Some("0".into());
+        });
+        assert_eq!(with_port, ListenOn::Tcp { host: None, port: Some("0".into()), family: Default::default() });
+        assert_eq!(o(|o| o.unix = Some(UnixSocket::Path("/s".into()))), ListenOn::Unix("/s".into()));
+        assert_eq!(o(|o| o.vsock = true), ListenOn::Vsock { port: None });
     }
 }

@@ -1,10 +1,11 @@
-//! `--run CMD` (nbdkit-captive(1)): once the server listens, CMD runs under /bin/sh with the
-//! connection details in its environment; when CMD exits the server shuts down and nbdforge exits
-//! with CMD's status (128+N if a signal N killed it, as the shell reports it).
+//! A captive command (nbdkit's `--run CMD`, nbdkit-captive(1)): once the server listens, CMD runs
+//! under /bin/sh with the connection details in its environment; when CMD exits the server shuts
+//! down and the process exits with CMD's status (128+N if a signal N killed it, as the shell
+//! reports it).
 //!
 //! The variables are exported, so programs CMD starts see them too: `uri` and `nbd` (the same
-//! NBD URI), `exportname`, `port` (empty for a Unix socket), `unixsocket` (empty for TCP), and
-//! with TLS on `tls` (1 for `--tls=on`, 2 for `--tls=require`), `tls_certificates`, `tls_psk`.
+//! NBD URI, from `uri`), `exportname`, `port` (empty for a Unix socket), `unixsocket` (empty for
+//! TCP), and with TLS on `tls` (1 when offered, 2 when required), `tls_certificates`, `tls_psk`.
 
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,10 +17,16 @@ use nix::unistd::Pid;
 
 use nbdforge_server::{ShutdownHandle, TlsMode, TlsOptions};
 
-use super::sockets::Endpoint;
+use crate::sockets::Endpoint;
+use crate::{Error, Setting};
 
 /// The environment CMD gets.
-pub fn environment(endpoint: &Endpoint, uri: Option<&str>, export: &str, tls: &TlsOptions) -> Vec<(&'static str, Option<String>)> {
+pub fn environment(
+    endpoint: &Endpoint,
+    uri: Option<&str>,
+    export: &str,
+    tls: &TlsOptions,
+) -> Vec<(&'static str, Option<String>)> {
     let (port, unixsocket) = match endpoint {
         Endpoint::Tcp { port, .. } => (port.to_string(), String::new()),
         Endpoint::Vsock(port) => (port.to_string(), String::new()),
@@ -55,7 +62,13 @@ pub struct Captive {
 }
 
 impl Captive {
-    pub fn start(cmd: &str, env: &[(&'static str, Option<String>)], shutdown: ShutdownHandle) -> Result<Captive, String> {
+    /// Starts `cmd` with `env` (a variable is removed when its value is None); `shutdown` stops the
+    /// server when it exits.
+    pub fn start(
+        cmd: &str,
+        env: &[(&'static str, Option<String>)],
+        shutdown: ShutdownHandle,
+    ) -> Result<Captive, Error> {
         let mut command = Command::new("/bin/sh");
         command.arg("-c").arg(cmd);
         for (k, v) in env {
@@ -64,7 +77,7 @@ impl Captive {
                 None => command.env_remove(k),
             };
         }
-        let mut child: Child = command.spawn().map_err(|e| format!("--run: /bin/sh: {e}"))?;
+        let mut child: Child = command.spawn().map_err(|e| Error::new(Setting::Run, format!("/bin/sh: {e}")))?;
         let pid = child.id();
         let done = Arc::new(AtomicBool::new(false));
         let flag = done.clone();
@@ -76,20 +89,21 @@ impl Captive {
                 shutdown.shutdown();
                 status
             })
-            .map_err(|e| format!("--run: {e}"))?;
+            .map_err(|e| Error::new(Setting::Run, e.to_string()))?;
         Ok(Captive { pid, done, waiter })
     }
 
-    /// Waits for CMD and returns the exit status nbdforge should have. If the server stopped
-    /// first (a signal, an error), CMD is sent SIGTERM: it has nothing left to talk to.
-    pub fn finish(self, prog: &str) -> u8 {
+    /// Waits for CMD and returns the exit status the process should have. If the server stopped
+    /// first (a signal, an error), CMD is sent SIGTERM: it has nothing left to talk to. What goes
+    /// wrong is printed on stderr after `prefix` (nbdkit's front end says `nbdforge: --run`).
+    pub fn finish(self, prefix: &str) -> u8 {
         if !self.done.load(Ordering::SeqCst) {
             let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
         }
         match self.waiter.join() {
-            Ok(Ok(status)) => exit_code(prog, status),
+            Ok(Ok(status)) => exit_code(prefix, status),
             Ok(Err(e)) => {
-                eprintln!("{prog}: --run: waiting for the command: {e}");
+                eprintln!("{prefix}: waiting for the command: {e}");
                 1
             }
             Err(_) => 1,
@@ -97,13 +111,13 @@ impl Captive {
     }
 }
 
-fn exit_code(prog: &str, status: ExitStatus) -> u8 {
+fn exit_code(prefix: &str, status: ExitStatus) -> u8 {
     use std::os::unix::process::ExitStatusExt;
     if let Some(code) = status.code() {
         return code as u8;
     }
     if let Some(sig) = status.signal() {
-        eprintln!("{prog}: --run: the command was killed by signal {sig}");
+        eprintln!("{prefix}: the command was killed by signal {sig}");
         return 128u8.wrapping_add(sig as u8);
     }
     1

@@ -1,4 +1,5 @@
-//! Log messages: `--log=stderr|syslog|null` and `-v`, on top of `tracing`.
+//! Log messages on top of `tracing`: where they go ([`LogDest`], nbdkit's
+//! `--log=stderr|syslog|null`) and how much is shown (the number of `-v`).
 //!
 //! Errors, warnings and notices go to the chosen destination; debug messages (`-v`) always go to
 //! stderr and never to syslog, as nbdkit does. The destination can change once while running: a
@@ -22,7 +23,16 @@ use tracing_subscriber::prelude::*;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
-use crate::options::LogDest;
+/// Where log messages go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogDest {
+    /// Standard error.
+    Stderr,
+    /// The system log (`/dev/log`), with the daemon facility.
+    Syslog,
+    /// Nowhere.
+    Null,
+}
 
 const STDERR: u8 = 0;
 const SYSLOG: u8 = 1;

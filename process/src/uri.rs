@@ -1,14 +1,14 @@
-//! NBD URIs for `$uri`/`$nbd` under `--run` and for `--print-uri`, in the form the NBD project
-//! documents (nbd_connect_uri(3)): `nbd://localhost:10809/EXPORT`,
-//! `nbd+unix:///EXPORT?socket=PATH`, `nbd+vsock://1:PORT/EXPORT`, with `nbds` when TLS is
-//! required. Under `--tls=require` the URI also carries what a local client needs to complete
-//! the handshake, so that `--run 'nbdinfo "$uri"'` works as it does without TLS: the PSK file
-//! and its first user (`nbds+unix://alice@/?socket=...&tls-psk-file=FILE`), or the certificate
-//! directory (`tls-certificates=DIR`, which holds the CA certificate).
+//! NBD URIs of an [`Endpoint`], for the captive command's `$uri`/`$nbd` and for printing
+//! (`--print-uri`), in the form the NBD project documents (nbd_connect_uri(3)):
+//! `nbd://localhost:10809/EXPORT`, `nbd+unix:///EXPORT?socket=PATH`, `nbd+vsock://1:PORT/EXPORT`,
+//! with `nbds` when TLS is required. When TLS is required the URI also carries what a local client
+//! needs to complete the handshake, so that `--run 'nbdinfo "$uri"'` works as it does without
+//! TLS: the PSK file and its first user (`nbds+unix://alice@/?socket=...&tls-psk-file=FILE`), or
+//! the certificate directory (`tls-certificates=DIR`, which holds the CA certificate).
 
 use nbdforge_server::{TlsMode, TlsOptions};
 
-use super::sockets::Endpoint;
+use crate::sockets::Endpoint;
 
 /// Percent-encodes everything but unreserved characters and those in `keep`.
 fn encode(s: &str, keep: &str) -> String {

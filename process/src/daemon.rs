@@ -1,6 +1,6 @@
-//! Going into the background, as nbdkit does without `-f`: the command the user typed returns
-//! only once the server is ready, with status 0, or with status 1 and the error on stderr if it
-//! could not start.
+//! Going into the background, as nbdkit does without `-f` and qemu-nbd with `--fork`: the command
+//! the user typed returns only once the server is ready, with status 0, or with status 1 and the
+//! error on stderr if it could not start.
 //!
 //! The fork happens first, before the stack is configured or anything is bound, so that no thread
 //! can exist yet (plugins may start threads in `get_ready`, the server starts them to serve). The
@@ -17,21 +17,23 @@ use nix::fcntl::OFlag;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{dup2, fork, pipe2, setsid, ForkResult};
 
+use crate::Error;
+
 /// The child's end of the readiness pipe.
 pub struct Ready {
     pipe: File,
 }
 
 /// Forks. Returns in the child only; the parent waits for the child to be ready and exits.
-pub fn fork_into_background(prog: &str) -> Result<Ready, String> {
+pub fn fork_into_background(prog: &str) -> Result<Ready, Error> {
     if let Some(n) = thread_count().filter(|&n| n > 1) {
         // Only the forking thread survives in the child; locks other threads held stay locked.
-        return Err(format!("internal error: {n} threads running before going into the background"));
+        return Err(Error::plain(format!("internal error: {n} threads running before going into the background")));
     }
-    let (read_end, write_end) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (read_end, write_end) = pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::plain(format!("pipe: {e}")))?;
     // SAFETY: called from main before any thread is started (the stack is not configured yet,
     // the server does not exist), so the child is a complete copy of a single-threaded process.
-    match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+    match unsafe { fork() }.map_err(|e| Error::plain(format!("fork: {e}")))? {
         ForkResult::Parent { child } => {
             drop(write_end);
             let mut byte = [0u8; 1];
@@ -72,21 +74,21 @@ fn thread_count() -> Option<usize> {
 impl Ready {
     /// Detaches from the terminal (stdin and stdout to /dev/null, stderr too unless
     /// `keep_stderr`) and lets the parent exit.
-    pub fn notify(mut self, keep_stderr: bool) -> Result<(), String> {
+    pub fn notify(mut self, keep_stderr: bool) -> Result<(), Error> {
         let _ = std::io::stdout().flush();
         let null = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open("/dev/null")
-            .map_err(|e| format!("/dev/null: {e}"))?;
+            .map_err(|e| Error::plain(format!("/dev/null: {e}")))?;
         let null: OwnedFd = null.into();
         let mut targets = vec![0, 1];
         if !keep_stderr {
             targets.push(2);
         }
         for fd in targets {
-            dup2(null.as_raw_fd(), fd).map_err(|e| format!("dup2: {e}"))?;
+            dup2(null.as_raw_fd(), fd).map_err(|e| Error::plain(format!("dup2: {e}")))?;
         }
-        self.pipe.write_all(b"R").map_err(|e| format!("telling the parent process we are ready: {e}"))
+        self.pipe.write_all(b"R").map_err(|e| Error::plain(format!("telling the parent process we are ready: {e}")))
     }
 }
