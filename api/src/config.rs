@@ -40,9 +40,7 @@ pub fn parse_size(key: &str, value: &str) -> Result<u64> {
         Some('t') => 40,
         Some('p') => 50,
         Some('e') => 60,
-        Some(_) => {
-            return Err(fail(&format!("unknown suffix '{suffix}' (use b, s, k, m, g, t, p or e)")))
-        }
+        Some(_) => return Err(fail(&format!("unknown suffix '{suffix}' (use b, s, k, m, g, t, p or e)"))),
     };
     let rest = chars.as_str();
     if shift >= 10 && !(rest.is_empty() || rest == "B" || rest == "b" || rest.eq_ignore_ascii_case("ib")) {
@@ -64,9 +62,11 @@ pub fn parse_bool(key: &str, value: &str) -> Result<bool> {
 
 /// Parses one of a fixed set of words (`cache=none`).
 pub fn parse_choice<'a>(key: &str, value: &str, choices: &[&'a str]) -> Result<&'a str> {
-    choices.iter().copied().find(|c| *c == value).ok_or_else(|| {
-        Error::invalid(format!("{key}={value}: must be one of {}", choices.join(", ")))
-    })
+    choices
+        .iter()
+        .copied()
+        .find(|c| *c == value)
+        .ok_or_else(|| Error::invalid(format!("{key}={value}: must be one of {}", choices.join(", "))))
 }
 
 /// Parses an integer of the type the caller asks for, as C's `strtol` with base 0 reads it:
@@ -164,7 +164,8 @@ pub fn read_password(key: &str, value: &str) -> Result<String> {
         if fd <= 2 {
             return Err(fail("cannot read a password from standard input, output or error".into()));
         }
-        let owned = crate::sys::take_inherited_fd(fd).ok_or_else(|| fail(format!("file descriptor {fd} is not open")))?;
+        let owned =
+            crate::sys::take_inherited_fd(fd).ok_or_else(|| fail(format!("file descriptor {fd} is not open")))?;
         let mut text = String::new();
         std::fs::File::from(owned).read_to_string(&mut text).map_err(|e| fail(format!("reading: {e}")))?;
         text

@@ -216,7 +216,9 @@ impl ReadSink for BufferSink<'_> {
         while done < self.0.len() {
             let at = i64::try_from(offset + done as u64).map_err(|_| Error::invalid("file offset out of range"))?;
             match nix::sys::uio::pread(file, &mut self.0[done..], at) {
-                Ok(0) => return Err(Error::io(format!("read from file: it ends before offset {}", offset + done as u64))),
+                Ok(0) => {
+                    return Err(Error::io(format!("read from file: it ends before offset {}", offset + done as u64)))
+                }
                 Ok(n) => done += n,
                 Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(Error::new(e as i32, format!("read from file: {e}"))),

@@ -126,7 +126,15 @@ impl RamDiskHandle {
     /// Adds runs from `offset` on: `set` for the written blocks that `marked` picks, `clear`
     /// for the rest. Only written blocks are visited (a range query on the map), and the lock is
     /// let go every 1024 of them so that writers are not held up by a long status request.
-    fn status(&self, count: u64, offset: u64, extents: &mut Extents, marked: fn(&Block) -> bool, set: u32, clear: u32) -> Result<()> {
+    fn status(
+        &self,
+        count: u64,
+        offset: u64,
+        extents: &mut Extents,
+        marked: fn(&Block) -> bool,
+        set: u32,
+        clear: u32,
+    ) -> Result<()> {
         let end = offset.saturating_add(count);
         let mut pos = offset;
         while pos < end && !extents.is_full() {

@@ -51,7 +51,7 @@ impl Handle for NoFilterHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nbdforge_api::{ClientInfo, Capabilities, Error, Export, Extents, Flags, Support, ThreadModel};
+    use nbdforge_api::{Capabilities, ClientInfo, Error, Export, Extents, Flags, Support, ThreadModel};
     use std::sync::Mutex;
 
     type CallLog = Arc<Mutex<Vec<&'static str>>>;

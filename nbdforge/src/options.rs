@@ -248,18 +248,13 @@ fn long_option(name: &str) -> Result<(&'static str, bool, Opt), UsageError> {
         }
         many => {
             let names: Vec<String> = many.iter().map(|(n, _, _)| format!("'--{n}'")).collect();
-            Err(UsageError(format!(
-                "option '--{name}' is ambiguous; possibilities: {}",
-                names.join(" ")
-            )))
+            Err(UsageError(format!("option '--{name}' is ambiguous; possibilities: {}", names.join(" "))))
         }
     }
 }
 
 fn os_to_string(what: &str, value: OsString) -> Result<String, UsageError> {
-    value
-        .into_string()
-        .map_err(|v| UsageError(format!("{what}: {}: not valid UTF-8", v.to_string_lossy())))
+    value.into_string().map_err(|v| UsageError(format!("{what}: {}: not valid UTF-8", v.to_string_lossy())))
 }
 
 /// Parses the arguments after the program name.
@@ -294,9 +289,7 @@ where
             }
         };
         let value = if takes_value {
-            let v = parser.value().map_err(|_| {
-                UsageError(format!("option '{display}' requires an argument"))
-            })?;
+            let v = parser.value().map_err(|_| UsageError(format!("option '{display}' requires an argument")))?;
             Some(v)
         } else {
             None
@@ -341,11 +334,7 @@ fn apply(o: &mut Options, opt: Opt, display: &str, value: Option<OsString>) -> R
                 "stderr" => LogDest::Stderr,
                 "syslog" => LogDest::Syslog,
                 "null" => LogDest::Null,
-                other => {
-                    return Err(UsageError(format!(
-                        "--log={other}: must be \"stderr\", \"syslog\" or \"null\""
-                    )))
-                }
+                other => return Err(UsageError(format!("--log={other}: must be \"stderr\", \"syslog\" or \"null\""))),
             })
         }
         Opt::LongOptions => o.long_options = true,
@@ -371,10 +360,10 @@ fn apply(o: &mut Options, opt: Opt, display: &str, value: Option<OsString>) -> R
         Opt::Swap => o.swap = true,
         Opt::Threads => {
             let v = text(value)?;
-            let n = parse_unsigned(&v)
-                .and_then(|n| usize::try_from(n).ok())
-                .filter(|&n| n <= 65536)
-                .ok_or_else(|| UsageError(format!("-t {v}: threads must be a number from 1 to 65536 (0 means the default, 16)")))?;
+            let n =
+                parse_unsigned(&v).and_then(|n| usize::try_from(n).ok()).filter(|&n| n <= 65536).ok_or_else(|| {
+                    UsageError(format!("-t {v}: threads must be a number from 1 to 65536 (0 means the default, 16)"))
+                })?;
             o.threads = Some(n);
         }
         Opt::Timeout => {
@@ -434,9 +423,9 @@ fn parse_debug_flag(s: &str) -> Result<DebugFlag, UsageError> {
     if !ident(name) || name.contains('.') || !ident(flag) {
         return Err(bad());
     }
-    let value = parse_signed(value).filter(|v| i32::try_from(*v).is_ok()).ok_or_else(|| {
-        UsageError(format!("-D {s}: {value}: the value must be an integer"))
-    })?;
+    let value = parse_signed(value)
+        .filter(|v| i32::try_from(*v).is_ok())
+        .ok_or_else(|| UsageError(format!("-D {s}: {value}: the value must be an integer")))?;
     Ok(DebugFlag { name: name.to_string(), flag: flag.to_string(), value })
 }
 
@@ -472,9 +461,7 @@ impl Options {
                 set(self.vsock, "--vsock"),
             ];
             if let Some(flag) = clash.into_iter().flatten().next() {
-                return Err(UsageError(format!(
-                    "cannot use socket activation (LISTEN_FDS) with the {flag} flag"
-                )));
+                return Err(UsageError(format!("cannot use socket activation (LISTEN_FDS) with the {flag} flag")));
             }
         }
         if self.single {

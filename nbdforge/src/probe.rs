@@ -288,9 +288,23 @@ mod tests {
         assert_eq!(get("version_major").as_deref(), Some("1"));
         assert_eq!(get("version_minor").as_deref(), Some("46"));
         assert!(get("version_extra").unwrap().contains(OWN_VERSION));
-        for k in ["binary", "bindir", "exit_with_parent", "host_cpu", "host_os", "libdir", "mandir",
-                  "plugindir", "filterdir", "root_tls_certificates_dir", "sbindir", "selinux",
-                  "sysconfdir", "tls", "run_default_socket"] {
+        for k in [
+            "binary",
+            "bindir",
+            "exit_with_parent",
+            "host_cpu",
+            "host_os",
+            "libdir",
+            "mandir",
+            "plugindir",
+            "filterdir",
+            "root_tls_certificates_dir",
+            "sbindir",
+            "selinux",
+            "sysconfdir",
+            "tls",
+            "run_default_socket",
+        ] {
             assert!(get(k).is_some(), "missing {k}");
         }
         let mut sorted = lines.clone();

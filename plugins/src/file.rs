@@ -183,9 +183,7 @@ impl Layer for FilePlugin {
                 )))
             }
             (None, None) => {
-                return Err(Error::invalid(
-                    "you must give file=<FILENAME> (or a bare FILENAME) or dir=<DIRECTORY>",
-                ))
+                return Err(Error::invalid("you must give file=<FILENAME> (or a bare FILENAME) or dir=<DIRECTORY>"))
             }
         });
         Ok(())
@@ -219,9 +217,9 @@ impl Plugin for FilePlugin {
                 }
                 check_servable(&meta, &location.given)
             }
-            Source::Dir(location) => std::fs::read_dir(&location.path)
-                .map(drop)
-                .map_err(|e| io_error(format!("dir={}", location.given), &e)),
+            Source::Dir(location) => {
+                std::fs::read_dir(&location.path).map(drop).map_err(|e| io_error(format!("dir={}", location.given), &e))
+            }
         }
     }
 
@@ -399,20 +397,12 @@ struct FileHandle {
 }
 
 impl FileHandle {
-    fn new(
-        file: File,
-        name: String,
-        writable: bool,
-        cache: CacheMode,
-        fadvise: PosixFadviseAdvice,
-    ) -> Result<Self> {
+    fn new(file: File, name: String, writable: bool, cache: CacheMode, fadvise: PosixFadviseAdvice) -> Result<Self> {
         let meta = file.metadata().map_err(|e| io_error(format!("file: {name}"), &e))?;
         let is_block_device = meta.file_type().is_block_device();
         let size = if is_block_device {
             // Seeking only to learn the size: all I/O is positional, so the offset is never used.
-            (&file)
-                .seek(SeekFrom::End(0))
-                .map_err(|e| io_error(format!("file: {name}: size of block device"), &e))?
+            (&file).seek(SeekFrom::End(0)).map_err(|e| io_error(format!("file: {name}: size of block device"), &e))?
         } else {
             meta.len()
         };
@@ -453,13 +443,7 @@ impl FileHandle {
 
     /// Tries one `fallocate` mode for zeroing. `Ok(false)` when the file system lacks it (which is
     /// remembered in `works`), an error for any other failure.
-    fn try_fallocate(
-        &self,
-        works: &AtomicBool,
-        mode: FallocateFlags,
-        count: u64,
-        offset: u64,
-    ) -> Result<bool> {
+    fn try_fallocate(&self, works: &AtomicBool, mode: FallocateFlags, count: u64, offset: u64) -> Result<bool> {
         if !works.load(Ordering::Relaxed) {
             return Ok(false);
         }
@@ -565,9 +549,7 @@ impl Handle for FileHandle {
     }
 
     fn pwrite(&self, buf: &[u8], offset: u64, flags: Flags) -> Result<()> {
-        self.file
-            .write_all_at(buf, offset)
-            .map_err(|e| self.error(&format!("write at offset {offset}"), e))?;
+        self.file.write_all_at(buf, offset).map_err(|e| self.error(&format!("write at offset {offset}"), e))?;
         self.sync_if_fua(flags)?;
         if let Some(recent) = &self.recent_writes {
             self.evict_after_write(recent, offset, buf.len() as u64);
@@ -604,7 +586,9 @@ impl Handle for FileHandle {
         let may_trim = flags.contains(Flags::MAY_TRIM);
         let fast = flags.contains(Flags::FAST_ZERO);
         // Punching is the cheapest zero, and a hole is what the client allowed.
-        let method = if may_trim && self.try_fallocate(&self.punch_hole_works, FallocateFlags::FALLOC_FL_PUNCH_HOLE, count, offset)? {
+        let method = if may_trim
+            && self.try_fallocate(&self.punch_hole_works, FallocateFlags::FALLOC_FL_PUNCH_HOLE, count, offset)?
+        {
             "punching a hole"
         // On a block device the kernel may implement ZERO_RANGE by writing zeroes, which is no
         // faster than the write a fast-zero request wants to avoid.
@@ -670,10 +654,8 @@ impl Handle for FileHandle {
     }
 
     fn cache(&self, count: u64, offset: u64, _flags: Flags) -> Result<()> {
-        let (offset, count) = (
-            to_off(offset).map_err(|e| self.error("cache", e))?,
-            to_off(count).map_err(|e| self.error("cache", e))?,
-        );
+        let (offset, count) =
+            (to_off(offset).map_err(|e| self.error("cache", e))?, to_off(count).map_err(|e| self.error("cache", e))?);
         posix_fadvise(self.file.as_raw_fd(), offset, count, PosixFadviseAdvice::POSIX_FADV_WILLNEED)
             .map_err(|e| self.error("cache", e))
     }
@@ -810,11 +792,7 @@ mod tests {
         std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(100).unwrap();
         let err = h.pread(&mut [0u8; 512], 0, Flags::NONE).unwrap_err();
         assert_eq!(err.errno, libc::EIO);
-        assert!(
-            err.message.starts_with(&format!("file: {}: read of 512 bytes", path.display())),
-            "{}",
-            err.message
-        );
+        assert!(err.message.starts_with(&format!("file: {}: read of 512 bytes", path.display())), "{}", err.message);
     }
 
     #[test]
@@ -842,10 +820,7 @@ mod tests {
         // Trim punches a hole and frees the space.
         h.trim(512 << 10, 1 << 20, Flags::NONE).unwrap();
         assert!(allocated_bytes(&path) <= 512 << 10, "{} bytes still allocated", allocated_bytes(&path));
-        assert_eq!(
-            map(&*h, 1 << 20, 1 << 20)[0],
-            Extent { offset: 1 << 20, length: 512 << 10, flags: HOLE | ZERO }
-        );
+        assert_eq!(map(&*h, 1 << 20, 1 << 20)[0], Extent { offset: 1 << 20, length: 512 << 10, flags: HOLE | ZERO });
 
         // Zero without MAY_TRIM, then with it; both read back as zeroes.
         h.zero(4096, (3 << 19) + 100, Flags::NONE).unwrap();
@@ -882,11 +857,7 @@ mod tests {
             &[
                 Extent { offset: 0, length: 256 << 10, flags: HOLE | ZERO },
                 Extent { offset: 256 << 10, length: SAMPLE_STEP, flags: DATA },
-                Extent {
-                    offset: (256 << 10) + SAMPLE_STEP,
-                    length: (768 << 10) - SAMPLE_STEP,
-                    flags: HOLE | ZERO
-                },
+                Extent { offset: (256 << 10) + SAMPLE_STEP, length: (768 << 10) - SAMPLE_STEP, flags: HOLE | ZERO },
             ]
         );
         // One call does a bounded amount of work and says how far it got.
@@ -894,10 +865,7 @@ mod tests {
         h.pwrite(&vec![1; 32 << 20], 0, Flags::NONE).unwrap();
         let mut e = Extents::new(0, 64 << 20);
         handle.sampled_extents(64 << 20, 0, &mut e).unwrap();
-        assert_eq!(
-            e.as_slice(),
-            &[Extent { offset: 0, length: MAX_SAMPLES as u64 * SAMPLE_STEP, flags: DATA }]
-        );
+        assert_eq!(e.as_slice(), &[Extent { offset: 0, length: MAX_SAMPLES as u64 * SAMPLE_STEP, flags: DATA }]);
     }
 
     #[test]
@@ -1000,8 +968,7 @@ mod tests {
     fn cache_none_and_fadvise_still_serve_data() {
         let dir = TempDir::new();
         let path = dir.file("nocache.img", 1 << 20);
-        let p = plugin(&[("file", path.to_str().unwrap()), ("cache", "none"), ("fadvise", "sequential")])
-            .unwrap();
+        let p = plugin(&[("file", path.to_str().unwrap()), ("cache", "none"), ("fadvise", "sequential")]).unwrap();
         let h = open(&p, "", false).unwrap();
         for i in 0..(RecentWrites::KEEP as u64 + 10) {
             h.pwrite(&[i as u8 + 1; 4096], i * 4096, Flags::NONE).unwrap();
@@ -1024,7 +991,11 @@ mod tests {
         let d = dir.0.to_str().unwrap();
         let p = plugin(&[("dir", d)]).unwrap();
         let mut names: Vec<String> = p.list_exports(false, false).unwrap().into_iter().map(|e| e.name).collect();
-        let listed: Vec<String> = std::fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).filter(|n| ["a.img", "b.img", "link"].contains(&n.as_str())).collect();
+        let listed: Vec<String> = std::fs::read_dir(&dir.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| ["a.img", "b.img", "link"].contains(&n.as_str()))
+            .collect();
         assert_eq!(names, listed, "exports in the order the directory lists them");
         names.sort();
         assert_eq!(names, ["a.img", "b.img", "link"]);

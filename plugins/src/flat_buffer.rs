@@ -69,10 +69,7 @@ impl FlatBuffer {
         if lock_in_ram {
             // SAFETY: the range is exactly the mapping created above.
             unsafe { mlock(mapped, map_len.get()) }.map_err(|e| {
-                format!(
-                    "mlock of {len} bytes failed: {} (raise the locked-memory limit, ulimit -l)",
-                    e.desc()
-                )
+                format!("mlock of {len} bytes failed: {} (raise the locked-memory limit, ulimit -l)", e.desc())
             })?;
             buffer.locked = true;
         }
@@ -162,9 +159,8 @@ impl FlatBuffer {
     /// Splits a range into `(offset, length)` pieces that stay within one region each.
     fn regions(&self, offset: u64, count: u64) -> impl Iterator<Item = (u64, usize)> {
         let end = offset.checked_add(count).filter(|&end| end <= self.len);
-        let end = end.unwrap_or_else(|| {
-            panic!("flat buffer: range {offset}+{count} is outside the {}-byte buffer", self.len)
-        });
+        let end = end
+            .unwrap_or_else(|| panic!("flat buffer: range {offset}+{count} is outside the {}-byte buffer", self.len));
         let mut pos = offset;
         std::iter::from_fn(move || {
             if pos >= end {

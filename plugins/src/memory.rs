@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use nbdforge_api::extents::DATA;
 use nbdforge_api::{
-    parse_bool, parse_size, Capabilities, Error, Extents, Flags, Handle, Layer, LayerInfo, OpenArgs, Plugin,
-    ReadSink, Registration, Result,
+    parse_bool, parse_size, Capabilities, Error, Extents, Flags, Handle, Layer, LayerInfo, OpenArgs, Plugin, ReadSink,
+    Registration, Result,
 };
 
 use crate::flat_buffer::FlatBuffer;
@@ -75,11 +75,7 @@ fn parse_allocator(value: &str) -> Result<Allocator> {
             for option in options {
                 match option.split_once('=') {
                     Some(("mlock", flag)) => mlock = parse_bool("mlock", flag)?,
-                    _ => {
-                        return Err(refuse(format!(
-                            "unknown malloc option '{option}' (only mlock=true|false)"
-                        )))
-                    }
+                    _ => return Err(refuse(format!("unknown malloc option '{option}' (only mlock=true|false)"))),
                 }
             }
             Ok(Allocator::Malloc { mlock })
@@ -105,20 +101,14 @@ impl Layer for MemoryPlugin {
         match key {
             "size" => self.size = Some(parse_size(key, value)?),
             "allocator" => self.allocator = parse_allocator(value)?,
-            _ => {
-                return Err(Error::invalid(format!(
-                    "unknown parameter '{key}' (memory takes size= and allocator=)"
-                )))
-            }
+            _ => return Err(Error::invalid(format!("unknown parameter '{key}' (memory takes size= and allocator=)"))),
         }
         Ok(true)
     }
 
     fn config_complete(&mut self) -> Result<()> {
         if self.size.is_none() {
-            return Err(Error::invalid(
-                "you must give the size, as size=<SIZE> or a bare SIZE (for example 1G)",
-            ));
+            return Err(Error::invalid("you must give the size, as size=<SIZE> or a bare SIZE (for example 1G)"));
         }
         Ok(())
     }
@@ -133,19 +123,17 @@ impl Plugin for MemoryPlugin {
         let size = self.size.ok_or_else(|| Error::invalid("size was not set"))?;
         let storage = match self.allocator {
             Allocator::Sparse => Storage::Sparse(SparseArray::new()),
-            Allocator::Malloc { mlock } => {
-                Storage::Flat(FlatBuffer::new(size, mlock).map_err(|why| {
-                    Error::new(libc::ENOMEM, format!("allocator=malloc, size={size}: {why}"))
-                })?)
-            }
+            Allocator::Malloc { mlock } => Storage::Flat(
+                FlatBuffer::new(size, mlock)
+                    .map_err(|why| Error::new(libc::ENOMEM, format!("allocator=malloc, size={size}: {why}")))?,
+            ),
         };
         self.storage = Some(Arc::new(storage));
         Ok(())
     }
 
     fn open(&self, _args: &OpenArgs) -> Result<Box<dyn Handle>> {
-        let storage =
-            self.storage.clone().ok_or_else(|| Error::invalid("memory: opened before get_ready"))?;
+        let storage = self.storage.clone().ok_or_else(|| Error::invalid("memory: opened before get_ready"))?;
         let size = self.size.unwrap_or(0);
         Ok(Box::new(MemoryHandle { storage, size }))
     }

@@ -40,9 +40,7 @@ impl Layer for PatternPlugin {
 
     fn config_complete(&mut self) -> Result<()> {
         if self.size.is_none() {
-            return Err(Error::invalid(
-                "you must give the size, as size=<SIZE> or a bare SIZE (for example 1G)",
-            ));
+            return Err(Error::invalid("you must give the size, as size=<SIZE> or a bare SIZE (for example 1G)"));
         }
         Ok(())
     }

@@ -403,10 +403,7 @@ mod tests {
         // Unaligned start and end inside data.
         assert_eq!(map(&a, PS, 2 * PS + 100), vec![Extent { offset: 2 * PS + 100, length: PS, flags: DATA }]);
         // A hole spanning an exabyte is one run.
-        assert_eq!(
-            map(&a, 1 << 60, 4 * PS),
-            vec![Extent { offset: 4 * PS, length: 1 << 60, flags: HOLE | ZERO }]
-        );
+        assert_eq!(map(&a, 1 << 60, 4 * PS), vec![Extent { offset: 4 * PS, length: 1 << 60, flags: HOLE | ZERO }]);
         let mut one = Extents::new(0, 10 * PS);
         a.extents(10 * PS, 0, true, &mut one).unwrap();
         assert_eq!(one.as_slice().len(), 1);

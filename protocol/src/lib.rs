@@ -16,8 +16,8 @@ pub mod transmission;
 mod wire;
 
 pub use negotiation::{
-    oldstyle_greeting, ExportInfo, Exports, MetaContext, Negotiated, Negotiation, NegotiationConfig, OptionError, OptionHeader,
-    Step, TlsPolicy,
+    oldstyle_greeting, ExportInfo, Exports, MetaContext, Negotiated, Negotiation, NegotiationConfig, OptionError,
+    OptionHeader, Step, TlsPolicy,
 };
 pub use transmission::{Command, Refusal, Replies, ReplyHeader, Request, Session};
 

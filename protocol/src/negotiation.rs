@@ -248,7 +248,8 @@ impl Negotiation {
             if opt == OPT_EXPORT_NAME {
                 return Step::Close(out, format!("export name of {} bytes is too long", header.length));
             }
-            let msg = format!("option data of {} bytes is over the limit of {}", header.length, self.config.max_option_len);
+            let msg =
+                format!("option data of {} bytes is over the limit of {}", header.length, self.config.max_option_len);
             error_reply(&mut out, opt, REP_ERR_TOO_BIG, &msg);
             return Step::Reply(out);
         }
@@ -442,7 +443,12 @@ impl Negotiation {
             (c.remaining() == 0).then_some((name, queries))
         })();
         let Some((name, queries)) = parsed else {
-            error_reply(out, opt, REP_ERR_INVALID, "malformed meta context data (name length, query count or a query length)");
+            error_reply(
+                out,
+                opt,
+                REP_ERR_INVALID,
+                "malformed meta context data (name length, query count or a query length)",
+            );
             return;
         };
         let offered = match exports.meta_contexts(name) {

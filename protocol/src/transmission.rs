@@ -372,7 +372,15 @@ impl Replies {
     /// headers it is `BLOCK_STATUS_EXT` with 64-bit lengths. Otherwise lengths are 32 bits: a run
     /// longer than that is clipped and ends the list (a shorter reply is allowed). `done` marks the
     /// last chunk of the reply.
-    pub fn block_status(&self, out: &mut Vec<u8>, cookie: u64, offset: u64, context: u32, runs: &[(u64, u32)], done: bool) {
+    pub fn block_status(
+        &self,
+        out: &mut Vec<u8>,
+        cookie: u64,
+        offset: u64,
+        context: u32,
+        runs: &[(u64, u32)],
+        done: bool,
+    ) {
         let flags = if done { REPLY_FLAG_DONE } else { 0 };
         let count = u32::try_from(runs.len()).unwrap_or(u32::MAX);
         let runs = &runs[..count as usize];

@@ -9,8 +9,14 @@ fn session(flags: u16) -> Session {
     Session { size: 1 << 20, flags, structured: true, extended: false, contexts, block_size: (1, 4096, 64 << 20) }
 }
 
-const RW: u16 = FLAG_HAS_FLAGS | FLAG_SEND_FLUSH | FLAG_SEND_FUA | FLAG_SEND_TRIM | FLAG_SEND_WRITE_ZEROES
-    | FLAG_SEND_FAST_ZERO | FLAG_SEND_CACHE | FLAG_SEND_DF;
+const RW: u16 = FLAG_HAS_FLAGS
+    | FLAG_SEND_FLUSH
+    | FLAG_SEND_FUA
+    | FLAG_SEND_TRIM
+    | FLAG_SEND_WRITE_ZEROES
+    | FLAG_SEND_FAST_ZERO
+    | FLAG_SEND_CACHE
+    | FLAG_SEND_DF;
 
 fn req(kind: u16, flags: u16, offset: u64, length: u64) -> Request {
     Request { flags, kind, cookie: 7, offset, length, extended: false }
@@ -29,7 +35,10 @@ fn parses_compact_and_extended_headers() {
     b.extend_from_slice(&512u64.to_be_bytes());
     b.extend_from_slice(&4096u32.to_be_bytes());
     let r = Request::parse(&b, false).unwrap();
-    assert_eq!(r, Request { flags: CMD_FLAG_FUA, kind: CMD_WRITE, cookie: 9, offset: 512, length: 4096, extended: false });
+    assert_eq!(
+        r,
+        Request { flags: CMD_FLAG_FUA, kind: CMD_WRITE, cookie: 9, offset: 512, length: 4096, extended: false }
+    );
     assert_eq!(r.payload_len(), 4096);
     assert!(matches!(Request::parse(&b, true), Err(ProtocolError::BadMagic { .. })));
 
@@ -132,7 +141,14 @@ fn reply_layouts() {
 
 #[test]
 fn payload_len_means_a_payload_only_in_extended_headers() {
-    let compact = Request { flags: CMD_FLAG_PAYLOAD_LEN, kind: CMD_BLOCK_STATUS, cookie: 1, offset: 0, length: 4096, extended: false };
+    let compact = Request {
+        flags: CMD_FLAG_PAYLOAD_LEN,
+        kind: CMD_BLOCK_STATUS,
+        cookie: 1,
+        offset: 0,
+        length: 4096,
+        extended: false,
+    };
     assert_eq!(compact.payload_len(), 0, "a compact header never announces a payload but for WRITE");
     assert_eq!(errno(&session(RW), compact), EINVAL);
     let extended = Request { extended: true, ..compact };

@@ -58,7 +58,9 @@ pub fn bind_tcp(addr: Option<&str>, port: u16) -> io::Result<Vec<Listener>> {
             }
             // A host without IPv6 (or IPv4) still serves on the other family.
             Err(e) if addr.is_none() && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => last_err = Some(e),
-            Err(e) if addr.is_none() && a.is_ipv6() && e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => last_err = Some(e),
+            Err(e) if addr.is_none() && a.is_ipv6() && e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+                last_err = Some(e)
+            }
             Err(e) => return Err(io::Error::new(e.kind(), format!("{a}: {e}"))),
         }
     }

@@ -265,8 +265,10 @@ impl Server {
     /// Serves a single client on an already connected stream (`-s` passes stdin and stdout) and
     /// returns when it disconnects or the server is shut down.
     pub fn serve_one(&self, read: OwnedFd, write: OwnedFd) -> io::Result<()> {
-        let is_socket = |fd: &OwnedFd| nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(fd.as_raw_fd()).is_ok()
-            || nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(fd.as_raw_fd()).is_ok();
+        let is_socket = |fd: &OwnedFd| {
+            nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(fd.as_raw_fd()).is_ok()
+                || nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(fd.as_raw_fd()).is_ok()
+        };
         let socket = (read.as_raw_fd() == write.as_raw_fd() || is_socket(&read)).then(|| read.as_raw_fd());
         let stream = Stream::Pipes { read: read.into(), write: write.into() };
         nbdforge_api::server::set_stdio_in_use(true);
@@ -290,11 +292,8 @@ fn accept(listener: &Listener, keepalive: bool) -> io::Result<(OwnedFd, ClientIn
         Listener::Unix(l) => {
             let (s, _) = l.accept()?;
             let cred = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials).ok();
-            let peer = Peer::Unix {
-                pid: cred.map(|c| c.pid()),
-                uid: cred.map(|c| c.uid()),
-                gid: cred.map(|c| c.gid()),
-            };
+            let peer =
+                Peer::Unix { pid: cred.map(|c| c.pid()), uid: cred.map(|c| c.uid()), gid: cred.map(|c| c.gid()) };
             return Ok((s.into(), ClientInfo { peer, tls: None }));
         }
         Listener::Vsock(fd) => fd,

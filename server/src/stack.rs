@@ -36,7 +36,10 @@ impl Stack {
         let p = plugin.new_plugin().ok_or_else(|| format!("{} is a filter, not a plugin", plugin.info.name))?;
         let mut fs = Vec::new();
         for f in filters {
-            fs.push((f.info.clone(), f.new_filter().ok_or_else(|| format!("{} is a plugin, not a filter", f.info.name))?));
+            fs.push((
+                f.info.clone(),
+                f.new_filter().ok_or_else(|| format!("{} is a plugin, not a filter", f.info.name))?,
+            ));
         }
         Ok(Stack { plugin: (plugin.info.clone(), p), filters: fs })
     }
@@ -118,7 +121,11 @@ impl Stack {
 }
 
 /// Opens, prepares and wraps a layer's handle, with the layer's name set for its calls.
-fn open_layer(name: &'static str, args: &OpenArgs, open: impl FnOnce() -> Result<Box<dyn Handle>>) -> Result<Box<dyn Handle>> {
+fn open_layer(
+    name: &'static str,
+    args: &OpenArgs,
+    open: impl FnOnce() -> Result<Box<dyn Handle>>,
+) -> Result<Box<dyn Handle>> {
     let _layer = enter_layer(name);
     let handle = open()?;
     handle.prepare(args.readonly)?;

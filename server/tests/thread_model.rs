@@ -80,7 +80,10 @@ impl Filter for Serializing {
 }
 
 fn stack(plugin: Probe, filter: Option<ThreadModel>) -> Stack {
-    let filters = filter.into_iter().map(|m| (LayerInfo::new("serializing", ""), Box::new(Serializing(m)) as Box<dyn Filter>)).collect();
+    let filters = filter
+        .into_iter()
+        .map(|m| (LayerInfo::new("serializing", ""), Box::new(Serializing(m)) as Box<dyn Filter>))
+        .collect();
     Stack::new((LayerInfo::new("probe", ""), Box::new(plugin)), filters)
 }
 
@@ -90,7 +93,8 @@ fn run(plugin_model: ThreadModel, filter: Option<ThreadModel>) -> Arc<Stats> {
     let stats = Arc::new(Stats::default());
     let plugin = Probe { model: plugin_model, stats: Arc::clone(&stats) };
     let backend = stack(plugin, filter).finish().unwrap();
-    let dir = std::env::temp_dir().join(format!("nbdforge-thread-model-{}-{plugin_model:?}-{filter:?}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("nbdforge-thread-model-{}-{plugin_model:?}-{filter:?}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("sock");
     let _ = std::fs::remove_file(&sock);

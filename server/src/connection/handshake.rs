@@ -182,7 +182,8 @@ impl ConnExports<'_> {
 
 impl Exports for ConnExports<'_> {
     fn list(&mut self) -> Result<Vec<(String, Option<String>)>, OptionError> {
-        let list = self.shared.backend.list_exports(self.shared.config.readonly, self.tls).map_err(Self::option_error)?;
+        let list =
+            self.shared.backend.list_exports(self.shared.config.readonly, self.tls).map_err(Self::option_error)?;
         Ok(list.into_iter().map(|e| (e.name, e.description)).collect())
     }
 

@@ -55,7 +55,9 @@ impl<'t> ReadSink for ReplySink<'t, '_> {
             return Err(Error::new(libc::ENOMEM, "the server is short of memory for the read"));
         }
         if self.buf.len() < len {
-            self.buf.try_reserve(len - self.buf.len()).map_err(|_| Error::new(libc::ENOMEM, "out of memory for the read"))?;
+            self.buf
+                .try_reserve(len - self.buf.len())
+                .map_err(|_| Error::new(libc::ENOMEM, "out of memory for the read"))?;
             self.buf.resize(len, 0);
         }
         self.outcome = Outcome::Buffered;
@@ -144,8 +146,21 @@ impl Transmission<'_> {
     /// data are sent as data, as qemu-nbd does). The reply is promised before the data is read,
     /// so a failure part-way ends the connection.
     #[allow(clippy::too_many_arguments)]
-    fn read_sendfile(&self, req: &Request, offset: u64, length: u64, df: bool, socket: &std::fs::File, file: BorrowedFd<'_>, at: u64) {
-        let runs = if self.replies.structured && !df { self.extent_runs(offset, length) } else { vec![(offset, length, false)] };
+    fn read_sendfile(
+        &self,
+        req: &Request,
+        offset: u64,
+        length: u64,
+        df: bool,
+        socket: &std::fs::File,
+        file: BorrowedFd<'_>,
+        at: u64,
+    ) {
+        let runs = if self.replies.structured && !df {
+            self.extent_runs(offset, length)
+        } else {
+            vec![(offset, length, false)]
+        };
         let last = runs.len() - 1;
         let mut writer = lock(&self.writer);
         for (i, &(start, n, zero)) in runs.iter().enumerate() {
@@ -161,7 +176,10 @@ impl Transmission<'_> {
             }
             if let Err(e) = sent {
                 if !self.failed.swap(true, Ordering::Relaxed) {
-                    warn!("{}: sending {n} bytes at {start} failed, closing the connection: {e}", command_name(req.kind));
+                    warn!(
+                        "{}: sending {n} bytes at {start} failed, closing the connection: {e}",
+                        command_name(req.kind)
+                    );
                 }
                 let _ = nix::sys::socket::shutdown(socket.as_raw_fd(), nix::sys::socket::Shutdown::Both);
                 return;
@@ -244,9 +262,17 @@ impl Transmission<'_> {
                 let mut chosen = Vec::new();
                 for id in ids {
                     match self.session.contexts.iter().find(|c| c.id == *id) {
-                        Some(c) if !chosen.iter().any(|x: &&nbdforge_protocol::MetaContext| x.id == *id) => chosen.push(c),
+                        Some(c) if !chosen.iter().any(|x: &&nbdforge_protocol::MetaContext| x.id == *id) => {
+                            chosen.push(c)
+                        }
                         Some(_) => {}
-                        None => return self.send_error(req, nbdforge_protocol::consts::EINVAL, &format!("NBD_CMD_BLOCK_STATUS: context id {id} was not negotiated")),
+                        None => {
+                            return self.send_error(
+                                req,
+                                nbdforge_protocol::consts::EINVAL,
+                                &format!("NBD_CMD_BLOCK_STATUS: context id {id} was not negotiated"),
+                            )
+                        }
                     }
                 }
                 if chosen.is_empty() {
@@ -357,10 +383,19 @@ mod tests {
         data[4 * HOLE_BLOCK + 9] = 7;
         assert_eq!(
             zero_pieces(&data),
-            vec![(0, HOLE_BLOCK, true), (HOLE_BLOCK, HOLE_BLOCK, false), (2 * HOLE_BLOCK, 2 * HOLE_BLOCK, true), (4 * HOLE_BLOCK, 10, false)]
+            vec![
+                (0, HOLE_BLOCK, true),
+                (HOLE_BLOCK, HOLE_BLOCK, false),
+                (2 * HOLE_BLOCK, 2 * HOLE_BLOCK, true),
+                (4 * HOLE_BLOCK, 10, false)
+            ]
         );
         assert_eq!(zero_pieces(&[1u8; 100]), vec![(0, 100, false)]);
         assert!(is_zero(&[0u8; 1000]));
-        assert!(!is_zero(&{ let mut b = [0u8; 1000]; b[999] = 1; b }));
+        assert!(!is_zero(&{
+            let mut b = [0u8; 1000];
+            b[999] = 1;
+            b
+        }));
     }
 }

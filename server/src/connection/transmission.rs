@@ -39,7 +39,13 @@ const DRAIN_LIMIT: u64 = 2 * super::MAX_REQUEST as u64;
 /// Payload bytes are taken (and memory reserved for them) this many at a time, as they arrive.
 const PAYLOAD_STEP: usize = 1 << 20;
 
-pub(super) fn run(shared: &Shared, conn: &Arc<Connection>, handle: &dyn Handle, stream: Stream, negotiated: &Negotiated) {
+pub(super) fn run(
+    shared: &Shared,
+    conn: &Arc<Connection>,
+    handle: &dyn Handle,
+    stream: Stream,
+    negotiated: &Negotiated,
+) {
     let peer = conn.client().peer_name();
     let socket = stream.plain_socket();
     let (read, write) = match stream.split() {
@@ -156,7 +162,8 @@ impl<'a> Transmission<'a> {
             return;
         }
         self.workers.store(count + 1, Ordering::Relaxed);
-        let spawned = std::thread::Builder::new().name("nbd-worker".into()).spawn_scoped(scope, move || self.worker(scope));
+        let spawned =
+            std::thread::Builder::new().name("nbd-worker".into()).spawn_scoped(scope, move || self.worker(scope));
         if let Err(e) = spawned {
             // The connection goes on with the workers it has.
             self.workers.store(count, Ordering::Relaxed);
@@ -220,7 +227,12 @@ impl<'a> Transmission<'a> {
         let mut held = Reservation::new(&self.budget, &self.shared.budget);
         let len = req.payload_len();
         let limit = if req.kind == CMD_WRITE { self.session.max_payload() } else { 64 << 10 };
-        let refuse = |errno, message: String, close| Incoming { req, refused: Some(Refusal { errno, message }), close, held: Reservation::new(&self.budget, &self.shared.budget) };
+        let refuse = |errno, message: String, close| Incoming {
+            req,
+            refused: Some(Refusal { errno, message }),
+            close,
+            held: Reservation::new(&self.budget, &self.shared.budget),
+        };
         if len > limit {
             let message = format!("{}: payload of {len} bytes is over the limit of {limit}", command_name(req.kind));
             if len > DRAIN_LIMIT {
