@@ -59,6 +59,10 @@ fn run(id: &Identity, args: Vec<OsString>) -> Result<u8, String> {
         return stdout(probe::print_version(id, &filters, plugin));
     }
     if o.dump_plugin {
+        // As nbdkit: dumping a plugin serves nothing, so a way to serve makes no sense with it.
+        if o.single || o.port.is_some() || o.run.is_some() || o.unix.is_some() || o.vsock {
+            return Err("--dump-plugin, -p, --run, -s, -U or --vsock options cannot be used in this combination".into());
+        }
         let Some(plugin) = plugin else {
             return Err(format!(
                 "use '{0} PLUGIN --dump-plugin' to find out about a plugin, or '{0} --dump-config' about the server",
