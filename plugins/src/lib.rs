@@ -9,8 +9,8 @@
 //! - [`pattern`]: read-only, each 8-byte word holds its own offset.
 //!
 //! Shared machinery lives beside them: [`sparse_array`] (pages allocated on first write, behind
-//! lock stripes) and `flat_buffer` (one mapping for `memory allocator=malloc`). The binary finds a
-//! plugin by name in [`registrations`].
+//! lock stripes) and `flat_buffer` (one mapping for `memory allocator=malloc`); the file plugin's
+//! I/O is the `nbdforge-storage` crate. The binary finds a plugin by name in [`registrations`].
 
 #![warn(missing_docs)]
 
