@@ -16,7 +16,7 @@ size_of memory 3k; [ "$size" -eq 3072 ] || fail "memory 3k: $size"
 size_of null 5M; [ "$size" -eq 5242880 ] || fail "null 5M: $size"
 
 random_file "$tmp/disk.img" 3M
-(cd "$tmp" && "${server_cmd[@]}" -f -U "$tmp/rel.sock" file disk.img </dev/null >"$tmp/rel.log" 2>&1) &
+(cd "$tmp" && exec "${server_cmd[@]}" -f -U "$tmp/rel.sock" file disk.img </dev/null >"$tmp/rel.log" 2>&1) &
 server_pids+=("$!")
 server_logs+=("$tmp/rel.log")
 wait_for_socket "$tmp/rel.sock" "$!"

@@ -12,9 +12,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nbdforge_fuzz::{be, option_replies, FuzzExports, Input};
+use nbdforge_fuzz::{be, option_replies, FuzzExports, Input, CONTEXTS};
 use nbdforge_protocol::consts::*;
-use nbdforge_protocol::{Negotiated, Negotiation, NegotiationConfig, Session, Step, TlsPolicy};
+use nbdforge_protocol::{MetaContext, Negotiated, Negotiation, NegotiationConfig, Session, Step, TlsPolicy};
 
 const LIMITS: [u32; 8] = [0, 4, 16, 64, 4096, 65536, 1 << 24, u32::MAX];
 
@@ -24,7 +24,7 @@ struct Acked {
     structured: bool,
     extended: bool,
     /// Export name and whether base:allocation was selected, after an acknowledged SET.
-    meta: Option<(String, bool)>,
+    meta: Option<(String, Vec<MetaContext>)>,
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -137,17 +137,19 @@ fuzz_target!(|data: &[u8]| {
                     OPT_INFO => check_info(&replies, &new_calls[0].name, &acked),
                     OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
                         assert!(config.meta_contexts && acked.structured, "meta context ACK before structured replies");
-                        let mut wanted = false;
+                        let mut chosen: Vec<MetaContext> = Vec::new();
                         for r in &replies[..replies.len() - 1] {
                             assert_eq!(r.reply, REP_META_CONTEXT);
-                            assert_eq!(be(&r.data[..4]) as u32, BASE_ALLOCATION_ID);
-                            assert_eq!(&r.data[4..], BASE_ALLOCATION.as_bytes());
-                            wanted = true;
+                            let id = be(&r.data[..4]) as u32;
+                            assert!((1..=CONTEXTS.len() as u32).contains(&id), "context id {id} out of the table");
+                            assert_eq!(&r.data[4..], CONTEXTS[id as usize - 1].as_bytes(), "id and name agree");
+                            assert!(chosen.last().is_none_or(|c| c.id < id), "each context once, in table order");
+                            chosen.push(MetaContext { id, name: CONTEXTS[id as usize - 1].into() });
                         }
                         if opt == OPT_SET_META_CONTEXT {
                             let n = be(&payload[..4]) as usize;
                             let name = std::str::from_utf8(&payload[4..4 + n]).expect("acked name is UTF-8");
-                            acked.meta = Some((name.to_string(), wanted));
+                            acked.meta = Some((name.to_string(), chosen));
                         }
                     }
                     _ => panic!("option {opt} acknowledged by a plain reply"),
@@ -234,10 +236,13 @@ fn check_negotiated(n: &Negotiated, requested: &str, acked: &Acked) {
     assert_eq!(n.structured, acked.structured, "structured replies");
     assert_eq!(n.extended, acked.extended, "extended headers");
     assert!(!n.extended || n.structured);
-    let base = matches!(&acked.meta, Some((m, true)) if m == requested || *m == n.export.name);
-    assert_eq!(n.base_allocation, base, "base:allocation");
+    let contexts = match &acked.meta {
+        Some((m, chosen)) if m == requested || *m == n.export.name => chosen.clone(),
+        _ => Vec::new(),
+    };
+    assert_eq!(n.contexts, contexts, "meta contexts");
     assert_eq!(n.export.flags, expected_flags(requested, acked), "transmission flags");
     let s = Session::new(n);
     assert_eq!((s.size, s.flags, s.structured, s.extended), (n.export.size, n.export.flags, n.structured, n.extended));
-    assert_eq!((s.base_allocation, s.block_size), (n.base_allocation, n.export.block_size));
+    assert_eq!((&s.contexts, s.block_size), (&n.contexts, n.export.block_size));
 }

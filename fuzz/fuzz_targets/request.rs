@@ -45,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
             continue;
         }
         let Some(payload) = input.take(len as usize) else { return };
-        if req.kind == CMD_BLOCK_STATUS && req.flags & CMD_FLAG_PAYLOAD_LEN != 0 {
+        if req.kind == CMD_BLOCK_STATUS && req.extended && req.flags & CMD_FLAG_PAYLOAD_LEN != 0 {
             match block_status_payload(payload) {
                 Some((effect, _)) => {
                     req.length = effect;
@@ -122,13 +122,13 @@ fn check_command(s: &Session, req: &Request, cmd: Command) {
             CMD_FLUSH
         }
         Command::Read { offset, length, df } => {
-            inside(offset, length);
-            assert!(length <= u64::from(max) && df == (req.flags & CMD_FLAG_DF != 0));
+            inside(offset, u64::from(length));
+            assert!(length <= max && df == (req.flags & CMD_FLAG_DF != 0));
             CMD_READ
         }
         Command::Write { offset, length, fua } => {
-            inside(offset, length);
-            assert!(length <= u64::from(max) && length == req.payload_len());
+            inside(offset, u64::from(length));
+            assert!(length <= max && u64::from(length) == req.payload_len());
             assert!(!fua || has(FLAG_SEND_FUA));
             CMD_WRITE
         }
@@ -151,7 +151,7 @@ fn check_command(s: &Session, req: &Request, cmd: Command) {
         }
         Command::BlockStatus { offset, length, req_one } => {
             inside(offset, length);
-            assert!(s.base_allocation, "block status without a meta context");
+            assert!(!s.contexts.is_empty(), "block status without a meta context");
             assert_eq!(req_one, req.flags & CMD_FLAG_REQ_ONE != 0);
             CMD_BLOCK_STATUS
         }

@@ -6,7 +6,7 @@
 //! target).
 
 use nbdforge_protocol::consts::*;
-use nbdforge_protocol::{ExportInfo, Exports, Negotiated, OptionError};
+use nbdforge_protocol::{ExportInfo, Exports, MetaContext, Negotiated, OptionError};
 
 /// Takes fields off the front of the fuzz input; `None` once it runs out.
 pub struct Input<'a>(pub &'a [u8]);
@@ -109,7 +109,15 @@ impl Exports for FuzzExports {
         self.calls.push(Call { name: name.into(), keep, result: result.clone().ok() });
         result
     }
+
+    fn meta_contexts(&mut self, name: &str) -> Result<Vec<String>, OptionError> {
+        self.open(name, false)?;
+        Ok(CONTEXTS.iter().map(|c| c.to_string()).collect())
+    }
 }
+
+/// The meta contexts every export offers, in id order (id = position + 1).
+pub const CONTEXTS: [&str; 3] = [BASE_ALLOCATION, "qemu:dirty-bitmap:a", "qemu:allocation-depth"];
 
 /// A transmission state as a negotiation could end in; `block_status` says a meta context
 /// (`base:allocation`) was selected.
@@ -122,7 +130,12 @@ pub fn negotiated(
     block_status: bool,
 ) -> Negotiated {
     let export = ExportInfo { name: "fuzz".into(), size, flags, block_size, description: None };
-    Negotiated { export, structured, extended, base_allocation: block_status }
+    let contexts = if block_status {
+        vec![MetaContext { id: BASE_ALLOCATION_ID, name: BASE_ALLOCATION.into() }]
+    } else {
+        Vec::new()
+    };
+    Negotiated { export, structured, extended, contexts }
 }
 
 /// One option reply as sent.
