@@ -605,7 +605,7 @@ mod tests {
         assert_eq!(p(&["--timeout=2.5"]).timeout, Some(Duration::from_millis(2500)));
         assert_eq!(p(&["--timeout=500ms"]).timeout, Some(Duration::from_millis(500)));
         assert!(err(&["--timeout=x"]).contains("--timeout=x"));
-        assert!(p(&["-o", "-n"]).oldstyle == false);
+        assert!(!p(&["-o", "-n"]).oldstyle);
         assert!(p(&["-n", "-o"]).oldstyle);
     }
 

@@ -23,7 +23,7 @@ pub const OWN_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How the binary was invoked: its name for messages, and whether it stands in for nbdkit.
 #[derive(Debug, Clone)]
 pub struct Identity {
-    /// The file name of argv[0] (`nbdforge`, `nbdkit`), used as the prefix of every message.
+    /// The file name of `argv[0]` (`nbdforge`, `nbdkit`), used as the prefix of every message.
     pub prog: String,
     /// Invoked as `nbdkit`.
     pub as_nbdkit: bool,

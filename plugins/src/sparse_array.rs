@@ -11,7 +11,7 @@
 //! maps are ordered, which lets extents and large trims skip over holes without visiting every
 //! absent page of an exabyte-sized disk.
 //!
-//! Page memory comes from [`slab`]: 2 MiB slabs faulted in whole when mapped, so that filling a
+//! Page memory comes from `slab`: 2 MiB slabs faulted in whole when mapped, so that filling a
 //! fresh disk does not pay eight page faults per page; pages freed by trim and zero go back to the
 //! kernel.
 
@@ -90,7 +90,7 @@ impl SparseArray {
 
     /// Calls `send` with slices of the pages that hold the `count` bytes at `offset` (a static zero
     /// page for absent ones), with those pages' stripes read-locked so no write changes them
-    /// meanwhile. Returns false without calling `send` for a range of more than [`STRIPES`] pages,
+    /// meanwhile. Returns false without calling `send` for a range of more than `STRIPES` pages,
     /// which would need one stripe twice.
     ///
     /// Stripes are locked in stripe order. Every other operation holds one stripe at a time, so
@@ -161,12 +161,12 @@ impl SparseArray {
                 self.zero_in_page(index, in_page, len);
             }
         } else {
-            if offset % page_size != 0 {
+            if !offset.is_multiple_of(page_size) {
                 let in_page = (offset % page_size) as usize;
                 self.zero_in_page(offset / page_size, in_page, PAGE_SIZE - in_page);
             }
             self.free_pages(first_whole, end_whole);
-            if end % page_size != 0 {
+            if !end.is_multiple_of(page_size) {
                 self.zero_in_page(end_whole, 0, (end % page_size) as usize);
             }
         }

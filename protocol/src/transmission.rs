@@ -247,7 +247,7 @@ pub fn command_name(kind: u16) -> &'static str {
 pub fn block_status_payload(payload: &[u8]) -> Option<(u64, Vec<u32>)> {
     let mut c = Cursor::new(payload);
     let length = c.u64()?;
-    if c.remaining() % 4 != 0 {
+    if !c.remaining().is_multiple_of(4) {
         return None;
     }
     let mut ids = Vec::with_capacity(c.remaining() / 4);

@@ -1,5 +1,5 @@
 //! The backend stack: filters over a plugin, configured from `key=value` parameters, then opened
-//! once per connection. Each layer's handle is wrapped in [`Emulated`] so that the layer above
+//! once per connection. Each layer's handle is wrapped in `Emulated` so that the layer above
 //! (a filter, or the server itself) can call every operation whatever the layer implements, and so
 //! that the layer's name is known to `nbdforge_api::debug!` while it runs.
 

@@ -23,6 +23,9 @@ use super::transmission::{lock, Transmission};
 /// How long one BLOCK_STATUS reply may spend collecting extents before it is cut short.
 const BLOCK_STATUS_TIME: Duration = Duration::from_secs(2);
 
+/// The connection's write half, locked.
+type Writer<'t> = MutexGuard<'t, Box<dyn Write + Send>>;
+
 /// How a read's reply went out, as the sink saw it.
 enum Outcome {
     /// Nothing yet: the backend has not given the data.
@@ -45,7 +48,7 @@ struct ReplySink<'t, 'b> {
     outcome: Outcome,
     /// The write lock and the part of a borrowed reply the socket did not take at once, sent once
     /// the backend has let go of its memory.
-    rest: Option<(MutexGuard<'t, Box<dyn Write + Send>>, Vec<u8>)>,
+    rest: Option<(Writer<'t>, Vec<u8>)>,
 }
 
 impl<'t> ReadSink for ReplySink<'t, '_> {
