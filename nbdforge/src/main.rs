@@ -59,8 +59,8 @@ fn run(id: &Identity, args: Vec<OsString>) -> Result<u8, String> {
         return stdout(probe::print_version(id, &filters, plugin));
     }
     if o.dump_plugin {
-        // As nbdkit: dumping a plugin serves nothing, so a way to serve makes no sense with it.
-        if o.single || o.port.is_some() || o.run.is_some() || o.unix.is_some() || o.vsock {
+        // nbdkit refuses -s here (stdout is the dump), and lets the other ways to serve pass.
+        if o.single {
             return Err("--dump-plugin, -p, --run, -s, -U or --vsock options cannot be used in this combination".into());
         }
         let Some(plugin) = plugin else {
