@@ -62,14 +62,17 @@ def check_eq(got, want, what):
 class Server:
     """The server under test, running in the foreground on a private Unix socket.
 
-    Server(["memory", "1G"], options=["-r"]) runs `$NBDFORGE -f -U SOCK -r memory 1G`."""
+    Server(["memory", "1G"], options=["-r"]) runs `$NBDFORGE -f -U SOCK -r memory 1G`.
+    wrapper=["prlimit", "--as=1000000000", "--"] runs it under a command that execs it (so the
+    pid is still the server's)."""
 
-    def __init__(self, args, options=(), socket_path=None, wait=True):
+    def __init__(self, args, options=(), socket_path=None, wait=True, wrapper=()):
         self.dir = tmpdir()
         self.sock = socket_path or os.path.join(self.dir, "nbd.sock")
         self.uri = "nbd+unix:///?socket=" + self.sock
         self.stderr_path = os.path.join(self.dir, "server.stderr")
-        self.argv = server_command() + ["-f", "-U", self.sock] + list(options) + list(args)
+        self.argv = (list(wrapper) + server_command() + ["-f", "-U", self.sock] + list(options)
+                     + list(args))
         self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
                                      stdout=self._stderr, stderr=self._stderr)

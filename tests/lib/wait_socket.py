@@ -9,12 +9,19 @@ import sys
 import time
 
 
+def exited(pid):
+    """True if pid is gone or a zombie (exited, not yet reaped by its parent)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return True
+
+
 def wait_socket(path, pid, seconds=30.0):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if exited(pid):
             return "server (pid %d) exited before listening on %s" % (pid, path)
         if os.path.exists(path):
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
