@@ -241,8 +241,7 @@ impl<'a> Transmission<'a> {
             drain(input, len)?;
             return Ok(refuse(EINVAL, message, false));
         }
-        // At most `limit` (64 MiB), so it fits.
-        let len = len as usize;
+        let len = usize::try_from(len).map_err(|_| io::Error::other("payload length out of range"))?;
         let mut have = 0;
         while have < len {
             let step = (len - have).min(PAYLOAD_STEP);
@@ -303,8 +302,8 @@ impl<'a> Transmission<'a> {
         }
         let mut wanted_ids = None;
         if req.kind == CMD_BLOCK_STATUS && req.extended && req.flags & CMD_FLAG_PAYLOAD_LEN != 0 {
-            // The payload was read in full (at most 64 KiB), so the slice is in range.
-            match block_status_payload(&buf[..req.payload_len() as usize]) {
+            let payload = usize::try_from(req.payload_len()).ok().and_then(|n| buf.get(..n)).unwrap_or_default();
+            match block_status_payload(payload) {
                 Some((effect, ids)) => {
                     req.length = effect;
                     req.flags &= !CMD_FLAG_PAYLOAD_LEN;
