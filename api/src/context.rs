@@ -362,6 +362,15 @@ mod tests {
     }
 
     #[test]
+    fn stdio_is_safe_unless_the_server_says_otherwise() {
+        assert!(server::stdio_safe());
+        server::set_stdio_in_use(true);
+        assert!(!server::stdio_safe());
+        server::set_stdio_in_use(false);
+        assert!(server::stdio_safe());
+    }
+
+    #[test]
     fn layer_names_nest() {
         assert_eq!(current_layer(), "");
         let outer = enter_layer("cow");

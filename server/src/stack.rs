@@ -211,3 +211,106 @@ impl Backend for FilterLayer {
         self.next.cleanup();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use nbdforge_api::{Backend, Export, Filter, Handle, Layer, LayerInfo, OpenArgs, Plugin, Result, ThreadModel};
+
+    use super::Stack;
+
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    struct P(Log);
+    impl Layer for P {
+        fn cleanup(&self) {
+            self.0.lock().unwrap().push("plugin cleanup".into());
+        }
+    }
+    impl Plugin for P {
+        fn thread_model(&self) -> ThreadModel {
+            ThreadModel::SerializeRequests
+        }
+        fn get_ready(&mut self) -> Result<()> {
+            self.0.lock().unwrap().push("plugin get_ready".into());
+            Ok(())
+        }
+        fn after_fork(&self) -> Result<()> {
+            self.0.lock().unwrap().push("plugin after_fork".into());
+            Ok(())
+        }
+        fn default_export(&self, _readonly: bool, _tls: bool) -> Result<String> {
+            Ok("disk".into())
+        }
+        fn open(&self, _args: &OpenArgs) -> Result<Box<dyn Handle>> {
+            unreachable!("not opened in these tests")
+        }
+    }
+
+    struct F(Log, &'static str);
+    impl Layer for F {
+        fn cleanup(&self) {
+            self.0.lock().unwrap().push(format!("{} cleanup", self.1));
+        }
+    }
+    impl Filter for F {
+        fn thread_model(&self, below: ThreadModel) -> ThreadModel {
+            self.0.lock().unwrap().push(format!("{} thread_model below {}", self.1, below.as_str()));
+            ThreadModel::Parallel
+        }
+        fn get_ready(&mut self, next: &Arc<dyn Backend>) -> Result<()> {
+            let below = next.default_export(false, false)?;
+            self.0.lock().unwrap().push(format!("{} get_ready, below serves '{below}'", self.1));
+            Ok(())
+        }
+        fn after_fork(&self, next: &Arc<dyn Backend>) -> Result<()> {
+            self.0.lock().unwrap().push(format!("{} after_fork over {}", self.1, next.name()));
+            Ok(())
+        }
+        fn list_exports(&self, next: &dyn Backend, readonly: bool, tls: bool) -> Result<Vec<Export>> {
+            next.list_exports(readonly, tls)
+        }
+    }
+
+    #[test]
+    fn start_up_runs_from_the_plugin_up_and_cleanup_from_the_top_down() {
+        let log = Log::default();
+        let filters: Vec<(LayerInfo, Box<dyn Filter>)> = vec![
+            (LayerInfo::new("outer", ""), Box::new(F(Arc::clone(&log), "outer"))),
+            (LayerInfo::new("inner", ""), Box::new(F(Arc::clone(&log), "inner"))),
+        ];
+        let stack = Stack::new((LayerInfo::new("p", ""), Box::new(P(Arc::clone(&log)))), filters);
+        assert_eq!(stack.thread_model(), ThreadModel::SerializeRequests, "a filter cannot loosen the model below");
+        let backend = stack.finish().unwrap();
+        assert_eq!(backend.name(), "outer");
+        assert_eq!(backend.thread_model(), ThreadModel::SerializeRequests);
+        backend.after_fork().unwrap();
+        backend.cleanup();
+        let log = log.lock().unwrap().clone();
+        assert_eq!(
+            log,
+            [
+                "inner thread_model below serialize_requests",
+                "outer thread_model below serialize_requests",
+                "plugin get_ready",
+                "inner get_ready, below serves 'disk'",
+                "outer get_ready, below serves 'disk'",
+                "inner thread_model below serialize_requests",
+                "outer thread_model below serialize_requests",
+                "plugin after_fork",
+                "inner after_fork over p",
+                "outer after_fork over inner",
+                "outer cleanup",
+                "inner cleanup",
+                "plugin cleanup",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_parameter_no_layer_takes_names_the_plugin() {
+        let mut stack = Stack::new((LayerInfo::new("p", ""), Box::new(P(Log::default()))), Vec::new());
+        assert_eq!(stack.config("colour", "red").unwrap_err().message, "p: unknown parameter 'colour'");
+    }
+}
