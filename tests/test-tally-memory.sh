@@ -4,7 +4,8 @@
 #   each connection the filter logs its counts with debug!, prefixed with its name (-v);
 # - tally-max-clients=1: while one client is connected, preconnect refuses a second (the client
 #   sees the connection fail before any export), and serves it again once the first leaves;
-# - a bad parameter value names the parameter and the value.
+# - a bad parameter value names the parameter and the value;
+# - the connection context knows a Unix client's pid and uid (logged at accept with -v).
 source "$(dirname "$0")/lib/functions.sh"
 
 random_file "$tmp/in.img" 4M
@@ -19,6 +20,8 @@ grep -Eq 'tally: connection [0-9]+: [0-9]+ reads \([0-9]+ bytes\), [1-9][0-9]* w
 grep -q 'tally: connection [0-9]*: 1 reads (4 bytes), 0 writes (0 bytes)' "$server_log" ||
     fail "no count for the nbdsh connection"
 grep -Eq 'tally: all connections: .* writes \(4194304 bytes\)' "$server_log" || fail "no totals at exit"
+# The connection context carries the Unix socket peer's credentials (SO_PEERCRED).
+grep -Eq "accepted unix:pid=[0-9]+,uid=$(id -u)" "$server_log" || fail "no peer credentials for Unix clients"
 
 start_server --filter=tally memory 1M tally-max-clients=1
 mkfifo "$tmp/hold"
