@@ -2,13 +2,14 @@
 //! overlap, and `nbdsh` clients send many requests at once on two connections. The most
 //! restrictive model of the plugin and its filters must win.
 
-use std::process::Command;
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use nbdforge_api::{Filter, Flags, Handle, Layer, LayerInfo, OpenArgs, Plugin, Result, ThreadModel};
-use nbdforge_server::{listen, Server, ServerConfig, Stack};
+use nbdforge_server::Stack;
 
 #[derive(Default)]
 struct Stats {
@@ -93,17 +94,7 @@ fn run(plugin_model: ThreadModel, filter: Option<ThreadModel>) -> Arc<Stats> {
     let stats = Arc::new(Stats::default());
     let plugin = Probe { model: plugin_model, stats: Arc::clone(&stats) };
     let backend = stack(plugin, filter).finish().unwrap();
-    let dir =
-        std::env::temp_dir().join(format!("nbdforge-thread-model-{}-{plugin_model:?}-{filter:?}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock = dir.join("sock");
-    let _ = std::fs::remove_file(&sock);
-    let listener = listen::bind_unix(&sock).unwrap();
-    let server = Arc::new(Server::new(backend, ServerConfig::default()));
-    let serving = {
-        let server = Arc::clone(&server);
-        std::thread::spawn(move || server.serve(vec![listener]).unwrap())
-    };
+    let server = common::serve(backend, &format!("thread-model-{plugin_model:?}-{filter:?}"));
     let script = r#"
 bufs = [nbd.Buffer(4096) for _ in range(16)]
 for i, b in enumerate(bufs):
@@ -112,22 +103,11 @@ while h.aio_in_flight() > 0:
     h.poll(-1)
 assert all(b.to_bytearray() == bytearray(b"\xaa" * 4096) for b in bufs)
 "#;
-    let uri = format!("nbd+unix:///?socket={}", sock.display());
-    let clients: Vec<_> = (0..2)
-        .map(|_| {
-            Command::new("nbdsh")
-                .env("PATH", format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default()))
-                .args(["-u", &uri, "-c", script])
-                .spawn()
-                .expect("nbdsh (apt-get install python3-libnbd libnbd-bin)")
-        })
-        .collect();
+    let clients: Vec<_> = (0..2).map(|_| server.spawn_nbdsh(script)).collect();
     for mut c in clients {
         assert!(c.wait().unwrap().success(), "nbdsh failed");
     }
-    server.shutdown_handle().shutdown();
-    serving.join().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(server);
     stats
 }
 

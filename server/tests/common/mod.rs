@@ -1,6 +1,9 @@
 //! What the layer tests share: serving a stack on a private Unix socket and running nbdsh
 //! scripts against it (a real client), then stopping the server.
 
+// Each test binary that includes this module uses only part of it.
+#![allow(dead_code)]
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
@@ -39,16 +42,19 @@ pub fn serve(backend: Arc<dyn Backend>, name: &str) -> Running {
 impl Running {
     /// Runs `script` in nbdsh connected to the server (`h` is the handle); true if it succeeded.
     pub fn nbdsh(&self, script: &str) -> bool {
+        self.spawn_nbdsh(script).wait().unwrap().success()
+    }
+
+    /// Starts `script` in nbdsh connected to the server, without waiting for it.
+    pub fn spawn_nbdsh(&self, script: &str) -> std::process::Child {
         Command::new("nbdsh")
             .env("PATH", format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default()))
             .args(["-u", &self.uri, "-c", script])
-            .status()
+            .spawn()
             .expect("nbdsh (apt-get install python3-libnbd libnbd-bin)")
-            .success()
     }
 
     /// Waits for the server to return from `serve` (after a shutdown).
-    #[allow(dead_code)] // not every test binary that shares this module uses it
     pub fn join(mut self) {
         if let Some(t) = self.thread.take() {
             t.join().unwrap();
