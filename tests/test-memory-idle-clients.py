@@ -10,26 +10,17 @@
 # (17 threads per connection: 16 workers and a reader).
 import os
 import resource
-import subprocess
 import sys
 import time
 
 sys.dont_write_bytecode = True  # keep tests/lib free of __pycache__
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
-from harness import Server, check, run  # noqa: E402
+from harness import Server, check, nbdsh_within, run, status_field  # noqa: E402
 from nbdwire import Client  # noqa: E402
 
 CLIENTS = 1000
 LIMIT_KIB = 150
 NOFILE = 4096
-
-
-def status_field(pid, field):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise AssertionError("no %s for pid %d" % (field, pid))
 
 
 def settled_rss_kib(pid):
@@ -47,12 +38,7 @@ def settled_rss_kib(pid):
 def nbdsh(srv, what):
     script = ("h.pwrite(b'i' * 65536, 0)\n"
               "assert h.pread(65536, 0) == b'i' * 65536\n")
-    try:
-        p = subprocess.run(["nbdsh", "-u", srv.uri, "-c", script], capture_output=True,
-                           text=True, timeout=10)
-    except subprocess.TimeoutExpired:
-        raise AssertionError("%s: nbdsh not served within 10 s" % what)
-    check(p.returncode == 0, "%s: nbdsh failed: %s" % (what, p.stderr.strip()))
+    nbdsh_within(srv.uri, script, what)
 
 
 def main():

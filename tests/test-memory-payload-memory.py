@@ -16,7 +16,7 @@ import time
 
 sys.dont_write_bytecode = True  # keep tests/lib free of __pycache__
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
-from harness import Server, check, run  # noqa: E402
+from harness import Server, check, nbdsh_within, run, status_field  # noqa: E402
 from nbdwire import CMD_WRITE, Client  # noqa: E402
 
 MiB = 1 << 20
@@ -24,14 +24,6 @@ CLIENTS = 20
 PAYLOAD = 64 * MiB
 SENT = 8 << 10
 RSS_LIMIT = 256 * MiB
-
-
-def status_field(pid, field):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return line.split()[1]
-    raise AssertionError("no %s for pid %d" % (field, pid))
 
 
 def rss(pid):
@@ -43,14 +35,7 @@ def nbdsh_client(srv, what):
     script = ("h.pwrite(b'n' * 4096, 1 << 20)\n"
               "assert h.pread(4096, 1 << 20) == b'n' * 4096\n"
               "assert h.pread(4096, 0) == b'\\x33' * 4096, 'stalled writes changed the data'\n")
-    start = time.monotonic()
-    try:
-        p = subprocess.run(["nbdsh", "-u", srv.uri, "-c", script], capture_output=True,
-                           text=True, timeout=10)
-    except subprocess.TimeoutExpired:
-        raise AssertionError("%s: nbdsh not served within 10 s" % what)
-    check(p.returncode == 0, "%s: nbdsh failed: %s" % (what, p.stderr.strip()))
-    print("%s: nbdsh served in %.2f s" % (what, time.monotonic() - start))
+    print("%s: nbdsh served in %.2f s" % (what, nbdsh_within(srv.uri, script, what)))
 
 
 def main():

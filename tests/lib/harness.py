@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 
 from wait_socket import wait_socket
@@ -157,6 +158,28 @@ def run(main):
 
 
 # --- libnbd helpers ---
+
+def status_field(pid, field):
+    """A number from /proc/PID/status (VmRSS, VmHWM, Threads; kB for the memory ones)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise CheckFailed("no %s for pid %d" % (field, pid))
+
+
+def nbdsh_within(uri, script, what, timeout=10):
+    """Runs `script` in nbdsh on a new connection to `uri`; it must succeed within `timeout` s.
+    Returns how long it took."""
+    start = time.monotonic()
+    try:
+        p = subprocess.run(["nbdsh", "-u", uri, "-c", script], capture_output=True, text=True,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise CheckFailed("%s: nbdsh not served within %d s" % (what, timeout))
+    check(p.returncode == 0, "%s: nbdsh failed: %s" % (what, p.stderr.strip()))
+    return time.monotonic() - start
+
 
 def nbd_handle(uri=None, strict=True, structured=True):
     """A libnbd handle, connected to uri if given.  strict=False lets libnbd send requests it
