@@ -71,6 +71,8 @@ pub(crate) struct Shared {
     pub serialize_all: Option<Mutex<()>>,
     /// The request memory all connections together may hold.
     pub budget: Arc<crate::connection::Budget>,
+    /// The poller idle connections wait in, started when the first one is parked.
+    parking: std::sync::OnceLock<Option<Arc<crate::connection::Parking>>>,
     stopping: AtomicBool,
     wake: (UnixStream, UnixStream),
     connections: Mutex<Connections>,
@@ -86,7 +88,31 @@ struct Connections {
     live: usize,
 }
 
+/// Counts a connection as live until dropped (whatever thread the connection ends on).
+pub(crate) struct LiveGuard {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.shared.unregister(self.id);
+    }
+}
+
 impl Shared {
+    /// The poller for idle connections; `None` if it could not be started (connections then
+    /// keep a thread while idle).
+    pub(crate) fn parking(&self) -> Option<&Arc<crate::connection::Parking>> {
+        self.parking
+            .get_or_init(|| {
+                crate::connection::Parking::start()
+                    .inspect_err(|e| warn!("cannot start the poller for idle connections: {e}"))
+                    .ok()
+            })
+            .as_ref()
+    }
+
     pub fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
     }
@@ -136,20 +162,14 @@ impl Shared {
 /// the system refuses the thread, the connection is closed and the server goes on.
 fn spawn_connection(shared: &Arc<Shared>, stream: Stream, socket: Option<RawFd>, client: ClientInfo) {
     let id = shared.register(socket);
+    let live = LiveGuard { shared: Arc::clone(shared), id };
     let shared2 = Arc::clone(shared);
-    let spawned = std::thread::Builder::new().name("nbd-conn".into()).spawn(move || {
-        struct Done<'a>(&'a Shared, u64);
-        impl Drop for Done<'_> {
-            fn drop(&mut self) {
-                self.0.unregister(self.1);
-            }
-        }
-        let _done = Done(&shared2, id);
-        crate::connection::serve(&shared2, stream, id, client);
-    });
+    let spawned = std::thread::Builder::new()
+        .name("nbd-conn".into())
+        .spawn(move || crate::connection::serve(&shared2, stream, id, client, live));
     if let Err(e) = spawned {
+        // The closure, and with it the stream and the live count, were dropped.
         warn!("cannot start a thread for a new connection, closing it: {e}");
-        shared.unregister(id);
     }
 }
 
@@ -179,6 +199,7 @@ impl Server {
         let shared = Shared {
             serialize_all: (thread_model <= ThreadModel::SerializeAllRequests).then(|| Mutex::new(())),
             budget: crate::connection::total_budget(),
+            parking: std::sync::OnceLock::new(),
             backend,
             config,
             thread_model,

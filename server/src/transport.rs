@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::tls::{TlsContext, TlsPeer, TlsStream};
@@ -66,21 +67,45 @@ impl Stream {
         })
     }
 
-    /// A second handle on a plain socket, for replies sent on it directly (`sendmsg` without
-    /// blocking, `sendfile`) rather than through the write half.
-    pub fn plain_socket(&self) -> Option<File> {
-        match self {
-            Stream::Socket(f) => f.try_clone().ok(),
-            _ => None,
-        }
+    /// Splits the stream into a read half and a write half; for a plain socket also returns the
+    /// socket itself, for replies sent on it directly (`sendmsg` without blocking, `sendfile`) and
+    /// for waiting on it. A socket's three uses share one descriptor: a connection costs one.
+    #[allow(clippy::type_complexity)]
+    pub fn split(self) -> io::Result<(Box<dyn Read + Send>, Box<dyn Write + Send>, Option<Arc<File>>)> {
+        Ok(match self {
+            Stream::Socket(f) => {
+                let f = Arc::new(f);
+                (Box::new(Shared(Arc::clone(&f))), Box::new(Shared(Arc::clone(&f))), Some(f))
+            }
+            Stream::Pipes { read, write } => (Box::new(read), Box::new(write), None),
+            Stream::Tls(t) => {
+                let (r, w) = t.split();
+                (r, w, None)
+            }
+        })
+    }
+}
+
+/// One half of a socket shared by reference: `&File` reads and writes.
+struct Shared(Arc<File>);
+
+impl Read for Shared {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self.0).write(buf)
     }
 
-    pub fn split(self) -> io::Result<(Box<dyn Read + Send>, Box<dyn Write + Send>)> {
-        Ok(match self {
-            Stream::Socket(f) => (Box::new(f.try_clone()?), Box::new(f)),
-            Stream::Pipes { read, write } => (Box::new(read), Box::new(write)),
-            Stream::Tls(t) => t.split(),
-        })
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        (&*self.0).write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

@@ -3,13 +3,15 @@
 //! - [`handshake`]: the negotiation under its deadline, and the exports as the backend sees them;
 //! - [`transmission`]: the workers that read requests, run them against the backend and reply;
 //! - [`reply`]: how a read's data and a block status become reply chunks, and reach the socket;
-//! - [`budget`]: the bound on the memory clients can make the server hold for request data.
+//! - [`budget`]: the bound on the memory clients can make the server hold for request data;
+//! - [`parking`]: where idle connections wait without a thread.
 //!
 //! Around them, this module runs the connection's life as layers see it: `preconnect` before the
 //! handshake, `finalize` after the last request, and the [`Connection`] context throughout.
 
 mod budget;
 mod handshake;
+mod parking;
 mod reply;
 mod transmission;
 
@@ -19,16 +21,19 @@ use nbdforge_api::{ClientInfo, Connection};
 use tracing::{debug, warn};
 
 pub(crate) use budget::Budget;
+pub(crate) use parking::Parking;
 
-use crate::server::Shared;
+use crate::server::{LiveGuard, Shared};
 use crate::transport::Stream;
 
 /// The largest request the server accepts: payloads up to this are served, larger ones drained and
 /// refused. Advertised as the maximum block size.
 pub(crate) const MAX_REQUEST: u32 = 64 << 20;
 
-/// Serves one client to the end.
-pub(crate) fn serve(shared: &Shared, stream: Stream, id: u64, client: ClientInfo) {
+/// Serves one client: the handshake on this thread, then the transmission phase until the client
+/// leaves or goes idle (then its connection lives on in the poller). `live` counts the connection
+/// for the server as long as it exists.
+pub(crate) fn serve(shared: &Arc<Shared>, stream: Stream, id: u64, client: ClientInfo, live: LiveGuard) {
     let conn = Connection::new(id, client);
     let peer = conn.client().peer_name();
     if let Err(e) = shared.backend.preconnect(conn.client(), shared.config.readonly) {
@@ -40,10 +45,7 @@ pub(crate) fn serve(shared: &Shared, stream: Stream, id: u64, client: ClientInfo
         Ok(None) => return,
         Err(e) => return debug!("{peer}: handshake ended: {e}"),
     };
-    let handle = handshake.handle;
-    transmission::run(shared, &conn, handle.as_ref(), handshake.stream, &handshake.negotiated);
-    handshake::finalize(handle.as_ref(), &conn);
-    debug!("{peer}: connection closed");
+    transmission::run(shared, &conn, handshake.handle, handshake.stream, &handshake.negotiated, live);
 }
 
 /// What a connection sends on the wire for an errno from a backend.

@@ -19,6 +19,7 @@ use tracing::warn;
 
 use super::budget::Reservation;
 use super::transmission::{lock, Transmission};
+use crate::transport::write_all_vectored;
 
 /// How long one BLOCK_STATUS reply may spend collecting extents before it is cut short.
 const BLOCK_STATUS_TIME: Duration = Duration::from_secs(2);
@@ -38,7 +39,7 @@ enum Outcome {
 
 /// The sink of one READ: see the module comment.
 struct ReplySink<'t, 'b> {
-    t: &'t Transmission<'t>,
+    t: &'t Transmission,
     req: &'t Request,
     offset: u64,
     length: u32,
@@ -74,7 +75,7 @@ impl<'t> ReadSink for ReplySink<'t, '_> {
         // The backend holds locks while its slices are borrowed, so nothing here may wait: the
         // reply goes out only if the write lock is free, without blocking; what the socket does
         // not take at once is copied and sent after the backend lets go (in `finish`).
-        let t: &'t Transmission<'t> = self.t;
+        let t: &'t Transmission = self.t;
         if let (Some(socket), Ok(writer)) = (&t.socket, t.writer.try_lock()) {
             let reply = t.read_reply(self.req, self.offset, self.df, parts);
             let mut iov = reply.iov();
@@ -91,14 +92,27 @@ impl<'t> ReadSink for ReplySink<'t, '_> {
             if sent < total {
                 let mut rest: &mut [IoSlice<'_>] = &mut iov;
                 IoSlice::advance_slices(&mut rest, sent);
-                let mut bytes = Vec::with_capacity(total - sent);
-                rest.iter().for_each(|s| bytes.extend_from_slice(s));
-                self.rest = Some((writer, bytes));
+                let mut bytes = Vec::new();
+                if bytes.try_reserve_exact(total - sent).is_ok() {
+                    rest.iter().for_each(|s| bytes.extend_from_slice(s));
+                    self.rest = Some((writer, bytes));
+                } else {
+                    // No memory for a copy: send the rest from the backend's memory, waiting for
+                    // the client while its pages are held (only under memory pressure).
+                    let mut writer = writer;
+                    if let Err(e) = write_all_vectored(writer.as_mut(), rest) {
+                        t.reply_failed(e);
+                    }
+                }
             }
             self.outcome = Outcome::Sent;
             return Ok(());
         }
         self.buf.clear();
+        let len = usize::try_from(self.length).unwrap_or(usize::MAX);
+        if !self.held.grow(len) || self.buf.try_reserve(len).is_err() {
+            return Err(Error::new(libc::ENOMEM, "the server is short of memory for the read"));
+        }
         parts.iter().for_each(|p| self.buf.extend_from_slice(p));
         self.outcome = Outcome::Buffered;
         Ok(())
@@ -116,7 +130,7 @@ impl<'t> ReadSink for ReplySink<'t, '_> {
     }
 }
 
-impl Transmission<'_> {
+impl Transmission {
     pub(super) fn read<'s>(&'s self, req: &'s Request, offset: u64, length: u32, df: bool, buf: &mut Vec<u8>) {
         let held = Reservation::new(&self.budget, &self.shared.budget);
         let mut sink = ReplySink { t: self, req, offset, length, df, buf, held, outcome: Outcome::Pending, rest: None };

@@ -7,13 +7,18 @@
 //! go out in whatever order the backend finishes.
 //!
 //! A connection starts with one worker (its own thread) and adds one, up to `-t`, whenever a
-//! worker takes a request and no other is left waiting to read: an idle client costs one thread,
-//! a busy one gets the concurrency it uses.
+//! worker takes a request and no other is left waiting to read: a busy client gets the
+//! concurrency it uses. A client idle for a second, with nothing in flight, costs no thread at all:
+//! its connection is parked in the server's poller (see `parking`) until it sends again.
+//!
+//! The connection's state is shared by its workers (an `Arc`), so it outlives any one thread;
+//! when the last reference goes, the handle is finalized and the connection counted out.
 
 use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::Scope;
+use std::time::Duration;
 
 use nbdforge_api::{Connection, Error, Flags, Handle, ThreadModel};
 use nbdforge_protocol::consts::*;
@@ -22,8 +27,9 @@ use nbdforge_protocol::{Command, Negotiated, Refusal, Replies, Request, Session}
 use tracing::{debug, error, warn};
 
 use super::budget::{Budget, Reservation, PER_CONNECTION};
+use super::parking::{Parked, IDLE_BEFORE_PARK};
 use super::wire_errno;
-use crate::server::Shared;
+use crate::server::{LiveGuard, Shared};
 use crate::transport::{write_all_vectored, Stream};
 
 /// Buffers bigger than this are given back after the request that needed them.
@@ -39,16 +45,19 @@ const DRAIN_LIMIT: u64 = 2 * super::MAX_REQUEST as u64;
 /// Payload bytes are taken (and memory reserved for them) this many at a time, as they arrive.
 const PAYLOAD_STEP: usize = 1 << 20;
 
+/// Serves the transmission phase on this thread (and the workers it starts) until the client
+/// leaves or its connection is parked; what remains of it then belongs to its workers or to the
+/// poller.
 pub(super) fn run(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     conn: &Arc<Connection>,
-    handle: &dyn Handle,
+    handle: Box<dyn Handle>,
     stream: Stream,
     negotiated: &Negotiated,
+    live: LiveGuard,
 ) {
     let peer = conn.client().peer_name();
-    let socket = stream.plain_socket();
-    let (read, write) = match stream.split() {
+    let (read, write, socket) = match stream.split() {
         Ok(halves) => halves,
         Err(e) => return warn!("{peer}: {e}"),
     };
@@ -56,45 +65,50 @@ pub(super) fn run(
         ThreadModel::Parallel => shared.config.threads.max(1),
         _ => 1,
     };
-    let t = Transmission {
-        shared,
-        conn,
+    let t = Arc::new(Transmission {
+        shared: Arc::clone(shared),
+        conn: Arc::clone(conn),
         handle,
         session: Session::new(negotiated),
         replies: Replies { structured: negotiated.structured, extended: negotiated.extended },
-        reader: Mutex::new(Reader { input: BufReader::with_capacity(READ_BUFFER, read), done: false }),
+        reader: Mutex::new(Reader { input: BufReader::with_capacity(READ_BUFFER, read), done: false, parked: false }),
         writer: Mutex::new(write),
         failed: AtomicBool::new(false),
         buffers: Mutex::new(Vec::new()),
+        // Only plain sockets park: a TLS session may hold decrypted bytes the socket does not show.
+        parkable: socket.is_some(),
         socket,
         budget: Budget::new(PER_CONNECTION),
         workers: AtomicUsize::new(1),
         max_workers: AtomicUsize::new(max_workers),
         reading: AtomicUsize::new(0),
+        in_flight: AtomicUsize::new(0),
         peer,
-    };
-    std::thread::scope(|s| t.worker(s));
-    let _ = lock(&t.writer).flush();
+        _live: live,
+    });
+    t.worker();
 }
 
 struct Reader {
     input: BufReader<Box<dyn Read + Send>>,
     /// No more requests will be read: the client disconnected, or the stream broke.
     done: bool,
+    /// The connection is in the poller: workers that find this leave.
+    parked: bool,
 }
 
-pub(super) struct Transmission<'a> {
-    pub shared: &'a Shared,
-    conn: &'a Arc<Connection>,
-    pub handle: &'a dyn Handle,
+pub(super) struct Transmission {
+    pub shared: Arc<Shared>,
+    conn: Arc<Connection>,
+    pub handle: Box<dyn Handle>,
     pub session: Session,
     pub replies: Replies,
     reader: Mutex<Reader>,
     pub writer: Mutex<Box<dyn Write + Send>>,
     pub failed: AtomicBool,
-    /// The socket, for replies sent on it directly (borrowed reads, `sendfile`); `None` for TLS
-    /// and pipes.
-    pub socket: Option<std::fs::File>,
+    /// The socket, for replies sent on it directly (borrowed reads, `sendfile`) and for waiting
+    /// on it; `None` for TLS and pipes.
+    pub socket: Option<Arc<std::fs::File>>,
     /// Request buffers, last freed first: a buffer is still in the CPU cache when the next request
     /// reuses it, where one buffer per worker would cycle through all of them.
     buffers: Mutex<Vec<Vec<u8>>>,
@@ -104,7 +118,22 @@ pub(super) struct Transmission<'a> {
     max_workers: AtomicUsize,
     /// Workers waiting to read a request (for the lock or for bytes).
     reading: AtomicUsize,
+    /// Requests read and not yet answered.
+    in_flight: AtomicUsize,
+    /// Whether the connection may be parked while idle.
+    parkable: bool,
     peer: String,
+    /// Counts the connection as live for the server until the last reference goes.
+    _live: LiveGuard,
+}
+
+/// What a worker gets when it asks for the next request.
+enum Next<'r> {
+    Request(Incoming<'r>, Vec<u8>),
+    /// The connection is over.
+    End,
+    /// The connection was parked: this worker leaves, the connection goes on.
+    Parked,
 }
 
 /// A request read off the wire, with its payload in the worker's buffer.
@@ -122,10 +151,10 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl<'a> Transmission<'a> {
-    fn worker<'s>(&'s self, scope: &'s Scope<'s, '_>) {
-        while let Some((incoming, mut buf)) = self.next_request() {
-            self.maybe_add_worker(scope);
+impl Transmission {
+    fn worker(self: Arc<Self>) {
+        while let Next::Request(incoming, mut buf) = self.next_request() {
+            self.maybe_add_worker();
             let Incoming { req, refused, close, held } = incoming;
             // A panicking plugin fails its request, not the connection (which would leave the
             // client waiting for a reply that never comes).
@@ -135,6 +164,7 @@ impl<'a> Transmission<'a> {
                 self.send_error(&req, EIO, "internal error in the backend");
             }
             drop(held);
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
             let mut pool = lock(&self.buffers);
             if buf.capacity() <= KEEP_BUFFER && pool.len() < POOL {
                 pool.push(buf);
@@ -150,10 +180,23 @@ impl<'a> Transmission<'a> {
                 break;
             }
         }
+        self.workers.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Starts one more worker for this connection; false if the system refused the thread.
+    fn spawn_worker(self: &Arc<Self>) -> bool {
+        let t = Arc::clone(self);
+        match std::thread::Builder::new().name("nbd-worker".into()).spawn(move || t.worker()) {
+            Ok(_) => true,
+            Err(e) => {
+                warn!("{}: cannot start a worker thread: {e}", self.peer);
+                false
+            }
+        }
     }
 
     /// Adds a worker when this one took the last waiting reader's place, up to the limit.
-    fn maybe_add_worker<'s>(&'s self, scope: &'s Scope<'s, '_>) {
+    fn maybe_add_worker(self: &Arc<Self>) {
         if self.reading.load(Ordering::SeqCst) > 0 {
             return;
         }
@@ -161,15 +204,20 @@ impl<'a> Transmission<'a> {
         if count >= self.max_workers.load(Ordering::Relaxed) {
             return;
         }
-        self.workers.store(count + 1, Ordering::Relaxed);
-        let spawned =
-            std::thread::Builder::new().name("nbd-worker".into()).spawn_scoped(scope, move || self.worker(scope));
-        if let Err(e) = spawned {
+        self.workers.fetch_add(1, Ordering::SeqCst);
+        if !self.spawn_worker() {
             // The connection goes on with the workers it has.
-            self.workers.store(count, Ordering::Relaxed);
+            self.workers.fetch_sub(1, Ordering::SeqCst);
             self.max_workers.store(count, Ordering::Relaxed);
-            warn!("{}: cannot start another worker thread ({e}); going on with {count}", self.peer);
         }
+    }
+
+    /// Waits up to `timeout` for the socket to have something to read (or to be closed).
+    fn readable_within(&self, timeout: Duration) -> bool {
+        let Some(socket) = &self.socket else { return true };
+        let mut fds = [nix::poll::PollFd::new(socket.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)), Ok(n) if n > 0)
     }
 
     /// No more requests are read; with `force` the socket is closed both ways at once.
@@ -183,14 +231,25 @@ impl<'a> Transmission<'a> {
         }
     }
 
-    /// Reads the next request and its payload into a buffer from the pool, or `None` when the
-    /// connection is over.
-    fn next_request(&self) -> Option<(Incoming<'_>, Vec<u8>)> {
+    /// Reads the next request and its payload into a buffer from the pool; or parks the
+    /// connection when its client has been idle for a while with nothing in flight.
+    fn next_request(self: &Arc<Self>) -> Next<'_> {
         self.reading.fetch_add(1, Ordering::SeqCst);
         let mut rd = lock(&self.reader);
-        let result = if rd.done || self.failed.load(Ordering::Relaxed) {
-            None
-        } else {
+        let result = loop {
+            if rd.done || self.failed.load(Ordering::Relaxed) {
+                break Next::End;
+            }
+            if rd.parked {
+                break Next::Parked;
+            }
+            if self.parkable && rd.input.buffer().is_empty() && !self.readable_within(IDLE_BEFORE_PARK) {
+                if self.in_flight.load(Ordering::SeqCst) > 0 || !self.park(&mut rd) {
+                    // Replies still to send, or nowhere to park: keep waiting here.
+                    continue;
+                }
+                break Next::Parked;
+            }
             // Taken only now, so this request gets the buffer the last reply freed, still in cache.
             let mut buf = lock(&self.buffers).pop().unwrap_or_default();
             match self.read_request(&mut rd.input, &mut buf) {
@@ -203,20 +262,36 @@ impl<'a> Transmission<'a> {
                         incoming.refused = Some(Refusal { errno: ESHUTDOWN, message });
                     }
                     rd.done |= incoming.req.kind == CMD_DISC || incoming.close;
-                    Some((incoming, buf))
+                    self.in_flight.fetch_add(1, Ordering::SeqCst);
+                    break Next::Request(incoming, buf);
                 }
                 Err(e) => {
                     rd.done = true;
                     if e.kind() != io::ErrorKind::UnexpectedEof {
                         warn!("{}: connection dropped: {e}", self.peer);
                     }
-                    None
+                    break Next::End;
                 }
             }
         };
         drop(rd);
         self.reading.fetch_sub(1, Ordering::SeqCst);
         result
+    }
+
+    /// Hands the connection to the server's poller; its idle buffers go back to the system.
+    /// False when it could not be parked.
+    fn park(self: &Arc<Self>, rd: &mut Reader) -> bool {
+        let Some(parking) = self.shared.parking() else { return false };
+        rd.parked = true;
+        lock(&self.buffers).clear();
+        let this: Arc<dyn Parked> = Arc::clone(self) as Arc<dyn Parked>;
+        if let Err(e) = parking.park(this) {
+            debug!("{}: cannot park the idle connection: {e}", self.peer);
+            rd.parked = false;
+            return false;
+        }
+        true
     }
 
     fn read_request(&self, input: &mut dyn Read, buf: &mut Vec<u8>) -> io::Result<Incoming<'_>> {
@@ -323,7 +398,7 @@ impl<'a> Transmission<'a> {
             }
         };
         let _serialized = self.shared.serialize_all.as_ref().map(lock);
-        let h = self.handle;
+        let h = self.handle.as_ref();
         let fua = |fua: bool| if fua { Flags::FUA } else { Flags::NONE };
         let result = match cmd {
             Command::Disconnect => return,
@@ -350,6 +425,30 @@ impl<'a> Transmission<'a> {
             Ok(()) => self.send(&mut [IoSlice::new(self.replies.ok(req.cookie, req.offset).as_bytes())]),
             Err(e) => self.backend_error(&req, e),
         }
+    }
+}
+
+impl Parked for Transmission {
+    fn fd(&self) -> RawFd {
+        self.socket.as_ref().map_or(-1, |s| s.as_raw_fd())
+    }
+
+    fn wake(self: Arc<Self>) {
+        lock(&self.reader).parked = false;
+        self.workers.fetch_add(1, Ordering::SeqCst);
+        if !self.spawn_worker() {
+            // No thread to serve it: the connection ends here (dropping it closes it).
+            self.workers.fetch_sub(1, Ordering::SeqCst);
+            lock(&self.reader).done = true;
+        }
+    }
+}
+
+impl Drop for Transmission {
+    fn drop(&mut self) {
+        let _ = lock(&self.writer).flush();
+        super::handshake::finalize(self.handle.as_ref(), &self.conn);
+        debug!("{}: connection closed", self.peer);
     }
 }
 
