@@ -14,11 +14,10 @@
 //! The connection's state is shared by its workers (an `Arc`), so it outlives any one thread;
 //! when the last reference goes, the handle is finalized and the connection counted out.
 
-use std::io::{self, BufReader, IoSlice, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use nbdforge_api::{Connection, Error, Flags, Handle, ThreadModel};
 use nbdforge_protocol::consts::*;
@@ -86,6 +85,12 @@ pub(super) fn run(
         peer,
         _live: live,
     });
+    if let Some(socket) = t.socket.as_deref().filter(|_| t.parkable) {
+        // A read that waits this long without a byte is how a worker learns the client is idle.
+        if let Err(e) = socket2::SockRef::from(socket).set_read_timeout(Some(IDLE_BEFORE_PARK)) {
+            debug!("{}: no read timeout, so the connection will not be parked: {e}", t.peer);
+        }
+    }
     t.worker();
 }
 
@@ -212,12 +217,19 @@ impl Transmission {
         }
     }
 
-    /// Waits up to `timeout` for the socket to have something to read (or to be closed).
-    fn readable_within(&self, timeout: Duration) -> bool {
-        let Some(socket) = &self.socket else { return true };
-        let mut fds = [nix::poll::PollFd::new(socket.as_fd(), nix::poll::PollFlags::POLLIN)];
-        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-        matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)), Ok(n) if n > 0)
+    /// Waits for the next request's first bytes, up to the socket's read timeout (which only a
+    /// parkable connection has): true once bytes (or the end of the stream) are there, false
+    /// when the client stayed silent. Costs no system call when bytes are already buffered.
+    fn request_arrives(rd: &mut Reader) -> bool {
+        loop {
+            match rd.input.fill_buf() {
+                Ok(_) => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return false,
+                // Reported by the read that follows.
+                Err(_) => return true,
+            }
+        }
     }
 
     /// No more requests are read; with `force` the socket is closed both ways at once.
@@ -243,7 +255,7 @@ impl Transmission {
             if rd.parked {
                 break Next::Parked;
             }
-            if self.parkable && rd.input.buffer().is_empty() && !self.readable_within(IDLE_BEFORE_PARK) {
+            if self.parkable && !Self::request_arrives(&mut rd) {
                 if self.in_flight.load(Ordering::SeqCst) > 0 || !self.park(&mut rd) {
                     // Replies still to send, or nowhere to park: keep waiting here.
                     continue;
@@ -297,7 +309,7 @@ impl Transmission {
     fn read_request(&self, input: &mut dyn Read, buf: &mut Vec<u8>) -> io::Result<Incoming<'_>> {
         let mut header = [0u8; EXTENDED_REQUEST_LEN];
         let header = &mut header[..if self.session.extended { 32 } else { 28 }];
-        input.read_exact(header)?;
+        read_exact_patiently(input, header)?;
         let req = Request::parse(header, self.session.extended).map_err(io::Error::other)?;
         let mut held = Reservation::new(&self.budget, &self.shared.budget);
         let len = req.payload_len();
@@ -334,7 +346,7 @@ impl Transmission {
                 }
                 buf.resize(have + step, 0);
             }
-            input.read_exact(&mut buf[have..have + step])?;
+            read_exact_patiently(input, &mut buf[have..have + step])?;
             have += step;
         }
         Ok(Incoming { req, refused: None, close: false, held })
@@ -452,12 +464,30 @@ impl Drop for Transmission {
     }
 }
 
+/// `read_exact` that waits through the read timeout a parkable socket has: a client pausing in
+/// the middle of a request is waited for, never cut off with half its bytes consumed.
+fn read_exact_patiently(input: &mut dyn Read, mut buf: &mut [u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match input.read(buf) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the client closed the connection")),
+            Ok(n) => buf = &mut buf[n..],
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Reads and throws away `len` bytes without holding them all in memory.
 fn drain(input: &mut dyn Read, mut len: u64) -> io::Result<()> {
     let mut scratch = [0u8; 64 << 10];
     while len > 0 {
         let n = len.min(scratch.len() as u64) as usize;
-        input.read_exact(&mut scratch[..n])?;
+        read_exact_patiently(input, &mut scratch[..n])?;
         len -= n as u64;
     }
     Ok(())
