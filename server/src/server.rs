@@ -300,6 +300,9 @@ impl Server {
     }
 }
 
+/// Send buffer of accepted Unix socket connections.
+const UNIX_SEND_BUFFER: usize = 2 << 20;
+
 fn accept(listener: &Listener, keepalive: bool) -> io::Result<(OwnedFd, ClientInfo)> {
     let peer = match listener {
         Listener::Tcp(l) => {
@@ -312,6 +315,10 @@ fn accept(listener: &Listener, keepalive: bool) -> io::Result<(OwnedFd, ClientIn
         }
         Listener::Unix(l) => {
             let (s, _) = l.accept()?;
+            // A 2 MiB send buffer lets a 256 KiB reply go out in one call without waiting for
+            // the client (the default is about 200 KiB); measured +4-11% on mem-read-256k. It
+            // caps what the kernel may queue, so idle clients cost nothing for it.
+            let _ = socket2::SockRef::from(&s).set_send_buffer_size(UNIX_SEND_BUFFER);
             let cred = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials).ok();
             let peer =
                 Peer::Unix { pid: cred.map(|c| c.pid()), uid: cred.map(|c| c.uid()), gid: cred.map(|c| c.gid()) };
