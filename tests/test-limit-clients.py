@@ -52,7 +52,9 @@ def main():
 
     p = subprocess.run(server_command() + ["-f", "-U", os.path.join(tmpdir(), "s"), "--filter=limit", "memory",
                                            "1M", "limit=many"], capture_output=True, text=True, timeout=30)
-    check(p.returncode != 0 and "limit" in p.stderr and "many" in p.stderr, "limit=many: %r" % p.stderr)
+    check(p.returncode != 0 and "limit" in p.stderr, "limit=many: %r" % p.stderr)
+    if os.path.basename(server_command()[0]) != "nbdkit":   # nbdkit 1.32 does not name the value
+        check("limit=many" in p.stderr, "the error does not name the value: %r" % p.stderr)
 
 
 run(main)

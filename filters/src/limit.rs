@@ -35,7 +35,7 @@ impl Default for LimitFilter {
 
 impl LimitFilter {
     fn too_many(&self) -> Error {
-        Error::new(libc::EBUSY, format!("too many clients: {}", self.open.get()))
+        Error::new(libc::EBUSY, format!("too many clients connected ({}), connection rejected", self.open.get()))
     }
 }
 
