@@ -195,7 +195,11 @@ impl IpFilter {
         }
         if self.deny.iter().any(|r| r.matches(client)) {
             debug!("client {} denied", client.peer_name());
-            return Err(Error::new(libc::EPERM, format!("client not permitted: {}", client.peer_name())));
+            // nbdkit's words; the peer is in the server's log line for the connection.
+            return Err(Error::new(
+                libc::EPERM,
+                "client not permitted to connect because of source address restriction",
+            ));
         }
         Ok(())
     }
