@@ -124,18 +124,31 @@ const HARD: u8 = 2;
 
 /// One client connection, as layers see it. The server creates it when the client connects; it
 /// lives as long as the connection.
-#[derive(Debug)]
 pub struct Connection {
     id: u64,
     client: OnceLock<ClientInfo>,
     plain: ClientInfo,
     disconnect: AtomicU8,
+    /// How the server acts on a disconnect request at once, even for an idle client.
+    hook: OnceLock<Box<dyn Fn(bool) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("id", &self.id).field("client", self.client()).finish()
+    }
 }
 
 impl Connection {
     /// A connection with id `id` from `client` (the server calls this).
     pub fn new(id: u64, client: ClientInfo) -> Arc<Self> {
-        Arc::new(Connection { id, client: OnceLock::new(), plain: client, disconnect: AtomicU8::new(KEEP) })
+        Arc::new(Connection {
+            id,
+            client: OnceLock::new(),
+            plain: client,
+            disconnect: AtomicU8::new(KEEP),
+            hook: OnceLock::new(),
+        })
     }
 
     /// A connection that is no client's (tests, tools).
@@ -169,6 +182,15 @@ impl Connection {
     pub fn disconnect(&self, force: bool) {
         self.disconnect.fetch_max(if force { HARD } else { SOFT }, Ordering::SeqCst);
         server::wake_sleepers();
+        if let Some(hook) = self.hook.get() {
+            hook(force);
+        }
+    }
+
+    /// For the server: what to do at once when a layer asks to drop this client (stop reading
+    /// from its socket, so that even an idle client is let go). Set once.
+    pub fn set_disconnect_hook(&self, hook: impl Fn(bool) + Send + Sync + 'static) {
+        let _ = self.hook.set(Box::new(hook));
     }
 
     /// Whether a disconnect was asked for, and whether it was forced.
@@ -359,6 +381,18 @@ mod tests {
         assert_eq!(c.disconnect_requested(), Some(false));
         c.disconnect(true);
         assert_eq!(c.disconnect_requested(), Some(true));
+    }
+
+    #[test]
+    fn a_disconnect_reaches_the_servers_hook() {
+        let c = Connection::new(2, ClientInfo::default());
+        let seen = Arc::new(AtomicU8::new(0));
+        let s2 = Arc::clone(&seen);
+        c.set_disconnect_hook(move |force| s2.store(if force { 2 } else { 1 }, Ordering::SeqCst));
+        c.disconnect(false);
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+        c.disconnect(true);
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
     }
 
     #[test]

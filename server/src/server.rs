@@ -244,6 +244,10 @@ impl Server {
     /// Accepts clients on `listeners` until shut down, then waits for connections to finish.
     pub fn serve(&self, listeners: Vec<Listener>) -> io::Result<()> {
         let shared = &self.shared;
+        // A layer may have asked for a shutdown before the server ran (from after_fork).
+        if nbdforge_api::server::is_shutting_down() {
+            shared.stop();
+        }
         let serialize_connections = shared.thread_model == ThreadModel::SerializeConnections;
         while !shared.stopping() {
             let mut fds: Vec<PollFd> = listeners.iter().map(|l| PollFd::new(l.fd(), PollFlags::POLLIN)).collect();

@@ -85,6 +85,17 @@ pub(super) fn run(
         peer,
         _live: live,
     });
+    if let Some(socket) = &t.socket {
+        // A layer's nbdkit_disconnect drops even an idle (or parked) client: shutting the socket
+        // down wakes whoever waits on it. Weak, so the hook never touches a closed descriptor.
+        let weak = Arc::downgrade(socket);
+        conn.set_disconnect_hook(move |force| {
+            if let Some(socket) = weak.upgrade() {
+                let how = if force { nix::sys::socket::Shutdown::Both } else { nix::sys::socket::Shutdown::Read };
+                let _ = nix::sys::socket::shutdown(socket.as_raw_fd(), how);
+            }
+        });
+    }
     if let Some(socket) = t.socket.as_deref().filter(|_| t.parkable) {
         // A read that waits this long without a byte is how a worker learns the client is idle.
         if let Err(e) = socket2::SockRef::from(socket).set_read_timeout(Some(IDLE_BEFORE_PARK)) {
