@@ -13,16 +13,19 @@
 //! - [`random`]: pseudo-random bytes, the same as nbdkit's for the same `seed=`;
 //! - [`sparse_random`]: runs of random data between holes, also nbdkit's for the same `seed=`;
 //! - [`info`]: the export name, client address or a clock as a disk;
-//! - [`split`]: several files concatenated into one disk.
+//! - [`split`]: several files concatenated into one disk;
+//! - [`data`]: a RAM disk initialized from the command line, in nbdkit's data format.
 //!
 //! Shared machinery lives beside them: [`sparse_array`] (pages allocated on first write, behind
-//! lock stripes), `flat_buffer` (one mapping for `memory allocator=malloc`) and `prng` (nbdkit's
-//! pseudo-random generator, for the plugins whose data a seed decides); the file and split
-//! plugins' I/O is the `nbdforge-storage` crate. The binary finds a plugin by name in
-//! [`registrations`].
+//! lock stripes), `flat_buffer` (one mapping for `memory allocator=malloc`), `prng` (nbdkit's
+//! pseudo-random generator, for the plugins whose data a seed decides) and `data_format` (the
+//! data plugin's language); the file and split plugins' I/O is the `nbdforge-storage` crate.
+//! The binary finds a plugin by name in [`registrations`].
 
 #![warn(missing_docs)]
 
+pub mod data;
+mod data_format;
 pub mod file;
 mod flat_buffer;
 pub mod full;
@@ -55,6 +58,7 @@ pub fn registrations() -> Vec<Registration> {
         sparse_random::registration(),
         info::registration(),
         split::registration(),
+        data::registration(),
     ]
 }
 
