@@ -14,18 +14,21 @@
 //! - [`sparse_random`]: runs of random data between holes, also nbdkit's for the same `seed=`;
 //! - [`info`]: the export name, client address or a clock as a disk;
 //! - [`split`]: several files concatenated into one disk;
-//! - [`data`]: a RAM disk initialized from the command line, in nbdkit's data format.
+//! - [`data`]: a RAM disk initialized from the command line, in nbdkit's data format;
+//! - [`sh`] and [`eval`]: plugins written as scripts, with nbdkit's calling convention.
 //!
 //! Shared machinery lives beside them: [`sparse_array`] (pages allocated on first write, behind
 //! lock stripes), `flat_buffer` (one mapping for `memory allocator=malloc`), `prng` (nbdkit's
-//! pseudo-random generator, for the plugins whose data a seed decides) and `data_format` (the
-//! data plugin's language); the file and split plugins' I/O is the `nbdforge-storage` crate.
-//! The binary finds a plugin by name in [`registrations`].
+//! pseudo-random generator, for the plugins whose data a seed decides), `data_format` (the data
+//! plugin's language) and `script` (running the scripts of `sh` and `eval`); the file and split
+//! plugins' I/O is the `nbdforge-storage` crate. The binary finds a plugin by name in
+//! [`registrations`].
 
 #![warn(missing_docs)]
 
 pub mod data;
 mod data_format;
+pub mod eval;
 pub mod file;
 mod flat_buffer;
 pub mod full;
@@ -36,6 +39,8 @@ pub mod ones;
 pub mod pattern;
 mod prng;
 pub mod random;
+mod script;
+pub mod sh;
 pub mod sparse_array;
 pub mod sparse_random;
 pub mod split;
@@ -59,6 +64,8 @@ pub fn registrations() -> Vec<Registration> {
         info::registration(),
         split::registration(),
         data::registration(),
+        sh::registration(),
+        eval::registration(),
     ]
 }
 
