@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The random plugin serves, for a given seed, the very bytes nbdkit serves; writing back what
 # is there succeeds (a copy of the disk onto itself), writing anything else fails with EIO.
+#
+# Fails against nbdkit 1.32 at the last check: for seed=banana it says "seed: empty string where
+# we expected a number", which does not repeat the value.
 source "$(dirname "$0")/lib/functions.sh"
 
 same_as_nbdkit random size=1M seed=0

@@ -2,6 +2,9 @@
 # The sh plugin runs a script once per method, with nbdkit's calling convention: the same
 # script serves the same disk under nbdforge and nbdkit; writes reach the script's pwrite with
 # the data on standard input; errors the script names on stderr reach the client.
+#
+# Fails against nbdkit 1.32 at the last check: for colour=blue it says "this plugin does not need
+# command line configuration", which does not name the parameter.
 source "$(dirname "$0")/lib/functions.sh"
 
 cat > "$tmp/disk.sh" <<'SCRIPT'

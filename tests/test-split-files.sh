@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The split plugin: several files served as one disk, in the order given, with the data and the
 # map of data and holes nbdkit serves; writes land in the right file, across file boundaries.
+#
+# Fails against nbdkit 1.32 at the write across files: its split plugin writes the second file at
+# the offset in the whole disk rather than in that file, so the start of b is not written.
 source "$(dirname "$0")/lib/functions.sh"
 
 random_file "$tmp/a" 1M
