@@ -297,6 +297,15 @@ pub(crate) fn remove_tmpdir(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The directory goes with the script, also when the server stops on a configuration error
+/// before `cleanup` could run. (A server going into the background leaves its parent by
+/// `exit`, which drops nothing, so the directory stays for the child.)
+impl Drop for Script {
+    fn drop(&mut self) {
+        remove_tmpdir(&self.tmpdir);
+    }
+}
+
 /// One connection: the handle string `open` printed, passed to every method after it.
 struct ScriptHandle {
     script: Arc<Script>,
