@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
-use nbdforge_api::{parse_size, Error, Flags, Handle, Layer, LayerInfo, OpenArgs, Plugin, Registration, Result};
+use nbdforge_api::{debug, parse_size, Error, Flags, Handle, Layer, LayerInfo, OpenArgs, Plugin, Registration, Result};
 
 use crate::data_format::{self, Image};
 use crate::memory::{parse_allocator, ram_disk, ram_disk_handle, Allocator, Storage};
@@ -29,11 +29,20 @@ pub struct DataPlugin {
     variables: Vec<(String, String)>,
     /// Made by `get_ready`: the disk and its final size.
     disk: Option<(Arc<Storage>, u64)>,
+    /// `-D data.AST=1`: log the parsed `data=` text.
+    debug_ast: bool,
 }
 
 impl Default for DataPlugin {
     fn default() -> Self {
-        DataPlugin { source: None, size: None, allocator: Allocator::Sparse, variables: Vec::new(), disk: None }
+        DataPlugin {
+            source: None,
+            size: None,
+            allocator: Allocator::Sparse,
+            variables: Vec::new(),
+            disk: None,
+            debug_ast: false,
+        }
     }
 }
 
@@ -61,6 +70,14 @@ fn shown(value: &str) -> String {
 }
 
 impl Layer for DataPlugin {
+    fn debug_flag(&mut self, flag: &str, value: i32) -> bool {
+        match flag {
+            "AST" => self.debug_ast = value != 0,
+            _ => return false,
+        }
+        true
+    }
+
     fn config(&mut self, key: &str, value: &str) -> Result<bool> {
         let source = match key {
             "size" => {
@@ -129,6 +146,9 @@ impl DataPlugin {
                 };
                 let fail = |e: Error| Error::new(e.errno, format!("data={}: {}", shown(text), e.message));
                 let expr = data_format::parse(text, &lookup).map_err(fail)?;
+                if self.debug_ast {
+                    debug!("data= parsed as {expr:#?}");
+                }
                 let mut image = Image::default();
                 let size = data_format::evaluate(&expr, &mut image).map_err(fail)?;
                 Ok((image, size))
