@@ -6,24 +6,6 @@
 # which does not repeat the value 12Q.
 source "$(dirname "$0")/lib/functions.sh"
 
-# bad_args WORDS... -- EXPECTED-STRINGS...: run the server with WORDS, expect exit 1, no socket
-# and every expected string on stderr.
-bad_args() {
-    local args=() status=0 s
-    while [ "$1" != -- ]; do args+=("$1"); shift; done
-    shift
-    local sock="$tmp/bad.sock"
-    timeout 20 "${server_cmd[@]}" -f -U "$sock" "${args[@]}" >"$tmp/out" 2>"$tmp/err" </dev/null ||
-        status=$?
-    echo "${args[*]}: exit $status: $(cat "$tmp/err")"
-    [ "$status" -eq 1 ] || fail "${args[*]}: exit status $status, want 1"
-    [ ! -e "$sock" ] || fail "${args[*]}: socket was created"
-    [ -s "$tmp/err" ] || fail "${args[*]}: no message on stderr"
-    for s in "$@"; do
-        grep -qF -- "$s" "$tmp/err" || fail "${args[*]}: message does not mention '$s'"
-    done
-}
-
 bad_args memory size=12Q -- size 12Q
 bad_args memory 12Q -- 12Q
 bad_args memory size=-1 -- size

@@ -6,27 +6,67 @@
 //! - [`memory`]: a RAM disk, sparse by default, up to 2^63-1 bytes;
 //! - [`file`](mod@file): a file or block device, or each file of a directory as its own export;
 //! - [`null`]: discards writes and reads back zeroes;
-//! - [`pattern`]: read-only, each 8-byte word holds its own offset.
+//! - [`pattern`]: read-only, each 8-byte word holds its own offset;
+//! - [`zero`]: an empty read-only disk;
+//! - [`full`]: reads as zeroes, every write fails with `ENOSPC`;
+//! - [`ones`]: every byte 0xff (or `byte=`), writes discarded;
+//! - [`random`]: pseudo-random bytes, the same as nbdkit's for the same `seed=`;
+//! - [`sparse_random`]: runs of random data between holes, also nbdkit's for the same `seed=`;
+//! - [`info`]: the export name, client address or a clock as a disk;
+//! - [`split`]: several files concatenated into one disk;
+//! - [`data`]: a RAM disk initialized from the command line, in nbdkit's data format;
+//! - [`sh`] and [`eval`]: plugins written as scripts, with nbdkit's calling convention.
 //!
 //! Shared machinery lives beside them: [`sparse_array`] (pages allocated on first write, behind
-//! lock stripes) and `flat_buffer` (one mapping for `memory allocator=malloc`); the file plugin's
-//! I/O is the `nbdforge-storage` crate. The binary finds a plugin by name in [`registrations`].
+//! lock stripes), `flat_buffer` (one mapping for `memory allocator=malloc`), `prng` (nbdkit's
+//! pseudo-random generator, for the plugins whose data a seed decides), `data_format` (the data
+//! plugin's language) and `script` (running the scripts of `sh` and `eval`); the file and split
+//! plugins' I/O is the `nbdforge-storage` crate. The binary finds a plugin by name in
+//! [`registrations`].
 
 #![warn(missing_docs)]
 
+pub mod data;
+mod data_format;
+pub mod eval;
 pub mod file;
 mod flat_buffer;
+pub mod full;
+pub mod info;
 pub mod memory;
 pub mod null;
+pub mod ones;
 pub mod pattern;
+mod prng;
+pub mod random;
+mod script;
+pub mod sh;
 pub mod sparse_array;
+pub mod sparse_random;
+pub mod split;
 mod sys;
+pub mod zero;
 
 use nbdforge_api::Registration;
 
 /// The built-in plugins: their entries in the server's table.
 pub fn registrations() -> Vec<Registration> {
-    vec![memory::registration(), file::registration(), null::registration(), pattern::registration()]
+    vec![
+        memory::registration(),
+        file::registration(),
+        null::registration(),
+        pattern::registration(),
+        zero::registration(),
+        full::registration(),
+        ones::registration(),
+        random::registration(),
+        sparse_random::registration(),
+        info::registration(),
+        split::registration(),
+        data::registration(),
+        sh::registration(),
+        eval::registration(),
+    ]
 }
 
 #[cfg(test)]

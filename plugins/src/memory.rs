@@ -5,6 +5,9 @@
 //! storage. The storage itself is a [`SparseArray`] (default: pages allocated on first write, so
 //! the disk may be as large as 2^63-1 bytes) or a flat buffer (`allocator=malloc`: one
 //! allocation of the whole size, simpler and without per-page lookups).
+//!
+//! The data plugin serves its disk from the same storage, through `ram_disk` and
+//! `ram_disk_handle`, with the same `allocator=` parameter.
 
 use std::sync::Arc;
 
@@ -19,13 +22,13 @@ use crate::sparse_array::SparseArray;
 
 /// How the disk's bytes are held, as chosen by `allocator=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Allocator {
+pub(crate) enum Allocator {
     Sparse,
     Malloc { mlock: bool },
 }
 
 /// The storage, shared by all connections.
-enum Storage {
+pub(crate) enum Storage {
     Sparse(SparseArray),
     Flat(FlatBuffer),
 }
@@ -60,7 +63,7 @@ impl MemoryPlugin {
 }
 
 /// Parses `sparse`, `malloc` or `malloc,mlock=BOOL`.
-fn parse_allocator(value: &str) -> Result<Allocator> {
+pub(crate) fn parse_allocator(value: &str) -> Result<Allocator> {
     let mut parts = value.split(',');
     let name = parts.next().unwrap_or_default();
     let options: Vec<&str> = parts.collect();
@@ -118,24 +121,33 @@ impl Layer for MemoryPlugin {
     }
 }
 
+/// An all-zero RAM disk of `size` bytes, held as `allocator` says.
+pub(crate) fn ram_disk(allocator: Allocator, size: u64) -> Result<Arc<Storage>> {
+    let storage = match allocator {
+        Allocator::Sparse => Storage::Sparse(SparseArray::new()),
+        Allocator::Malloc { mlock } => Storage::Flat(
+            FlatBuffer::new(size, mlock)
+                .map_err(|why| Error::new(libc::ENOMEM, format!("allocator=malloc, size={size}: {why}")))?,
+        ),
+    };
+    Ok(Arc::new(storage))
+}
+
+/// A connection to a RAM disk of `size` bytes.
+pub(crate) fn ram_disk_handle(storage: Arc<Storage>, size: u64) -> Box<dyn Handle> {
+    Box::new(MemoryHandle { storage, size })
+}
+
 impl Plugin for MemoryPlugin {
     fn get_ready(&mut self) -> Result<()> {
         let size = self.size.ok_or_else(|| Error::invalid("size was not set"))?;
-        let storage = match self.allocator {
-            Allocator::Sparse => Storage::Sparse(SparseArray::new()),
-            Allocator::Malloc { mlock } => Storage::Flat(
-                FlatBuffer::new(size, mlock)
-                    .map_err(|why| Error::new(libc::ENOMEM, format!("allocator=malloc, size={size}: {why}")))?,
-            ),
-        };
-        self.storage = Some(Arc::new(storage));
+        self.storage = Some(ram_disk(self.allocator, size)?);
         Ok(())
     }
 
     fn open(&self, _args: &OpenArgs) -> Result<Box<dyn Handle>> {
         let storage = self.storage.clone().ok_or_else(|| Error::invalid("memory: opened before get_ready"))?;
-        let size = self.size.unwrap_or(0);
-        Ok(Box::new(MemoryHandle { storage, size }))
+        Ok(ram_disk_handle(storage, self.size.unwrap_or(0)))
     }
 }
 

@@ -178,3 +178,48 @@ fio_verify() {
         [ "$(grep -Ec 'err= *0' "$tmp/fio2.out")" -eq 2 ] || fail "fio mixed jobs reported errors"
     )
 }
+
+# --- Comparing with nbdkit --------------------------------------------------------------------
+
+# The reference the synthetic plugins are compared with (a command, as $NBDFORGE may be).
+: "${NBDKIT_REFERENCE:=nbdkit}"
+
+# start_reference [SERVER OPTIONS...] PLUGIN [ARGS...]: start_server, with nbdkit.
+start_reference() {
+    local saved=("${server_cmd[@]}")
+    read -r -a server_cmd <<< "$NBDKIT_REFERENCE"
+    start_server "$@"
+    server_cmd=("${saved[@]}")
+}
+
+# same_as_nbdkit PLUGIN [ARGS...]: the disk the server under test serves for this command line
+# is, byte for byte, the one nbdkit serves (each copied out with nbdcopy, compared with cmp).
+same_as_nbdkit() {
+    rm -f "$tmp/ours.img" "$tmp/theirs.img"
+    start_server "$@"
+    nbdcopy "$uri" "$tmp/ours.img"
+    stop_server "$server_pid"
+    start_reference "$@"
+    nbdcopy "$uri" "$tmp/theirs.img"
+    stop_server "$server_pid"
+    cmp "$tmp/ours.img" "$tmp/theirs.img" || fail "$*: the disk differs from nbdkit's"
+    echo "same as nbdkit ($(stat -c %s "$tmp/ours.img") bytes): $*"
+}
+
+# bad_args WORDS... -- EXPECTED-STRINGS...: the server run with WORDS exits 1 before listening
+# (the socket is never created), with every expected string in its message.
+bad_args() {
+    local args=() status=0 s
+    while [ "$1" != -- ]; do args+=("$1"); shift; done
+    shift
+    local sock="$tmp/bad.sock"
+    timeout 20 "${server_cmd[@]}" -f -U "$sock" "${args[@]}" >"$tmp/out" 2>"$tmp/err" </dev/null ||
+        status=$?
+    echo "${args[*]}: exit $status: $(cat "$tmp/err")"
+    [ "$status" -eq 1 ] || fail "${args[*]}: exit status $status, want 1"
+    [ ! -e "$sock" ] || fail "${args[*]}: socket was created"
+    [ -s "$tmp/err" ] || fail "${args[*]}: no message on stderr"
+    for s in "$@"; do
+        grep -qF -- "$s" "$tmp/err" || fail "${args[*]}: message does not mention '$s'"
+    done
+}
