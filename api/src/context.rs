@@ -214,6 +214,8 @@ pub mod server {
 
     struct State {
         stopping: AtomicBool,
+        /// A layer asked for the shutdown (as opposed to the server stopping by itself).
+        requested: AtomicBool,
         stdio_in_use: AtomicBool,
         hook: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
         generation: Mutex<u64>,
@@ -224,6 +226,7 @@ pub mod server {
         static STATE: OnceLock<State> = OnceLock::new();
         STATE.get_or_init(|| State {
             stopping: AtomicBool::new(false),
+            requested: AtomicBool::new(false),
             stdio_in_use: AtomicBool::new(false),
             hook: Mutex::new(None),
             generation: Mutex::new(0),
@@ -235,6 +238,7 @@ pub mod server {
     /// requests in flight, exit. Safe from any thread.
     pub fn shutdown() {
         let s = state();
+        s.requested.store(true, Ordering::SeqCst);
         s.stopping.store(true, Ordering::SeqCst);
         wake_sleepers();
         if let Some(hook) = s.hook.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
@@ -263,6 +267,16 @@ pub mod server {
     /// For the server: what `shutdown` runs besides marking the state (wake the accept loop).
     pub fn set_shutdown_hook(hook: impl Fn() + Send + Sync + 'static) {
         *state().hook.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(hook));
+    }
+
+    /// For the server, when one starts: forgets an earlier server's shutdown, and says whether a
+    /// layer already asked for one (from `get_ready` or `after_fork`), which the new server must
+    /// then honour.
+    pub fn begin() -> bool {
+        let s = state();
+        let requested = s.requested.swap(false, Ordering::SeqCst);
+        s.stopping.store(requested, Ordering::SeqCst);
+        requested
     }
 
     /// For the server: the server began shutting down by itself (a signal).

@@ -71,6 +71,8 @@ pub(crate) struct Shared {
     pub serialize_all: Option<Mutex<()>>,
     /// The request memory all connections together may hold.
     pub budget: Arc<crate::connection::Budget>,
+    /// A layer asked for a shutdown before this server was made.
+    shutdown_requested_early: bool,
     /// The poller idle connections wait in, started when the first one is parked.
     parking: std::sync::OnceLock<Option<Arc<crate::connection::Parking>>>,
     stopping: AtomicBool,
@@ -200,6 +202,7 @@ impl Server {
             serialize_all: (thread_model <= ThreadModel::SerializeAllRequests).then(|| Mutex::new(())),
             budget: crate::connection::total_budget(),
             parking: std::sync::OnceLock::new(),
+            shutdown_requested_early: nbdforge_api::server::begin(),
             backend,
             config,
             thread_model,
@@ -245,7 +248,7 @@ impl Server {
     pub fn serve(&self, listeners: Vec<Listener>) -> io::Result<()> {
         let shared = &self.shared;
         // A layer may have asked for a shutdown before the server ran (from after_fork).
-        if nbdforge_api::server::is_shutting_down() {
+        if shared.shutdown_requested_early {
             shared.stop();
         }
         let serialize_connections = shared.thread_model == ThreadModel::SerializeConnections;
