@@ -2,7 +2,8 @@
 # The cache filter over a file: with cache=writeback a write reaches the file only after a
 # flush (and at once with FUA); with writethrough at once; nbdcopy into and out of the export
 # gives the same bytes as nbdkit with the same command line; cache-max-size keeps working data
-# correct while blocks are dropped; the cache file leaves nothing in $TMPDIR.
+# correct while blocks are dropped (compared with the file served without a cache, as nbdkit
+# 1.32 gets this case wrong); the cache file leaves nothing in $TMPDIR.
 source "$(dirname "$0")/lib/functions.sh"
 
 export TMPDIR="$tmp/caches"
@@ -40,8 +41,14 @@ with open(os.environ["DISK"], "rb") as f:
 for params in "" cache=writethrough "cache-max-size=1M cache-min-block-size=4k cache-on-read=true"; do
     cp "$tmp/data" "$tmp/a.img"
     cp "$tmp/data" "$tmp/b.img"
-    # shellcheck disable=SC2086
-    start_nbdkit --filter=cache file "$tmp/a.img" $params
+    if [[ "$params" == *cache-max-size* ]]; then
+        # nbdkit 1.32 serves wrong data once its reclaim starts: compare with the file itself.
+        start_server file "$tmp/a.img"
+        peer_uri=$uri
+    else
+        # shellcheck disable=SC2086
+        start_nbdkit --filter=cache file "$tmp/a.img" $params
+    fi
     # shellcheck disable=SC2086
     start_server --filter=cache file "$tmp/b.img" $params
     for u in "$peer_uri" "$uri"; do

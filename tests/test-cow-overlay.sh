@@ -12,11 +12,14 @@ truncate -s 8M "$tmp/disk.img"
 dd if="$tmp/data" of="$tmp/disk.img" bs=1M seek=2 conv=notrunc status=none
 cp "$tmp/disk.img" "$tmp/orig.img"
 
+# (nbdkit 1.32's cow offers no zero over a read-only file: zeroes are written there instead.)
 changes='
 h.pwrite(b"cow" * 1000, 100)          # partial blocks
 h.pwrite(b"\xaa" * 65536, 65536 * 5)   # a whole block
-h.zero(200000, 2 * 1048576 + 1000)     # inside the data
-h.trim(65536, 2 * 1048576 + 524288)
+if h.can_zero():
+    h.zero(200000, 2 * 1048576 + 1000)     # inside the data
+else:
+    h.pwrite(bytes(200000), 2 * 1048576 + 1000)
 '
 start_nbdkit --filter=cow file "$tmp/disk.img"
 nbdsh -u "$peer_uri" -c "$changes"
@@ -37,6 +40,8 @@ assert h.pread(65536, 65536 * 5) == b"\xaa" * 65536
 assert h.pread(200000, 2 * 1048576 + 1000) == bytes(200000)
 assert h.can_multi_conn() and h.can_flush() and h.can_trim() and h.can_zero()
 h.flush()
+h.trim(65536, 3 * 1048576)
+assert h.pread(65536, 3 * 1048576) == bytes(65536)
 '
 nbdinfo --map "$uri" | tee "$tmp/map"
 grep -Eq '^ *0 +65536 +0 +data' "$tmp/map" || fail "the first overlay block is not data"

@@ -55,7 +55,7 @@ compare default-export=file2
 compare exportname-list=empty default-export=file1
 compare exportname-list=defaultonly default-export=file3
 compare exportname-list=explicit exportname=file1 exportname=file3 exportdesc=fixed:disk
-compare exportname-list=explicit exportname-strict=true exportname=file1 exportname=file3 default-export=file1
+compare exportname-list=explicit exportname-strict=true exportname=file1 exportname=file3
 compare exportname-list=error default-export=file1 'exportdesc=script:echo "about $name"'
 bad_args --filter=exportname memory 1M exportname-list=all -- exportname-list=all
 echo OK
