@@ -45,8 +45,11 @@ pub trait ReadSink {
     fn borrowed(&mut self, parts: &[&[u8]]) -> Result<()>;
 
     /// The data in a file: the read's length at `offset` of `file`, which is at least that long.
-    /// The server may send it with `sendfile`, kernel to kernel.
-    fn file(&mut self, file: BorrowedFd<'_>, offset: u64) -> Result<()>;
+    /// The server may send it with `sendfile`, kernel to kernel. `holes` are the ranges of the
+    /// file known to read as zeroes, as `(start, length)` relative to the start of the read
+    /// (empty if unknown): they may travel as hole chunks. Only the layer that owns the file can
+    /// say this; block status of a layer above may describe something else.
+    fn file(&mut self, file: BorrowedFd<'_>, offset: u64, holes: &[(u64, u64)]) -> Result<()>;
 }
 
 /// An open connection to a plugin or filter. See the module documentation.
@@ -211,7 +214,7 @@ impl ReadSink for BufferSink<'_> {
         Ok(())
     }
 
-    fn file(&mut self, file: BorrowedFd<'_>, offset: u64) -> Result<()> {
+    fn file(&mut self, file: BorrowedFd<'_>, offset: u64, _holes: &[(u64, u64)]) -> Result<()> {
         let mut done = 0;
         while done < self.0.len() {
             let at = i64::try_from(offset + done as u64).map_err(|_| Error::invalid("file offset out of range"))?;
@@ -282,9 +285,9 @@ mod tests {
         let mut f = std::fs::File::options().read(true).write(true).create(true).truncate(true).open(&dir).unwrap();
         f.write_all(b"0123456789").unwrap();
         let mut buf = [0u8; 4];
-        BufferSink(&mut buf).file(f.as_fd(), 3).unwrap();
+        BufferSink(&mut buf).file(f.as_fd(), 3, &[]).unwrap();
         assert_eq!(&buf, b"3456");
-        assert!(BufferSink(&mut buf).file(f.as_fd(), 8).is_err(), "short file");
+        assert!(BufferSink(&mut buf).file(f.as_fd(), 8, &[]).is_err(), "short file");
         std::fs::remove_file(&dir).unwrap();
         assert!(BufferSink(&mut buf).borrowed(&[b"ab"]).is_err());
         assert!(BufferSink(&mut buf).borrowed(&[b"abcde"]).is_err());

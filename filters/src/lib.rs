@@ -15,9 +15,28 @@
 //! - [`pause`]: holds requests on command; [`rate`]: caps bandwidth; [`tls_fallback`]: a
 //!   message for plaintext clients.
 //! - [`count`]: counts the bytes moved; [`openonce`]: one open of the plugin for all clients.
+//! - [`offset`], [`partition`]: serve part of the layer below (both through [`window`]);
+//!   [`map`]: move ranges of it.
+//! - [`truncate`]: change the size.
+//! - [`readonly`], [`protect`]: refuse writes, everywhere or in ranges.
+//! - [`nozero`], [`noextents`], [`nocache`], [`noparallel`], [`rotational`], [`fua`]: change
+//!   or remove what the export offers (zeroing, block status, cache, parallelism, the rotational
+//!   flag, FUA and flush).
+//! - [`swab`]: swap the bytes of every word.
+//! - [`blocksize`]: serve unaligned and oversized requests to a layer that cannot.
+//! - [`cow`]: make a read-only layer writable, the changes kept in a temporary overlay;
+//!   [`cache`]: keep blocks of the layer below in a local file (both in a [`tempfile`], both
+//!   switched by a [`switch`]).
+//! - [`checkwrite`]: turn writes into checks that the data is already there (shares
+//!   [`compare`] with `protect`).
+//! - [`ddrescue`], [`extentlist`]: failing reads and block status from a file.
+//! - [`multi_conn`]: flushes consistent across connections, or not offered.
+//! - [`exportname`]: the export list, default export, allowed names and descriptions.
+//! - [`readahead`], [`scan`]: prefetch ahead of sequential reads, or the whole disk, in the
+//!   background.
 //!
-//! Helpers shared by several filters live in private modules: `counted` (connections open
-//! through a filter) and `retrying` (the retry loop).
+//! Helpers shared by several filters live in modules of their own: `counted` (connections open
+//! through a filter), `retrying` (the retry loop), `window`, `compare`, `tempfile` and `switch`.
 //!
 //! The binary finds a filter named by `--filter=NAME` in [`registrations`].
 
@@ -41,8 +60,38 @@ pub mod spinning;
 pub mod time_limit;
 pub mod tls_fallback;
 
+pub mod blocksize;
+pub mod cache;
+pub mod checkwrite;
+pub mod compare;
 mod counted;
+pub mod cow;
+pub mod ddrescue;
+pub mod exportname;
+pub mod extentlist;
+pub mod fua;
+pub mod map;
+pub mod multi_conn;
+pub mod nocache;
+pub mod noextents;
+pub mod noparallel;
+pub mod nozero;
+pub mod offset;
+pub mod partition;
+pub mod protect;
+pub mod readahead;
+pub mod readonly;
 mod retrying;
+pub mod rotational;
+pub mod scan;
+pub mod swab;
+pub mod switch;
+pub mod tempfile;
+pub mod truncate;
+pub mod window;
+
+#[cfg(test)]
+mod test_disk;
 #[cfg(test)]
 mod testing;
 
@@ -68,6 +117,29 @@ pub fn registrations() -> Vec<Registration> {
         count::registration(),
         openonce::registration(),
         spinning::registration(),
+        blocksize::registration(),
+        cache::registration(),
+        checkwrite::registration(),
+        cow::registration(),
+        ddrescue::registration(),
+        exportname::registration(),
+        extentlist::registration(),
+        fua::registration(),
+        map::registration(),
+        multi_conn::registration(),
+        nocache::registration(),
+        noextents::registration(),
+        noparallel::registration(),
+        nozero::registration(),
+        offset::registration(),
+        partition::registration(),
+        protect::registration(),
+        readahead::registration(),
+        readonly::registration(),
+        rotational::registration(),
+        scan::registration(),
+        swab::registration(),
+        truncate::registration(),
     ]
 }
 

@@ -99,9 +99,9 @@ impl ReadSink for WatchedSink<'_> {
         self.sink.borrowed(parts)
     }
 
-    fn file(&mut self, file: BorrowedFd<'_>, offset: u64) -> Result<()> {
+    fn file(&mut self, file: BorrowedFd<'_>, offset: u64, holes: &[(u64, u64)]) -> Result<()> {
         self.delivered = true;
-        self.sink.file(file, offset)
+        self.sink.file(file, offset, holes)
     }
 }
 

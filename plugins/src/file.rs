@@ -307,7 +307,7 @@ impl Handle for FileHandle {
     /// that is safe for the range (not with cache=none, not past the end of a file that shrank).
     fn read(&self, count: u64, offset: u64, flags: Flags, sink: &mut dyn ReadSink) -> Result<()> {
         if self.storage.can_sendfile(offset, count) {
-            sink.file(self.storage.as_fd(), offset)
+            sink.file(self.storage.as_fd(), offset, &self.storage.holes(offset, count))
         } else {
             self.pread(sink.buffer()?, offset, flags)
         }

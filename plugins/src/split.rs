@@ -145,7 +145,7 @@ impl Handle for SplitHandle {
         if let Some(file) = self.files.get(index) {
             let within = offset - file.start;
             if offset + count <= file.end() && file.storage.can_sendfile(within, count) {
-                return sink.file(file.storage.as_fd(), within);
+                return sink.file(file.storage.as_fd(), within, &file.storage.holes(within, count));
             }
         }
         self.pread(sink.buffer()?, offset, flags)

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 
 use nix::fcntl::{fallocate, posix_fadvise, FallocateFlags, PosixFadviseAdvice};
 
-use crate::allocation::{HoleSearch, Runs};
+use crate::allocation::{Allocation, HoleSearch, Runs};
 use crate::sys::{sync_file_range, to_off, Writeback};
 use crate::{Error, Result};
 
@@ -301,6 +301,17 @@ impl FileStorage {
     /// The data and holes of `[offset, offset + length)`, run by run; see [`Runs`].
     pub fn allocation(&self, offset: u64, length: u64) -> Runs<'_> {
         Runs::new(self.file.as_fd(), self.hole_search, offset, length)
+    }
+
+    /// The holes in `[offset, offset + length)`, as `(start, length)` relative to `offset`: what a
+    /// reader may send as zeroes without reading. Empty when the file system cannot say (holes
+    /// are an optimisation, never needed for correct data).
+    pub fn holes(&self, offset: u64, length: u64) -> Vec<(u64, u64)> {
+        self.allocation(offset, length)
+            .map_while(|run| run.ok())
+            .filter(|run| run.allocation == Allocation::Hole)
+            .map(|run| (run.offset - offset, run.length))
+            .collect()
     }
 
     /// Asks the kernel to read a range into the page cache ahead of use (`POSIX_FADV_WILLNEED`).

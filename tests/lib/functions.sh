@@ -223,3 +223,53 @@ bad_args() {
         grep -qF -- "$s" "$tmp/err" || fail "${args[*]}: message does not mention '$s'"
     done
 }
+
+# --- Comparing with nbdkit, the peer ------------------------------------------------------------
+
+# start_nbdkit ARGS...: like start_server, but runs nbdkit with the same arguments, so a test can
+# check that the server under test behaves as nbdkit does.  Sets peer_uri (and sock, uri, ...
+# as start_server does: start the server under test after it).
+start_nbdkit() {
+    local saved=("${server_cmd[@]}")
+    server_cmd=(nbdkit)
+    start_server "$@"
+    server_cmd=("${saved[@]}")
+    peer_uri=$uri
+}
+
+# same_served_as_nbdkit ARGS...: serves ARGS with nbdkit and with the server under test, copies both
+# exports with nbdcopy and compares the copies byte for byte.  Leaves the server under test
+# running ($uri) and its copy in $tmp/ours.out.
+same_served_as_nbdkit() {
+    start_nbdkit "$@"
+    start_server "$@"
+    rm -f "$tmp/nbdkit.out" "$tmp/ours.out"
+    nbdcopy "$peer_uri" "$tmp/nbdkit.out"
+    nbdcopy "$uri" "$tmp/ours.out"
+    same_file "$tmp/nbdkit.out" "$tmp/ours.out"
+}
+
+# export_flags URI FIELD...: the export's size or flags as libnbd reports them, one line, for
+# comparing two servers: export_flags "$uri" can_zero can_fast_zero is_rotational.
+export_flags() {
+    local uri=$1
+    shift
+    FIELDS="$*" nbdsh -u "$uri" -c '
+import os
+print(" ".join("%s=%s" % (f, getattr(h, f)()) for f in os.environ["FIELDS"].split()))'
+}
+
+# same_flags_as_nbdkit FIELDS -- ARGS...: the listed export_flags fields are the same when
+# nbdkit and the server under test serve ARGS.  Prints them.
+same_flags_as_nbdkit() {
+    local fields=()
+    while [ "$1" != -- ]; do fields+=("$1"); shift; done
+    shift
+    start_nbdkit "$@"
+    start_server "$@"
+    local theirs ours
+    theirs=$(export_flags "$peer_uri" "${fields[@]}")
+    ours=$(export_flags "$uri" "${fields[@]}")
+    echo "$*: $ours"
+    [ "$theirs" = "$ours" ] || fail "$*: nbdkit has $theirs, we have $ours"
+}

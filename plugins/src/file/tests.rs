@@ -65,9 +65,9 @@ impl ReadSink for Recorder {
     fn borrowed(&mut self, _parts: &[&[u8]]) -> Result<()> {
         unreachable!("the file plugin has no memory to lend")
     }
-    fn file(&mut self, file: BorrowedFd<'_>, offset: u64) -> Result<()> {
+    fn file(&mut self, file: BorrowedFd<'_>, offset: u64, holes: &[(u64, u64)]) -> Result<()> {
         self.offered_file = true;
-        nbdforge_api::BufferSink(&mut self.data).file(file, offset)
+        nbdforge_api::BufferSink(&mut self.data).file(file, offset, holes)
     }
 }
 

@@ -118,13 +118,13 @@ impl<'t> ReadSink for ReplySink<'t, '_> {
         Ok(())
     }
 
-    fn file(&mut self, file: BorrowedFd<'_>, at: u64) -> Result<()> {
+    fn file(&mut self, file: BorrowedFd<'_>, at: u64, holes: &[(u64, u64)]) -> Result<()> {
         let Some(socket) = &self.t.socket else {
             // TLS or pipes: the data must pass through our memory anyway.
             let buf = self.buffer()?;
-            return nbdforge_api::BufferSink(buf).file(file, at);
+            return nbdforge_api::BufferSink(buf).file(file, at, holes);
         };
-        self.t.read_sendfile(self.req, self.offset, u64::from(self.length), self.df, socket, file, at);
+        self.t.read_sendfile(self.req, self.offset, u64::from(self.length), self.df, socket, file, at, holes);
         self.outcome = Outcome::Sent;
         Ok(())
     }
@@ -159,9 +159,9 @@ impl Transmission {
     }
 
     /// Sends a read with `sendfile` from the backend's file, so the data never passes through our
-    /// memory. Ranges the backend's extents call zero go out as hole chunks (zeroes written as
-    /// data are sent as data, as qemu-nbd does). The reply is promised before the data is read,
-    /// so a failure part-way ends the connection.
+    /// memory. The file's holes (as the layer that owns it reported them) go out as hole chunks;
+    /// zeroes written as data are sent as data, as qemu-nbd does. The reply is promised before the
+    /// data is read, so a failure part-way ends the connection.
     #[allow(clippy::too_many_arguments)]
     fn read_sendfile(
         &self,
@@ -172,9 +172,10 @@ impl Transmission {
         socket: &std::fs::File,
         file: BorrowedFd<'_>,
         at: u64,
+        holes: &[(u64, u64)],
     ) {
         let runs = if self.replies.structured && !df {
-            self.extent_runs(offset, length)
+            file_runs(offset, length, holes)
         } else {
             vec![(offset, length, false)]
         };
@@ -202,30 +203,6 @@ impl Transmission {
                 return;
             }
         }
-    }
-
-    /// Runs `(start, length, reads_as_zero)` covering a read, from the backend's extents; all data
-    /// when they are unknown.
-    fn extent_runs(&self, offset: u64, length: u64) -> Vec<(u64, u64, bool)> {
-        let mut ext = Extents::new(offset, offset + length);
-        let mut runs: Vec<(u64, u64, bool)> = Vec::new();
-        if self.handle.extents(length, offset, Flags::NONE, &mut ext).is_ok() {
-            for e in ext.as_slice() {
-                let zero = e.flags & nbdforge_api::extents::ZERO != 0;
-                match runs.last_mut() {
-                    Some(run) if run.2 == zero => run.1 += e.length,
-                    _ => runs.push((e.offset, e.length, zero)),
-                }
-            }
-        }
-        let covered = runs.last().map_or(offset, |r| r.0 + r.1);
-        if covered < offset + length {
-            match runs.last_mut() {
-                Some(run) if !run.2 => run.1 += offset + length - covered,
-                _ => runs.push((covered, offset + length - covered, false)),
-            }
-        }
-        runs
     }
 
     /// The reply to a successful read of `parts`: data chunks, and hole chunks for the blocks
@@ -315,6 +292,29 @@ impl Transmission {
     }
 }
 
+/// Runs `(start, length, reads_as_zero)` covering the read `[offset, offset + length)` from the
+/// holes a layer reported, `(start, length)` relative to the read; what they do not cover is data.
+/// Holes out of order or out of range are ignored (they only save bytes).
+fn file_runs(offset: u64, length: u64, holes: &[(u64, u64)]) -> Vec<(u64, u64, bool)> {
+    let mut runs = Vec::with_capacity(2 * holes.len() + 1);
+    let mut pos = 0;
+    for &(start, len) in holes {
+        let end = start.saturating_add(len).min(length);
+        if start < pos || start >= end {
+            continue;
+        }
+        if start > pos {
+            runs.push((offset + pos, start - pos, false));
+        }
+        runs.push((offset + start, end - start, true));
+        pos = end;
+    }
+    if pos < length {
+        runs.push((offset + pos, length - pos, false));
+    }
+    runs
+}
+
 /// Sends `count` bytes of `file` from `at` to the socket, kernel to kernel.
 fn send_file(socket: &std::fs::File, file: BorrowedFd<'_>, at: u64, count: u64) -> io::Result<()> {
     let mut offset = i64::try_from(at).map_err(|_| io::Error::other("file offset out of range"))?;
@@ -392,6 +392,13 @@ fn is_zero(block: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_runs_follow_the_holes_given() {
+        assert_eq!(file_runs(100, 50, &[]), [(100, 50, false)]);
+        assert_eq!(file_runs(100, 50, &[(0, 10), (20, 100)]), [(100, 10, true), (110, 10, false), (120, 30, true)]);
+        assert_eq!(file_runs(0, 50, &[(10, 5), (12, 10), (60, 5)]), [(0, 10, false), (10, 5, true), (15, 35, false)]);
+    }
 
     #[test]
     fn zero_pieces_split_at_block_granularity() {
