@@ -13,6 +13,7 @@ server_pids+=("$pid")
 nbdsh -u "nbd+unix:///?socket=$sock" -c 'h.pwrite(b"f" * 1024, 2048); assert h.pread(1024, 2048) == b"f" * 1024'
 log="$tmp/here/rel.log"
 [ -f "$log" ] || fail "no log file in the start directory"
+for _ in $(seq 50); do grep -q ' \.\.\.Read id=2 ' "$log" && break; sleep 0.1; done
 cat "$log"
 sed -n 1p "$log" | grep -Eq ' Ready thread_model=3$' || fail "first line is not Ready"
 sed -n 2p "$log" | grep -Eq '^[0-9-]{10} [0-9:.]{15} Fork$' || fail "second line is not Fork"

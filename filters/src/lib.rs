@@ -12,6 +12,7 @@
 
 #![warn(missing_docs)]
 
+mod lines;
 pub mod log;
 pub mod nofilter;
 pub mod stats;

@@ -12,19 +12,21 @@
 //! changes nothing: reads are handed on with the caller's sink, so they keep the zero-copy paths
 //! of the layer below.
 
-use std::fmt::{self, Write as _};
+use std::cell::RefCell;
+use std::fmt::Write as _;
 use std::fs::File;
-use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::lines::LineFile;
 use crate::watch::{server_asks_during_read, WhenReady};
 use nbdforge_api::{
     extents, parse_bool, Backend, BufferSink, Capabilities, ClientInfo, Error, Export, Extents, Filter, Flags, Handle,
-    Layer, LayerInfo, OpenArgs, ReadSink, Registration, Result, ThreadModel,
+    Layer, LayerInfo, OpenArgs, ReadSink, Registration, Result, Support, ThreadModel,
 };
+use Value::{Hex, Num, Text};
 
 /// The filter's entry in the server's table: `nbdforge --filter=log memory 1G logfile=FILE`.
 pub fn registration() -> Registration {
@@ -68,6 +70,12 @@ impl Layer for LogFilter {
         }
         Ok(true)
     }
+
+    fn cleanup(&self) {
+        if let Some(file) = &self.sink.file {
+            file.stop();
+        }
+    }
 }
 
 impl Filter for LogFilter {
@@ -81,7 +89,8 @@ impl Filter for LogFilter {
                 } else {
                     options.truncate(true);
                 }
-                Some(options.open(name).map_err(|e| Error::from_io(format!("logfile={name}"), &e))?)
+                let file = options.open(name).map_err(|e| Error::from_io(format!("logfile={name}"), &e))?;
+                Some(LineFile::new(file))
             }
             None => None,
         };
@@ -92,37 +101,36 @@ impl Filter for LogFilter {
             ThreadModel::SerializeRequests => 2,
             ThreadModel::Parallel => 3,
         };
-        self.sink.entry(None, 0, "Ready", Kind::Print, format_args!("thread_model={model}"));
+        self.sink.entry(None, 0, "Ready", Kind::Print, &[("thread_model", Num(model))]);
         Ok(())
     }
 
     fn after_fork(&self, _next: &Arc<dyn Backend>) -> Result<()> {
         if std::process::id() != self.first_pid {
-            self.sink.entry(None, 0, "Fork", Kind::Print, format_args!(""));
+            self.sink.entry(None, 0, "Fork", Kind::Print, &[]);
+        }
+        if let Some(file) = &self.sink.file {
+            file.start().map_err(|e| Error::from_io("starting the log writer thread", &e))?;
         }
         Ok(())
     }
 
     fn preconnect(&self, next: &dyn Backend, client: &ClientInfo, readonly: bool) -> Result<()> {
         let id = self.preconnects.fetch_add(1, Ordering::Relaxed) + 1;
-        self.sink.entry(None, id, "Preconnect", Kind::Enter, format_args!("readonly={}", readonly as u8));
+        self.sink.entry(None, id, "Preconnect", Kind::Enter, &[("readonly", flag(readonly))]);
         let r = next.preconnect(client, readonly);
-        self.sink.entry(None, id, "Preconnect", Kind::Leave, format_args!("{}", Outcome(&r)));
+        self.sink.leave(None, id, "Preconnect", &r, None);
         r
     }
 
     fn list_exports(&self, next: &dyn Backend, readonly: bool, tls: bool) -> Result<Vec<Export>> {
         let id = self.list_exports.fetch_add(1, Ordering::Relaxed) + 1;
         let act = "ListExports";
-        self.sink.entry(None, id, act, Kind::Enter, format_args!("readonly={} tls={}", readonly as u8, tls as u8));
+        self.sink.entry(None, id, act, Kind::Enter, &[("readonly", flag(readonly)), ("tls", flag(tls))]);
         let r = next.list_exports(readonly, tls);
-        match &r {
-            Ok(list) => {
-                let names: Vec<String> = list.iter().map(|e| shell_quote(&e.name)).collect();
-                self.sink.entry(None, id, act, Kind::Leave, format_args!("exports=({}) return=0", names.join(" ")));
-            }
-            Err(_) => self.sink.entry(None, id, act, Kind::Leave, format_args!("{}", Outcome(&r))),
-        }
+        let names = r.as_ref().map(|list| list.iter().map(|e| shell_quote(&e.name)).collect::<Vec<_>>().join(" "));
+        let names = names.map(|n| format!("({n})")).unwrap_or_default();
+        self.sink.leave(None, id, act, &r, Some(("exports", Text(&names))));
         r
     }
 
@@ -151,14 +159,14 @@ struct LogHandle {
 
 impl LogHandle {
     /// Logs a request going in, runs it, and logs how it ended.
-    fn logged(&self, act: &str, fields: fmt::Arguments<'_>, call: impl FnOnce() -> Result<()>) -> Result<()> {
+    fn logged(&self, act: &str, fields: Fields<'_>, call: impl FnOnce() -> Result<()>) -> Result<()> {
         if !self.sink.active() {
             return call();
         }
         let id = self.ids.fetch_add(1, Ordering::Relaxed) + 1;
         self.sink.entry(Some(self.connection), id, act, Kind::Enter, fields);
         let r = call();
-        self.sink.entry(Some(self.connection), id, act, Kind::Leave, format_args!("{}", Outcome(&r)));
+        self.sink.leave(Some(self.connection), id, act, &r, None);
         r
     }
 }
@@ -180,36 +188,33 @@ impl Handle for LogHandle {
         let (min, pref, max) = self.next.block_size()?.map_or((0, 0, 0), |b| (b.minimum, b.preferred, b.maximum));
         let c = self.next.capabilities()?;
         // A read-only connection can do none of the writing operations, whatever the layer could.
-        let w = |on: bool| (on && !readonly) as u8;
-        let level = |s: nbdforge_api::Support| s as u8;
-        let writes = |s: nbdforge_api::Support| if readonly { 0 } else { s as u8 };
-        self.sink.entry(
-            Some(self.connection),
-            0,
-            "Connect",
-            Kind::Print,
-            format_args!(
-                "export={} tls={} size={size:#x} minsize={min:#x} prefsize={pref:#x} maxsize={max:#x} write={} \
-                 flush={} rotational={} trim={} zero={} fua={} extents={} cache={} fast_zero={}",
-                shell_quote(&self.export),
-                self.tls as u8,
-                w(c.write),
-                c.flush as u8,
-                c.rotational as u8,
-                w(c.trim),
-                writes(c.zero),
-                writes(c.fua),
-                c.extents as u8,
-                level(c.cache),
-                w(c.fast_zero),
-            ),
-        );
+        let w = |on: bool| flag(on && !readonly);
+        let level = |s: Support| Num(s as u64);
+        let writes = |s: Support| if readonly { Num(0) } else { level(s) };
+        let fields = [
+            ("export", Text(&shell_quote(&self.export))),
+            ("tls", flag(self.tls)),
+            ("size", Hex(size)),
+            ("minsize", Hex(min.into())),
+            ("prefsize", Hex(pref.into())),
+            ("maxsize", Hex(max.into())),
+            ("write", w(c.write)),
+            ("flush", flag(c.flush)),
+            ("rotational", flag(c.rotational)),
+            ("trim", w(c.trim)),
+            ("zero", writes(c.zero)),
+            ("fua", writes(c.fua)),
+            ("extents", flag(c.extents)),
+            ("cache", level(c.cache)),
+            ("fast_zero", w(c.fast_zero)),
+        ];
+        self.sink.entry(Some(self.connection), 0, "Connect", Kind::Print, &fields);
         Ok(())
     }
 
     fn finalize(&self) -> Result<()> {
         let n = self.ids.load(Ordering::Relaxed);
-        self.sink.entry(Some(self.connection), 0, "Disconnect", Kind::Print, format_args!("transactions={n}"));
+        self.sink.entry(Some(self.connection), 0, "Disconnect", Kind::Print, &[("transactions", Num(n))]);
         Ok(())
     }
 
@@ -221,8 +226,8 @@ impl Handle for LogHandle {
             return self.next.read(count, offset, flags, sink);
         }
         let (conn, id) = (Some(self.connection), self.ids.fetch_add(1, Ordering::Relaxed) + 1);
-        self.sink.entry(conn, id, "Read", Kind::Enter, format_args!("offset={offset:#x} count={count:#x}"));
-        let done = |r: &Result<()>| self.sink.entry(conn, id, "Read", Kind::Leave, format_args!("{}", Outcome(r)));
+        self.sink.entry(conn, id, "Read", Kind::Enter, &[("offset", Hex(offset)), ("count", Hex(count))]);
+        let done = |r: &Result<()>| self.sink.leave(conn, id, "Read", r, None);
         let mut watched = WhenReady::new(sink, || done(&Ok(())));
         let r = self.next.read(count, offset, flags, &mut watched);
         if !watched.fired() {
@@ -240,35 +245,34 @@ impl Handle for LogHandle {
     }
 
     fn pwrite(&self, buf: &[u8], offset: u64, flags: Flags) -> Result<()> {
-        let (count, fua) = (buf.len(), flags.contains(Flags::FUA) as u8);
-        self.logged("Write", format_args!("offset={offset:#x} count={count:#x} fua={fua}"), || {
-            self.next.pwrite(buf, offset, flags)
-        })
+        let fields =
+            [("offset", Hex(offset)), ("count", Hex(buf.len() as u64)), ("fua", flag(flags.contains(Flags::FUA)))];
+        self.logged("Write", &fields, || self.next.pwrite(buf, offset, flags))
     }
 
     fn flush(&self, flags: Flags) -> Result<()> {
-        self.logged("Flush", format_args!(""), || self.next.flush(flags))
+        self.logged("Flush", &[], || self.next.flush(flags))
     }
 
     fn trim(&self, count: u64, offset: u64, flags: Flags) -> Result<()> {
-        let fua = flags.contains(Flags::FUA) as u8;
-        self.logged("Trim", format_args!("offset={offset:#x} count={count:#x} fua={fua}"), || {
-            self.next.trim(count, offset, flags)
-        })
+        let fields = [("offset", Hex(offset)), ("count", Hex(count)), ("fua", flag(flags.contains(Flags::FUA)))];
+        self.logged("Trim", &fields, || self.next.trim(count, offset, flags))
     }
 
     fn zero(&self, count: u64, offset: u64, flags: Flags) -> Result<()> {
-        let has = |f: Flags| flags.contains(f) as u8;
-        let (trim, fua, fast) = (has(Flags::MAY_TRIM), has(Flags::FUA), has(Flags::FAST_ZERO));
-        self.logged(
-            "Zero",
-            format_args!("offset={offset:#x} count={count:#x} trim={trim} fua={fua} fast={fast}"),
-            || self.next.zero(count, offset, flags),
-        )
+        let has = |f: Flags| flag(flags.contains(f));
+        let fields = [
+            ("offset", Hex(offset)),
+            ("count", Hex(count)),
+            ("trim", has(Flags::MAY_TRIM)),
+            ("fua", has(Flags::FUA)),
+            ("fast", has(Flags::FAST_ZERO)),
+        ];
+        self.logged("Zero", &fields, || self.next.zero(count, offset, flags))
     }
 
     fn cache(&self, count: u64, offset: u64, flags: Flags) -> Result<()> {
-        self.logged("Cache", format_args!("offset={offset:#x} count={count:#x}"), || {
+        self.logged("Cache", &[("offset", Hex(offset)), ("count", Hex(count))], || {
             self.next.cache(count, offset, flags)
         })
     }
@@ -279,19 +283,20 @@ impl Handle for LogHandle {
         }
         let (conn, act) = (Some(self.connection), "Extents");
         let id = self.ids.fetch_add(1, Ordering::Relaxed) + 1;
-        let req_one = flags.contains(Flags::REQ_ONE) as u8;
+        let req_one = flag(flags.contains(Flags::REQ_ONE));
         self.sink.entry(
             conn,
             id,
             act,
             Kind::Enter,
-            format_args!("offset={offset:#x} count={count:#x} req_one={req_one}"),
+            &[("offset", Hex(offset)), ("count", Hex(count)), ("req_one", req_one)],
         );
         let from = list.next_offset();
         let r = self.next.extents(count, offset, flags, list);
-        match &r {
-            Ok(()) => {
-                let mut runs = String::new();
+        let mut runs = String::new();
+        if r.is_ok() {
+            runs.push('(');
+            {
                 for e in list.as_slice().iter().filter(|e| e.offset + e.length > from) {
                     let start = e.offset.max(from);
                     let kind = match (e.flags & extents::HOLE != 0, e.flags & extents::ZERO != 0) {
@@ -300,13 +305,13 @@ impl Handle for LogHandle {
                         (false, true) => "zero",
                         (false, false) => "",
                     };
-                    let sep = if runs.is_empty() { "" } else { " " };
+                    let sep = if runs.len() == 1 { "" } else { " " };
                     let _ = write!(runs, "{sep}{start:#x} {:#x} \"{kind}\"", e.offset + e.length - start);
                 }
-                self.sink.entry(conn, id, act, Kind::Leave, format_args!("extents=({runs}) return=0"));
             }
-            Err(_) => self.sink.entry(conn, id, act, Kind::Leave, format_args!("{}", Outcome(&r))),
+            runs.push(')');
         }
+        self.sink.leave(conn, id, act, &r, Some(("extents", Text(&runs))));
         r
     }
 }
@@ -332,7 +337,7 @@ impl Kind {
 /// Where entries go.
 #[derive(Default)]
 struct Sink {
-    file: Option<File>,
+    file: Option<LineFile>,
     script: Option<String>,
 }
 
@@ -342,44 +347,60 @@ impl Sink {
     }
 
     /// One entry: `conn` for a connection's entries, `id` (0: none) to pair a request's two lines.
-    fn entry(&self, conn: Option<u64>, id: u64, act: &str, kind: Kind, fields: fmt::Arguments<'_>) {
+    fn entry(&self, conn: Option<u64>, id: u64, act: &str, kind: Kind, fields: Fields<'_>) {
+        thread_local! {
+            /// The line being made, kept to save an allocation per line.
+            static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+        }
         if let Some(file) = &self.file {
-            let mut line = String::with_capacity(128);
-            push_timestamp(&mut line, SystemTime::now());
-            if let Some(c) = conn {
-                let _ = write!(line, " connection={c}");
-            }
-            line.push(' ');
-            if kind == Kind::Leave {
-                line.push_str("...");
-            }
-            line.push_str(act);
-            if id != 0 {
-                let _ = write!(line, " id={id}");
-            }
-            let start = line.len() + 1;
-            let _ = write!(line, " {fields}");
-            if line.len() == start {
-                line.pop();
-            }
-            if kind == Kind::Enter {
-                line.push_str(" ...");
-            }
-            line.push('\n');
-            // One write per line: lines from threads running at once never interleave (the kernel
-            // serializes writes to one open file), and each is in the file when the call returns.
-            if let Err(e) = (&*file).write_all(line.as_bytes()) {
-                tracing::error!("log: writing the log file: {e}");
-            }
+            LINE.with_borrow_mut(|line| {
+                line.clear();
+                push_timestamp(line, SystemTime::now());
+                if let Some(c) = conn {
+                    line.push_str(" connection=");
+                    push_decimal(line, c, 1);
+                }
+                line.push(' ');
+                if kind == Kind::Leave {
+                    line.push_str("...");
+                }
+                line.push_str(act);
+                if id != 0 {
+                    line.push_str(" id=");
+                    push_decimal(line, id, 1);
+                }
+                for (name, value) in fields {
+                    line.push(' ');
+                    push_field(line, name, *value);
+                }
+                if kind == Kind::Enter {
+                    line.push_str(" ...");
+                }
+                line.push('\n');
+                file.push(line.as_bytes());
+            });
         }
         if let Some(script) = &self.script {
             self.run_script(script, conn, id, act, kind, fields);
         }
     }
 
+    /// A request's way out: `return=0` after `ok_field` when it succeeded, otherwise
+    /// `return=-1 error=NAME`.
+    fn leave<T>(&self, conn: Option<u64>, id: u64, act: &str, r: &Result<T>, ok_field: Option<Field<'_>>) {
+        match (r, ok_field) {
+            (Ok(_), Some(field)) => self.entry(conn, id, act, Kind::Leave, &[field, ("return", Num(0))]),
+            (Ok(_), None) => self.entry(conn, id, act, Kind::Leave, &[("return", Num(0))]),
+            (Err(e), _) => {
+                let fields = [("return", Text("-1")), ("error", Text(error_name(e.errno)))];
+                self.entry(conn, id, act, Kind::Leave, &fields)
+            }
+        }
+    }
+
     /// Runs the script with the entry as shell variables set before it. Its exit status is
     /// reported and otherwise ignored: a script cannot change or stop a request.
-    fn run_script(&self, script: &str, conn: Option<u64>, id: u64, act: &str, kind: Kind, fields: fmt::Arguments<'_>) {
+    fn run_script(&self, script: &str, conn: Option<u64>, id: u64, act: &str, kind: Kind, fields: Fields<'_>) {
         let mut text = format!("act={act}\n");
         if let Some(c) = conn {
             let _ = writeln!(text, "connection={c}");
@@ -388,7 +409,13 @@ impl Sink {
         if id != 0 {
             let _ = writeln!(text, "id={id}");
         }
-        let _ = writeln!(text, "{fields}");
+        for (i, (name, value)) in fields.iter().enumerate() {
+            if i > 0 {
+                text.push(' ');
+            }
+            push_field(&mut text, name, *value);
+        }
+        text.push('\n');
         text.push_str(script);
         match std::process::Command::new("/bin/sh").arg("-c").arg(&text).status() {
             Ok(status) if status.success() => {}
@@ -398,15 +425,41 @@ impl Sink {
     }
 }
 
-/// `return=0`, or `return=-1 error=EIO`.
-struct Outcome<'a, T>(&'a Result<T>);
+/// The value of a field of an entry.
+#[derive(Clone, Copy)]
+enum Value<'a> {
+    /// `0x1f`: offsets, counts, sizes.
+    Hex(u64),
+    /// `31`: flags, numbers of things.
+    Num(u64),
+    /// Written as it is (quoted already where it must be).
+    Text(&'a str),
+}
 
-impl<T> fmt::Display for Outcome<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Ok(_) => f.write_str("return=0"),
-            Err(e) => write!(f, "return=-1 error={}", error_name(e.errno)),
-        }
+/// `name=value`.
+type Field<'a> = (&'a str, Value<'a>);
+type Fields<'a> = &'a [Field<'a>];
+
+fn flag(on: bool) -> Value<'static> {
+    Num(on.into())
+}
+
+fn push_field(out: &mut String, name: &str, value: Value<'_>) {
+    out.push_str(name);
+    out.push('=');
+    match value {
+        Hex(n) => push_hex(out, n),
+        Num(n) => push_decimal(out, n, 1),
+        Text(t) => out.push_str(t),
+    }
+}
+
+/// Appends `0x` and `n` in lower-case hexadecimal.
+fn push_hex(out: &mut String, n: u64) {
+    out.push_str("0x");
+    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        out.push(char::from(b"0123456789abcdef"[(n >> (4 * i) & 0xf) as usize]));
     }
 }
 
@@ -443,20 +496,38 @@ fn shell_quote(s: &str) -> String {
     out
 }
 
-/// `YYYY-MM-DD HH:MM:SS.uuuuuu` in UTC.
+/// `YYYY-MM-DD HH:MM:SS.uuuuuu` in UTC. The date and time to the second are made once a second
+/// on each thread: they cost more to format than the rest of a line.
 fn push_timestamp(out: &mut String, now: SystemTime) {
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    let (year, month, day) = civil_date(secs / 86_400);
-    let t = secs % 86_400;
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:06}",
-        t / 3600,
-        t / 60 % 60,
-        t % 60,
-        since.subsec_micros()
-    );
+    SECOND.with_borrow_mut(|(cached, text)| {
+        if *cached != secs {
+            let (year, month, day) = civil_date(secs / 86_400);
+            let t = secs % 86_400;
+            text.clear();
+            let _ = write!(text, "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60);
+            *cached = secs;
+        }
+        out.push_str(text);
+    });
+    out.push('.');
+    push_decimal(out, u64::from(since.subsec_micros()), 6);
+}
+
+/// Appends `n` in decimal, with leading zeroes to at least `width` digits (at most 20).
+fn push_decimal(out: &mut String, mut n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut at = digits.len();
+    while n > 0 || digits.len() - at < width.clamp(1, 20) {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    digits[at..].iter().for_each(|&d| out.push(char::from(d)));
 }
 
 /// The proleptic Gregorian date `days` after 1970-01-01 (the civil-from-days algorithm: count
@@ -476,7 +547,6 @@ fn civil_date(days: u64) -> (u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nbdforge_api::Support;
 
     #[test]
     fn dates_and_times_in_utc() {
@@ -489,6 +559,13 @@ mod tests {
         assert_eq!(at(1_596_679_643, 80_415), "2020-08-06 02:07:23.080415");
         assert_eq!(at(951_782_400, 1), "2000-02-29 00:00:00.000001");
         assert_eq!(at(4_107_542_399, 999_999), "2100-02-28 23:59:59.999999");
+        assert_eq!(at(4_107_542_399, 5), "2100-02-28 23:59:59.000005", "the same second again");
+        assert_eq!(at(4_107_542_400, 0), "2100-03-01 00:00:00.000000");
+        let mut n = String::new();
+        push_decimal(&mut n, u64::MAX, 1);
+        push_decimal(&mut n, 0, 1);
+        push_decimal(&mut n, 42, 3);
+        assert_eq!(n, "184467440737095516150042");
     }
 
     #[test]
@@ -507,7 +584,12 @@ mod tests {
         assert_eq!(error_name(libc::EROFS), "EPERM");
         assert_eq!(error_name(libc::EOPNOTSUPP), "ENOTSUP");
         assert_eq!(error_name(libc::ENOENT), "EINVAL");
-        assert_eq!(Outcome::<()>(&Err(Error::io("x"))).to_string(), "return=-1 error=EIO");
+        let mut hex = String::new();
+        for n in [0, 0x1f, 0x100000, u64::MAX] {
+            push_hex(&mut hex, n);
+            hex.push(' ');
+        }
+        assert_eq!(hex, "0x0 0x1f 0x100000 0xffffffffffffffff ");
     }
 
     /// A 64 KiB RAM disk whose writes past 32 KiB fail, with a data run and a hole.
@@ -551,7 +633,7 @@ mod tests {
     fn logs_requests_in_nbdkits_format_and_changes_nothing() {
         let path = std::env::temp_dir().join(format!("nbdforge-log-{}", std::process::id()));
         let file = File::create(&path).unwrap();
-        let h = handle(Sink { file: Some(file), script: None }, "a b");
+        let h = handle(Sink { file: Some(LineFile::new(file)), script: None }, "a b");
         h.prepare(true).unwrap();
         let mut buf = [0u8; 4];
         h.pread(&mut buf, 16, Flags::NONE).unwrap();
