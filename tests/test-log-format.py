@@ -9,7 +9,8 @@
 # line, once timestamps and connection numbers are set aside (the extents listed may differ: the
 # two memory plugins allocate differently).
 #
-# nbdkit 1.32 and 1.46 write this format alike (their manuals' LOG FILE FORMAT is the same).
+# The reference is nbdkit 1.32's output; nbdkit's manual shows the same format in the later
+# releases checked (up to 1.42), and no change to it is known up to 1.46.
 # Connection numbers are the server's connection ids: nbdkit counts opens of the export instead,
 # so its numbers run ahead when a client opens twice (NBD_OPT_INFO, then NBD_OPT_GO).
 import datetime
