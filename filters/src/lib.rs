@@ -15,6 +15,8 @@
 //! - [`pause`]: holds requests on command; [`rate`]: caps bandwidth; [`tls_fallback`]: a
 //!   message for plaintext clients.
 //! - [`count`]: counts the bytes moved; [`openonce`]: one open of the plugin for all clients.
+//! - [`log`]: writes a line for every request to a file or a script (nbdkit-log-filter);
+//!   [`stats`]: counts requests, bytes, time and request shapes, and writes a summary at exit.
 //! - [`offset`], [`partition`]: serve part of the layer below (both through [`window`]);
 //!   [`map`]: move ranges of it.
 //! - [`truncate`]: change the size.
@@ -36,7 +38,8 @@
 //!   background.
 //!
 //! Helpers shared by several filters live in modules of their own: `counted` (connections open
-//! through a filter), `retrying` (the retry loop), `window`, `compare`, `tempfile` and `switch`.
+//! through a filter), `retrying` (the retry loop), `window`, `compare`, `tempfile`, `switch`,
+//! `lines` and `watch` (log and stats output).
 //!
 //! The binary finds a filter named by `--filter=NAME` in [`registrations`].
 
@@ -90,10 +93,14 @@ pub mod tempfile;
 pub mod truncate;
 pub mod window;
 
+mod lines;
+pub mod log;
+pub mod stats;
 #[cfg(test)]
 mod test_disk;
 #[cfg(test)]
 mod testing;
+mod watch;
 
 use nbdforge_api::Registration;
 
@@ -140,6 +147,8 @@ pub fn registrations() -> Vec<Registration> {
         scan::registration(),
         swab::registration(),
         truncate::registration(),
+        log::registration(),
+        stats::registration(),
     ]
 }
 
