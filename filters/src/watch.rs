@@ -119,14 +119,14 @@ mod tests {
             fn borrowed(&mut self, _parts: &[&[u8]]) -> Result<()> {
                 unreachable!()
             }
-            fn file(&mut self, _file: BorrowedFd<'_>, _offset: u64) -> Result<()> {
+            fn file(&mut self, _file: BorrowedFd<'_>, _offset: u64, _holes: &[(u64, u64)]) -> Result<()> {
                 self.0 = server_asks_during_read();
                 Ok(())
             }
         }
         let f = std::fs::File::open("/dev/null").unwrap();
         let mut sink = Asking(false);
-        WhenReady::new(&mut sink, || ()).file(std::os::fd::AsFd::as_fd(&f), 0).unwrap();
+        WhenReady::new(&mut sink, || ()).file(std::os::fd::AsFd::as_fd(&f), 0, &[]).unwrap();
         assert!(sink.0);
         assert!(!server_asks_during_read());
     }
