@@ -8,21 +8,6 @@
 # which does not name the parameter.
 source "$(dirname "$0")/lib/functions.sh"
 
-# bad_args WORDS... -- EXPECTED-STRINGS...: exit 1, no socket, every string on stderr.
-bad_args() {
-    local args=() status=0 s
-    while [ "$1" != -- ]; do args+=("$1"); shift; done
-    shift
-    local sock="$tmp/bad.sock"
-    timeout 20 "${server_cmd[@]}" -f -U "$sock" "${args[@]}" >"$tmp/out" 2>"$tmp/err" </dev/null ||
-        status=$?
-    echo "${args[*]}: exit $status: $(cat "$tmp/err")"
-    [ "$status" -eq 1 ] || fail "${args[*]}: exit status $status, want 1"
-    [ ! -e "$sock" ] || fail "${args[*]}: socket was created"
-    for s in "$@"; do
-        grep -qF -- "$s" "$tmp/err" || fail "${args[*]}: message does not mention '$s'"
-    done
-}
 
 bad_args --filter=log memory 1M logfile="$tmp/x.log" logappend=maybe -- logappend maybe
 bad_args --filter=log memory 1M logfile="$tmp/no/such/dir/x.log" -- "$tmp/no/such/dir/x.log"

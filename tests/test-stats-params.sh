@@ -9,20 +9,6 @@
 # "statsthreshold must be between 0 and 100 (percent)").
 source "$(dirname "$0")/lib/functions.sh"
 
-bad_args() {
-    local args=() status=0 s
-    while [ "$1" != -- ]; do args+=("$1"); shift; done
-    shift
-    local sock="$tmp/bad.sock"
-    timeout 20 "${server_cmd[@]}" -f -U "$sock" "${args[@]}" >"$tmp/out" 2>"$tmp/err" </dev/null ||
-        status=$?
-    echo "${args[*]}: exit $status: $(cat "$tmp/err")"
-    [ "$status" -eq 1 ] || fail "${args[*]}: exit status $status, want 1"
-    [ ! -e "$sock" ] || fail "${args[*]}: socket was created"
-    for s in "$@"; do
-        grep -qF -- "$s" "$tmp/err" || fail "${args[*]}: message does not mention '$s'"
-    done
-}
 
 f="$tmp/stats.txt"
 bad_args --filter=stats memory 1M -- statsfile
