@@ -40,6 +40,7 @@ pub mod pattern;
 mod prng;
 pub mod random;
 mod script;
+pub mod script_plugin;
 pub mod sh;
 pub mod sparse_array;
 pub mod sparse_random;
