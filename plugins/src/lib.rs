@@ -26,6 +26,7 @@
 
 #![warn(missing_docs)]
 
+mod bucket;
 pub mod data;
 mod data_format;
 pub mod eval;
