@@ -62,4 +62,10 @@ bad_args iso "$tmp/d1" prog=no-such-isoprog -- "prog=no-such-isoprog"
 bad_args iso "$tmp/d1" params=--no-such-option -- "params=--no-such-option"
 bad_args iso "$tmp/d1" colour=red -- colour
 [ -z "$(ls "$tmp/images")" ] || fail "a failed start left an image behind: $(ls "$tmp/images")"
+# --help describes the parameters; --dump-plugin names the plugin and its magic key.
+"${server_cmd[@]}" iso --help > "$tmp/help"
+grep -q -- 'params=' "$tmp/help" || fail "iso --help does not describe params="
+"${server_cmd[@]}" iso --dump-plugin > "$tmp/dump"
+grep -qx 'name=iso' "$tmp/dump" || fail "iso --dump-plugin"
+grep -qx 'magic_config_key=dir' "$tmp/dump" || fail "iso --dump-plugin: the magic key is not dir"
 echo OK

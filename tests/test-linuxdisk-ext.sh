@@ -81,4 +81,10 @@ bad_args linuxdisk "$tmp/root" size=12Q -- "size=12Q"
 bad_args linuxdisk "$tmp/root" size=10K -- "size=10K" mke2fs
 bad_args linuxdisk "$tmp/root" label=seventeen-letters -- "label=seventeen-letters"
 [ -z "$(ls "$tmp/images")" ] || fail "a failed start left an image behind"
+# --help describes the parameters; --dump-plugin names the plugin and its magic key.
+"${server_cmd[@]}" linuxdisk --help > "$tmp/help"
+grep -q -- 'label=' "$tmp/help" || fail "linuxdisk --help does not describe label="
+"${server_cmd[@]}" linuxdisk --dump-plugin > "$tmp/dump"
+grep -qx 'name=linuxdisk' "$tmp/dump" || fail "linuxdisk --dump-plugin"
+grep -qx 'magic_config_key=dir' "$tmp/dump" || fail "linuxdisk --dump-plugin: the magic key is not dir"
 echo OK

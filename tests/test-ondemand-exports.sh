@@ -117,4 +117,10 @@ bad_args ondemand dir="$tmp/ours" -- "size=<SIZE>"
 bad_args ondemand dir="$tmp/nonexistent" 1M -- "dir=$tmp/nonexistent"
 bad_args ondemand dir="$tmp/ours" 1M share=maybe -- "share=maybe"
 bad_args ondemand dir="$tmp/ours" 1M disk=x -- "disk=x"
+# --help describes the parameters; --dump-plugin names the plugin and its magic key.
+"${server_cmd[@]}" ondemand --help > "$tmp/help"
+grep -q -- 'share=' "$tmp/help" || fail "ondemand --help does not describe share="
+"${server_cmd[@]}" ondemand --dump-plugin > "$tmp/dump"
+grep -qx 'name=ondemand' "$tmp/dump" || fail "ondemand --dump-plugin"
+grep -qx 'magic_config_key=size' "$tmp/dump" || fail "ondemand --dump-plugin: the magic key is not size"
 echo OK

@@ -109,4 +109,10 @@ bad_args tmpdisk size=1Q -- "size=1Q"
 bad_args tmpdisk 1M a-b=c -- "a-b=c"
 bad_args tmpdisk disk="$tmp/nonexistent" -- "disk=$tmp/nonexistent"
 bad_args tmpdisk disk="$tmp/base.img" command=true -- "disk=$tmp/base.img" "command="
+# --help describes the parameters; --dump-plugin names the plugin and its magic key.
+"${server_cmd[@]}" tmpdisk --help > "$tmp/help"
+grep -q -- 'command=' "$tmp/help" || fail "tmpdisk --help does not describe command="
+"${server_cmd[@]}" tmpdisk --dump-plugin > "$tmp/dump"
+grep -qx 'name=tmpdisk' "$tmp/dump" || fail "tmpdisk --dump-plugin"
+grep -qx 'magic_config_key=size' "$tmp/dump" || fail "tmpdisk --dump-plugin: the magic key is not size"
 echo OK
