@@ -4,6 +4,9 @@
 # system asked for (blkid, e2fsck), the same type, label and size nbdkit serves; command= runs
 # with nbdkit's variables and a failing command fails the open with its message in the log;
 # disk= gives every client a copy of an image; nothing is left in $TMPDIR.
+#
+# Fails against nbdkit 1.32 (NBDFORGE=nbdkit) at type=vfat with a label: its mkfs command passes
+# -L, which mkfs.vfat does not take (-n is its label option); and it has no disk=.
 source "$(dirname "$0")/lib/functions.sh"
 
 mkdir -p "$tmp/images"
