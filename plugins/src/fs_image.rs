@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use nbdforge_api::{Capabilities, Error, Handle, Result};
+use nbdforge_api::{Capabilities, Error, Flags, Handle, Result};
 
 use crate::script::make_private_dir;
 
@@ -48,7 +48,7 @@ impl ImageDir {
     /// A connection's read-only handle on the image, which every client shares (so multi-conn
     /// is safe); `name` begins its messages.
     pub(crate) fn open_shared(&self, name: &str) -> Result<Box<dyn Handle>> {
-        Ok(Box::new(ImageHandle::open(&self.disk(), name, true, true, None)?))
+        Ok(Box::new(ImageHandle::open(&self.disk(), name, true, Sharing::Shared, None)?))
     }
 }
 
@@ -191,20 +191,39 @@ pub(crate) fn run(what: &str, command: &mut Command, input: Option<&[u8]>, outpu
     Err(Error::io(if said.is_empty() { format!("{what}: {how}") } else { format!("{what}: {how}: {said}") }))
 }
 
+/// How an image lives, which decides what a connection's handle promises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sharing {
+    /// One image for every client (`iso`, `linuxdisk`): multi-conn is safe.
+    Shared,
+    /// An image kept after the connection (`ondemand`): flushes reach the disk.
+    Kept,
+    /// An image that dies with its connection (`tmpdisk`): flush and FUA have nothing to keep,
+    /// so they return at once, as in nbdkit.
+    Throwaway,
+}
+
 /// One connection's handle on an image: the `file` plugin's handle (reads with `sendfile`, holes,
-/// trim, zeroing, flush), answering multi-conn as the plugin says, and holding what must live as
-/// long as the connection (`ondemand`'s lock).
+/// trim, zeroing, flush) with the promises of its [`Sharing`], holding what must live as long as
+/// the connection (`ondemand`'s lock).
 pub(crate) struct ImageHandle {
     file: Box<dyn Handle>,
-    /// Whether other connections see this one's writes: true when all share one image.
-    multi_conn: bool,
+    sharing: Sharing,
     _held: Option<File>,
 }
 
 impl ImageHandle {
     /// Opens the image at `path` for one connection; `name` begins its messages.
-    pub(crate) fn open(path: &Path, name: &str, readonly: bool, multi_conn: bool, held: Option<File>) -> Result<Self> {
-        Ok(ImageHandle { file: crate::file::open_image(path, name, readonly)?, multi_conn, _held: held })
+    pub(crate) fn open(path: &Path, name: &str, readonly: bool, sharing: Sharing, held: Option<File>) -> Result<Self> {
+        Ok(ImageHandle { file: crate::file::open_image(path, name, readonly)?, sharing, _held: held })
+    }
+
+    /// The flags passed on: without FUA for a throwaway disk.
+    fn flags(&self, flags: Flags) -> Flags {
+        match self.sharing {
+            Sharing::Throwaway => flags.without(Flags::FUA),
+            _ => flags,
+        }
     }
 }
 
@@ -218,7 +237,26 @@ impl Handle for ImageHandle {
     }
 
     fn capabilities(&self) -> Result<Capabilities> {
-        Ok(Capabilities { multi_conn: self.multi_conn, ..self.file.capabilities()? })
+        Ok(Capabilities { multi_conn: self.sharing == Sharing::Shared, ..self.file.capabilities()? })
+    }
+
+    fn pwrite(&self, buf: &[u8], offset: u64, flags: Flags) -> Result<()> {
+        self.file.pwrite(buf, offset, self.flags(flags))
+    }
+
+    fn flush(&self, flags: Flags) -> Result<()> {
+        match self.sharing {
+            Sharing::Throwaway => Ok(()),
+            _ => self.file.flush(flags),
+        }
+    }
+
+    fn trim(&self, count: u64, offset: u64, flags: Flags) -> Result<()> {
+        self.file.trim(count, offset, self.flags(flags))
+    }
+
+    fn zero(&self, count: u64, offset: u64, flags: Flags) -> Result<()> {
+        self.file.zero(count, offset, self.flags(flags))
     }
 }
 

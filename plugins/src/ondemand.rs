@@ -16,7 +16,7 @@ use std::sync::Mutex;
 
 use nbdforge_api::{parse_bool, Error, Export, Handle, Layer, LayerInfo, OpenArgs, Plugin, Registration, Result};
 
-use crate::fs_image::{directory, DiskCommand, ImageHandle};
+use crate::fs_image::{directory, DiskCommand, ImageHandle, Sharing};
 use crate::sys::io_error;
 
 /// The `ondemand` plugin. Configure with `dir=` and `size=`, and `type=`/`label=` or `command=`.
@@ -119,7 +119,7 @@ impl OndemandPlugin {
         let lock = self.lock(&disk, name, args.readonly)?;
         let label = format!("ondemand: export '{name}'");
         // Clients of one export are not told that they see each other's writes.
-        Ok(Box::new(ImageHandle::open(&disk, &label, args.readonly, false, Some(lock))?))
+        Ok(Box::new(ImageHandle::open(&disk, &label, args.readonly, Sharing::Kept, Some(lock))?))
     }
 }
 

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use nbdforge_api::{realpath, Error, Handle, Layer, LayerInfo, OpenArgs, Plugin, Registration, Result};
 
-use crate::fs_image::{run, DiskCommand, ImageDir, ImageHandle};
+use crate::fs_image::{run, DiskCommand, ImageDir, ImageHandle, Sharing};
 
 /// The `tmpdisk` plugin. Configure with `size=`, and `type=`/`label=`, `command=` or `disk=`.
 #[derive(Debug, Default)]
@@ -77,8 +77,9 @@ impl Plugin for TmpdiskPlugin {
         let image = ImageDir::new("tmpdisk")?;
         let disk = image.disk();
         let name = format!("tmpdisk: disk of connection {}", args.conn.id());
-        // Each client has its own disk: one connection's writes are not seen by another.
-        let opened = self.make(&disk).and_then(|()| ImageHandle::open(&disk, &name, args.readonly, false, None));
+        // Each client has its own disk, gone when it leaves: nothing to flush, no multi-conn.
+        let opened =
+            self.make(&disk).and_then(|()| ImageHandle::open(&disk, &name, args.readonly, Sharing::Throwaway, None));
         // The client only learns that the export could not be opened: the reason goes in the log.
         let handle = opened.inspect_err(|e| tracing::error!("{}", e.message))?;
         // The open handle keeps the data; the names go now.
