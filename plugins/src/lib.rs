@@ -15,12 +15,17 @@
 //! - [`info`]: the export name, client address or a clock as a disk;
 //! - [`split`]: several files concatenated into one disk;
 //! - [`data`]: a RAM disk initialized from the command line, in nbdkit's data format;
-//! - [`sh`] and [`eval`]: plugins written as scripts, with nbdkit's calling convention.
+//! - [`sh`] and [`eval`]: plugins written as scripts, with nbdkit's calling convention;
+//! - [`iso`]: a CD-ROM image made from directories by xorriso, genisoimage or mkisofs;
+//! - [`linuxdisk`]: a partitioned disk with an ext2/3/4 file system made from a directory;
+//! - [`tmpdisk`]: a fresh temporary file system (or any disk a command makes) per connection;
+//! - [`ondemand`]: a persistent file system per export name, made the first time it is asked for.
 //!
 //! Shared machinery lives beside them: [`sparse_array`] (pages allocated on first write, behind
 //! lock stripes), `flat_buffer` (one mapping for `memory allocator=malloc`), `prng` (nbdkit's
 //! pseudo-random generator, for the plugins whose data a seed decides), `data_format` (the data
-//! plugin's language) and `script` (running the scripts of `sh` and `eval`); the file and split
+//! plugin's language), `script` (running the scripts of `sh` and `eval`) and `fs_image` (making a
+//! disk with the system's tools, for the last four); the file and split
 //! plugins' I/O is the `nbdforge-storage` crate. The binary finds a plugin by name in
 //! [`registrations`].
 
@@ -32,10 +37,14 @@ mod data_format;
 pub mod eval;
 pub mod file;
 mod flat_buffer;
+mod fs_image;
 pub mod full;
 pub mod info;
+pub mod iso;
+pub mod linuxdisk;
 pub mod memory;
 pub mod null;
+pub mod ondemand;
 pub mod ones;
 pub mod pattern;
 mod prng;
@@ -47,6 +56,7 @@ pub mod sparse_array;
 pub mod sparse_random;
 pub mod split;
 mod sys;
+pub mod tmpdisk;
 pub mod zero;
 
 use nbdforge_api::Registration;
@@ -68,6 +78,10 @@ pub fn registrations() -> Vec<Registration> {
         data::registration(),
         sh::registration(),
         eval::registration(),
+        iso::registration(),
+        linuxdisk::registration(),
+        tmpdisk::registration(),
+        ondemand::registration(),
     ]
 }
 
