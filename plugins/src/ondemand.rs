@@ -174,8 +174,7 @@ impl Plugin for OndemandPlugin {
     }
 
     fn open(&self, args: &OpenArgs) -> Result<Box<dyn Handle>> {
-        // The client only learns that the export could not be opened: the reason goes in the log.
-        self.open_export(args).inspect_err(|e| tracing::error!("{}", e.message))
+        self.open_export(args)
     }
 }
 

@@ -80,8 +80,7 @@ impl Plugin for TmpdiskPlugin {
         // Each client has its own disk, gone when it leaves: nothing to flush, no multi-conn.
         let opened =
             self.make(&disk).and_then(|()| ImageHandle::open(&disk, &name, args.readonly, Sharing::Throwaway, None));
-        // The client only learns that the export could not be opened: the reason goes in the log.
-        let handle = opened.inspect_err(|e| tracing::error!("{}", e.message))?;
+        let handle = opened?;
         // The open handle keeps the data; the names go now.
         drop(image);
         Ok(Box::new(handle))

@@ -175,7 +175,12 @@ impl ConnExports<'_> {
             tls: self.tls,
             conn: Arc::clone(self.conn),
         };
-        let handle = backend.open(&args).map_err(Self::option_error)?;
+        // The client gets the message in its option reply, which most clients do not show, so
+        // the log gets it too.
+        let handle = backend.open(&args).map_err(|e| {
+            tracing::error!("{}: opening export {canonical:?}: {}", self.conn.client().peer_name(), e.message);
+            Self::option_error(e)
+        })?;
         Ok((handle, canonical))
     }
 }
