@@ -14,13 +14,15 @@
 //! - [`sparse_random`]: runs of random data between holes, also nbdkit's for the same `seed=`;
 //! - [`info`]: the export name, client address or a clock as a disk;
 //! - [`split`]: several files concatenated into one disk;
+//! - [`partitioning`]: a partitioned disk made from files, one partition each;
 //! - [`data`]: a RAM disk initialized from the command line, in nbdkit's data format;
 //! - [`sh`] and [`eval`]: plugins written as scripts, with nbdkit's calling convention.
 //!
 //! Shared machinery lives beside them: [`sparse_array`] (pages allocated on first write, behind
 //! lock stripes), `flat_buffer` (one mapping for `memory allocator=malloc`), `prng` (nbdkit's
 //! pseudo-random generator, for the plugins whose data a seed decides), `data_format` (the data
-//! plugin's language) and `script` (running the scripts of `sh` and `eval`); the file and split
+//! plugin's language) and `script` (running the scripts of `sh` and `eval`) and `virtual_disk` (a disk laid out as regions of
+//! synthesized bytes and host files, for `partitioning`); the file and split
 //! plugins' I/O is the `nbdforge-storage` crate. The binary finds a plugin by name in
 //! [`registrations`].
 
@@ -36,6 +38,7 @@ pub mod info;
 pub mod memory;
 pub mod null;
 pub mod ones;
+pub mod partitioning;
 pub mod pattern;
 mod prng;
 pub mod random;
@@ -45,6 +48,7 @@ pub mod sparse_array;
 pub mod sparse_random;
 pub mod split;
 mod sys;
+mod virtual_disk;
 pub mod zero;
 
 use nbdforge_api::Registration;
@@ -66,6 +70,7 @@ pub fn registrations() -> Vec<Registration> {
         data::registration(),
         sh::registration(),
         eval::registration(),
+        partitioning::registration(),
     ]
 }
 
