@@ -34,9 +34,5 @@ start_server -r partitioning partition-type=GPT mbr-id=DEFAULT type-guid=Default
 nbdsh -u "$uri" -c 'assert h.pread(8, 512) == b"EFI PART"' || fail "partition-type=GPT"
 stop_server "$server_pid"
 
-"${server_cmd[@]}" partitioning --help > "$tmp/help"
-grep -q "partition-type=mbr|gpt" "$tmp/help" || fail "--help does not list partition-type"
-"${server_cmd[@]}" partitioning --dump-plugin > "$tmp/dump"
-grep -q "^name=partitioning$" "$tmp/dump" || fail "--dump-plugin: $(cat "$tmp/dump")"
-grep -q "^magic_config_key=file$" "$tmp/dump" || fail "--dump-plugin: no magic key: $(cat "$tmp/dump")"
+plugin_describes_itself partitioning file "partition-type=mbr|gpt"
 echo OK

@@ -15,6 +15,7 @@
 //! - [`info`]: the export name, client address or a clock as a disk;
 //! - [`split`]: several files concatenated into one disk;
 //! - [`partitioning`]: a partitioned disk made from files, one partition each;
+//! - [`floppy`]: a FAT32 disk made from a directory, read-only;
 //! - [`data`]: a RAM disk initialized from the command line, in nbdkit's data format;
 //! - [`sh`] and [`eval`]: plugins written as scripts, with nbdkit's calling convention.
 //!
@@ -22,7 +23,7 @@
 //! lock stripes), `flat_buffer` (one mapping for `memory allocator=malloc`), `prng` (nbdkit's
 //! pseudo-random generator, for the plugins whose data a seed decides), `data_format` (the data
 //! plugin's language) and `script` (running the scripts of `sh` and `eval`) and `virtual_disk` (a disk laid out as regions of
-//! synthesized bytes and host files, for `partitioning`); the file and split
+//! synthesized bytes and host files, for `partitioning` and `floppy`), `fat32` (the floppy's file system); the file and split
 //! plugins' I/O is the `nbdforge-storage` crate. The binary finds a plugin by name in
 //! [`registrations`].
 
@@ -31,8 +32,10 @@
 pub mod data;
 mod data_format;
 pub mod eval;
+mod fat32;
 pub mod file;
 mod flat_buffer;
+pub mod floppy;
 pub mod full;
 pub mod info;
 pub mod memory;
@@ -71,6 +74,7 @@ pub fn registrations() -> Vec<Registration> {
         sh::registration(),
         eval::registration(),
         partitioning::registration(),
+        floppy::registration(),
     ]
 }
 

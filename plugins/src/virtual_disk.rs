@@ -63,6 +63,13 @@ impl Regions {
         self.list.len().saturating_sub(1)
     }
 
+    /// Appends the regions of `other`, moved to start at the end of these.
+    pub(crate) fn append(&mut self, other: Regions) {
+        for region in other.list {
+            self.push(region.len, region.content);
+        }
+    }
+
     /// Appends zeroes up to the next multiple of `alignment` (a power of two or any positive
     /// number).
     pub(crate) fn pad_to(&mut self, alignment: u64) {
