@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The floppy plugin read with real tools, no mount: a directory tree with long, Unicode and
-# clashing names, subdirectories, empty and odd-sized files and a directory of several clusters is
+# clashing names (renamed as documented), subdirectories, empty and odd-sized files and a directory of several clusters is
 # served as a disk with one FAT32 partition at 1 MiB; sfdisk sees it, blkid finds the label,
 # fsck.fat -n finds nothing to fix, and mtools copies back every file and directory identical to
 # the originals (from a copy of the whole disk and through --filter=partition). size= makes the
@@ -13,7 +13,8 @@ src=$tmp/src
 mkdir -p "$src/sub/deeper/deepest" "$src/many" "$src/empty dir"
 printf 'hello\n' > "$src/hello.txt"
 printf 'upper\n' > "$src/README.TXT"
-printf 'lower\n' > "$src/readme.txt"          # the same 8.3 name: needs a generated short name
+printf 'lower\n' > "$src/readme.txt"          # the same name but for case: renamed readme~1.txt
+printf 'colon\n' > "$src/a:b"                  # a character FAT forbids: stored as a_b
 printf 'x' > "$src/x"
 : > "$src/empty"
 head -c 511 /dev/urandom > "$src/sub/511"
@@ -47,6 +48,10 @@ check_image() {
     rm -rf "$tmp/out"
     mkdir "$tmp/out"
     mcopy -s -n -m -i "$img@@1M" '::/*' '::/.hidden' "$tmp/out/" || fail "mcopy failed"
+    [ "$(cat "$tmp/out/readme~1.txt")" = lower ] || fail "readme.txt is not readme~1.txt"
+    [ "$(cat "$tmp/out/a_b")" = colon ] || fail "a:b is not a_b"
+    mv "$tmp/out/readme~1.txt" "$tmp/out/readme.txt"
+    mv "$tmp/out/a_b" "$tmp/out/a:b"
     [ ! -e "$tmp/out/a symlink" ] && [ ! -e "$tmp/out/a fifo" ] || fail "a symlink or FIFO is on the disk"
     diff -r -x 'a symlink' -x 'a fifo' "$src" "$tmp/out" || fail "the files copied back differ from the originals"
     echo "all files and directories identical"

@@ -441,6 +441,9 @@ fn exact_short(name: &str) -> Option<[u8; 11]> {
 fn short_names(dir: &Dir) -> Result<Vec<Names>> {
     let mut used: std::collections::HashSet<[u8; 11]> =
         dir.children.iter().filter_map(|(name, _)| exact_short(name)).collect();
+    // Long names are unique regardless of case, as FAT looks them up.
+    let mut long_used: std::collections::HashSet<String> =
+        dir.children.iter().filter(|(name, _)| exact_short(name).is_some()).map(|(n, _)| n.to_lowercase()).collect();
     let mut out = Vec::with_capacity(dir.children.len());
     for (name, _) in &dir.children {
         if let Some(short) = exact_short(name) {
@@ -473,20 +476,32 @@ fn short_names(dir: &Dir) -> Result<Vec<Names>> {
             }
         }
         let short = short.ok_or_else(|| Error::invalid(format!("{name}: no free short name")))?;
-        out.push(Names { short, lfn: long_name_entries(name, &short)? });
+        out.push(Names { short, lfn: long_name_entries(&unique_long_name(name, &mut long_used), &short)? });
     }
     Ok(out)
 }
 
-/// The long-name entries for `name`, last part first as they are stored. Characters a long name
-/// may not hold (`"*/:<>?\|` and controls) are written as `_`.
+/// `name` as a long name no other name in its directory has (compared without case): the
+/// characters a long name may not hold (`"*/:<>?\|` and controls) written as `_`, and when that
+/// or case makes it clash, `~N` added before the extension (`readme~1.txt`).
+fn unique_long_name(name: &str, used: &mut std::collections::HashSet<String>) -> String {
+    let clean: String = name.chars().map(|c| if c < ' ' || "\"*/:<>?\\|".contains(c) { '_' } else { c }).collect();
+    if used.insert(clean.to_lowercase()) {
+        return clean;
+    }
+    let (stem, ext) = match clean.rfind('.') {
+        Some(dot) if dot > 0 => clean.split_at(dot),
+        _ => (clean.as_str(), ""),
+    };
+    (1..)
+        .map(|n| format!("{stem}~{n}{ext}"))
+        .find(|candidate| used.insert(candidate.to_lowercase()))
+        .expect("some suffix is free")
+}
+
+/// The long-name entries for `name`, last part first as they are stored.
 fn long_name_entries(name: &str, short: &[u8; 11]) -> Result<Vec<[u8; ENTRY_SIZE]>> {
-    let mut units: Vec<u16> = name
-        .chars()
-        .map(|c| if c < ' ' || "\"*/:<>?\\|".contains(c) { '_' } else { c })
-        .collect::<String>()
-        .encode_utf16()
-        .collect();
+    let mut units: Vec<u16> = name.encode_utf16().collect();
     if units.len() > 255 {
         return Err(Error::invalid(format!("{name}: longer than the 255 characters of a FAT long name")));
     }
@@ -543,6 +558,11 @@ mod tests {
         let shorts: Vec<String> = names.iter().map(|n| String::from_utf8_lossy(&n.short).into_owned()).collect();
         assert_eq!(shorts, ["README  TXT", "README~1TXT", "ALONGN~1GZ ", "ALONGN~2GZ ", "BASHRC~1   ", "X~1        "]);
         assert!(names[0].lfn.is_empty());
+        let mut used = ["readme.txt".to_string()].into_iter().collect();
+        assert_eq!(unique_long_name("ReadMe.txt", &mut used), "ReadMe~1.txt");
+        assert_eq!(unique_long_name("a:b", &mut used), "a_b");
+        assert_eq!(unique_long_name("a?b", &mut used), "a_b~1");
+        assert_eq!(unique_long_name("A_B", &mut used), "A_B~2");
         assert_eq!(names[2].lfn.len(), 2);
         assert_eq!(names[2].lfn[0][0], 0x42);
         assert_eq!(names[2].lfn[1][0], 0x01);

@@ -22,10 +22,10 @@
 //! Shared machinery lives beside them: [`sparse_array`] (pages allocated on first write, behind
 //! lock stripes), `flat_buffer` (one mapping for `memory allocator=malloc`), `prng` (nbdkit's
 //! pseudo-random generator, for the plugins whose data a seed decides), `data_format` (the data
-//! plugin's language) and `script` (running the scripts of `sh` and `eval`) and `virtual_disk` (a disk laid out as regions of
-//! synthesized bytes and host files, for `partitioning` and `floppy`), `fat32` (the floppy's file system); the file and split
-//! plugins' I/O is the `nbdforge-storage` crate. The binary finds a plugin by name in
-//! [`registrations`].
+//! plugin's language), `script` (running the scripts of `sh` and `eval`), `virtual_disk` (a disk
+//! laid out as regions of synthesized bytes and host files, for `partitioning` and `floppy`) and
+//! `fat32` (the floppy's file system); the file, split and partitioning plugins' I/O is the
+//! `nbdforge-storage` crate. The binary finds a plugin by name in [`registrations`].
 
 #![warn(missing_docs)]
 

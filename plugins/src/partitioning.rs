@@ -6,16 +6,17 @@
 //! take only writes of the same bytes. MBR with more than four files makes the fourth an extended
 //! partition holding the rest as logical partitions, each behind its own EBR, as nbdkit does.
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use nbdforge_api::{
     debug, parse_int, parse_size, realpath, unknown_parameter, Capabilities, Error, Flags, Handle, Layer, LayerInfo,
-    OpenArgs, Plugin, Registration, Result, Support,
+    OpenArgs, Plugin, ReadSink, Registration, Result, Support,
 };
 use nbdforge_storage::FileStorage;
 
-use crate::virtual_disk::{boot_signature, mbr_entry, Content, Regions, SECTOR_SIZE};
+use crate::virtual_disk::{boot_signature, mbr_entry, Content, Region, Regions, SECTOR_SIZE};
 
 /// The largest and default partition alignment: 1 MiB (2048 sectors).
 const MAX_ALIGNMENT: u64 = 2048 * SECTOR_SIZE;
@@ -234,6 +235,18 @@ impl Handle for PartitioningHandle {
             cache: Support::Emulate,
             ..Capabilities::READ_ONLY
         })
+    }
+
+    /// A read inside one partition is offered to the server as that file, to be sent with
+    /// `sendfile`.
+    fn read(&self, count: u64, offset: u64, flags: Flags, sink: &mut dyn ReadSink) -> Result<()> {
+        if let Some(Region { start, len, content: Content::Source(n) }) = self.disk.region_at(offset) {
+            let (within, storage) = (offset - start, &self.files[*n].1);
+            if within + count <= *len && storage.can_sendfile(within, count) {
+                return sink.file(storage.as_fd(), within, &storage.holes(within, count));
+            }
+        }
+        self.pread(sink.buffer()?, offset, flags)
     }
 
     fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {

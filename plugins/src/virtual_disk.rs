@@ -79,6 +79,11 @@ impl Regions {
         }
     }
 
+    /// The region holding byte `offset`, if any.
+    pub(crate) fn region_at(&self, offset: u64) -> Option<&Region> {
+        self.list.get(self.list.partition_point(|r| r.end() <= offset))
+    }
+
     /// The bytes of in-memory region `index`, to fill in once the layout is known.
     pub(crate) fn bytes_mut(&mut self, index: usize) -> &mut [u8] {
         match &mut self.list[index].content {
