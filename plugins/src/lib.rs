@@ -17,18 +17,24 @@
 //! - [`partitioning`]: a partitioned disk made from files, one partition each;
 //! - [`floppy`]: a FAT32 disk made from a directory, read-only;
 //! - [`data`]: a RAM disk initialized from the command line, in nbdkit's data format;
-//! - [`sh`] and [`eval`]: plugins written as scripts, with nbdkit's calling convention.
+//! - [`sh`] and [`eval`]: plugins written as scripts, with nbdkit's calling convention;
+//! - [`iso`]: a CD-ROM image made from directories by xorriso, genisoimage or mkisofs;
+//! - [`linuxdisk`]: a partitioned disk with an ext2/3/4 file system made from a directory;
+//! - [`tmpdisk`]: a fresh temporary file system (or any disk a command makes) per connection;
+//! - [`ondemand`]: a persistent file system per export name, made the first time it is asked for.
 //!
 //! Shared machinery lives beside them: [`sparse_array`] (pages allocated on first write, behind
 //! lock stripes), `flat_buffer` (one mapping for `memory allocator=malloc`), `prng` (nbdkit's
 //! pseudo-random generator, for the plugins whose data a seed decides), `data_format` (the data
-//! plugin's language), `script` (running the scripts of `sh` and `eval`), `virtual_disk` (a disk
-//! laid out as regions of synthesized bytes and host files, for `partitioning` and `floppy`) and
-//! `fat32` (the floppy's file system); the file, split and partitioning plugins' I/O is the
+//! plugin's language), `script` (running the scripts of `sh` and `eval`), `fs_image` (making a
+//! disk with the system's tools, for the last four), `virtual_disk` (a disk laid out as regions
+//! of synthesized bytes and host files, for `partitioning` and `floppy`) and `fat32` (the
+//! floppy's file system); the file, split and partitioning plugins' I/O is the
 //! `nbdforge-storage` crate. The binary finds a plugin by name in [`registrations`].
 
 #![warn(missing_docs)]
 
+mod bucket;
 pub mod data;
 mod data_format;
 pub mod eval;
@@ -36,21 +42,27 @@ mod fat32;
 pub mod file;
 mod flat_buffer;
 pub mod floppy;
+mod fs_image;
 pub mod full;
 pub mod info;
+pub mod iso;
+pub mod linuxdisk;
 pub mod memory;
 pub mod null;
+pub mod ondemand;
 pub mod ones;
 pub mod partitioning;
 pub mod pattern;
 mod prng;
 pub mod random;
 mod script;
+pub mod script_plugin;
 pub mod sh;
 pub mod sparse_array;
 pub mod sparse_random;
 pub mod split;
 mod sys;
+pub mod tmpdisk;
 mod virtual_disk;
 pub mod zero;
 
@@ -75,6 +87,10 @@ pub fn registrations() -> Vec<Registration> {
         eval::registration(),
         partitioning::registration(),
         floppy::registration(),
+        iso::registration(),
+        linuxdisk::registration(),
+        tmpdisk::registration(),
+        ondemand::registration(),
     ]
 }
 

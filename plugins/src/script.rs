@@ -9,10 +9,12 @@
 //! becomes a program ([`Program`]) and in what a missing `can_*` method means.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 use nbdforge_api::extents::{HOLE, ZERO};
 use nbdforge_api::{
@@ -92,11 +94,24 @@ fn script_error(method: &str, stderr: &[u8]) -> Error {
     }
 }
 
+/// The methods run while the server starts or stops, before any client: no time limit, as a
+/// script may build its disk in them.
+const STARTUP_METHODS: &[&str] =
+    &["load", "unload", "config", "config_complete", "thread_model", "get_ready", "after_fork", "dump_plugin"];
+
+/// How often a waiting call looks whether the server is shutting down.
+const SHUTDOWN_CHECK: Duration = Duration::from_secs(1);
+
+/// The time limit of a method run for a client, unless `script-timeout=` says otherwise.
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A script and the private directory it may keep state in.
 #[derive(Debug)]
 pub(crate) struct Script {
     pub(crate) program: Program,
     pub(crate) tmpdir: PathBuf,
+    /// How long a method run for a client may take (`None`: as long as it likes).
+    pub(crate) timeout: Option<Duration>,
     /// The plugin's name, for messages (`sh`, `eval`).
     name: &'static str,
 }
@@ -105,10 +120,12 @@ impl Script {
     /// A script with a fresh private directory for `$tmpdir`.
     pub(crate) fn new(name: &'static str, program: Program) -> Result<Self> {
         let tmpdir = make_tmpdir(name)?;
-        Ok(Script { program, tmpdir, name })
+        Ok(Script { program, tmpdir, timeout: Some(DEFAULT_TIMEOUT), name })
     }
 
-    /// Runs `method` with `args`, feeding it `input` on standard input.
+    /// Runs `method` with `args`, feeding it `input` on standard input. A run past the time
+    /// limit, or still going when the server shuts down, is killed with everything it started
+    /// and the call fails.
     pub(crate) fn call(&self, method: &str, args: &[&str], input: Option<&[u8]>) -> Result<Outcome> {
         let mut command = match &self.program {
             Program::Executable(path) => Command::new(path),
@@ -123,28 +140,79 @@ impl Script {
             .arg(method)
             .args(args)
             .env("tmpdir", &self.tmpdir)
+            .process_group(0)
             .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let fail = |e: std::io::Error| Error::from_io(format!("{}: {method}: running the script", self.name), &e);
         let mut child = command.spawn().map_err(fail)?;
-        // Written from another thread, so that a script that answers before reading all of its
-        // input cannot block both sides.
-        let output = std::thread::scope(|s| {
+        let limit = if STARTUP_METHODS.contains(&method) { None } else { self.timeout };
+        let deadline = limit.map(|d| Instant::now() + d);
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let mut killed = None;
+        // The pipes are drained by threads of their own (a script may fill one while we wait
+        // on the other, or answer before reading all of its input), so that this thread can
+        // watch the clock.
+        let (output, errors) = std::thread::scope(|s| {
             if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
                 s.spawn(move || {
                     let _ = stdin.write_all(data);
                 });
             }
-            child.wait_with_output()
-        })
-        .map_err(fail)?;
-        match output.status.code() {
-            Some(0) => Ok(Outcome::Done(output.stdout)),
+            let (done, finished) = mpsc::channel();
+            let drain = |pipe: Option<Box<dyn Read + Send>>, done: mpsc::Sender<()>| {
+                move || {
+                    let mut bytes = Vec::new();
+                    if let Some(mut pipe) = pipe {
+                        let _ = pipe.read_to_end(&mut bytes);
+                    }
+                    let _ = done.send(());
+                    bytes
+                }
+            };
+            let out = s.spawn(drain(stdout.map(|p| Box::new(p) as _), done.clone()));
+            let err = s.spawn(drain(stderr.map(|p| Box::new(p) as _), done));
+            let mut open_pipes = 2;
+            while open_pipes > 0 {
+                let now = Instant::now();
+                let step = deadline.map_or(SHUTDOWN_CHECK, |d| d.saturating_duration_since(now).min(SHUTDOWN_CHECK));
+                match finished.recv_timeout(step) {
+                    Ok(()) => open_pipes -= 1,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        let why = if deadline.is_some_and(|d| Instant::now() >= d) {
+                            format!("ran for more than {} s", limit.unwrap_or_default().as_secs_f64())
+                        } else if nbdforge_api::server::is_shutting_down() {
+                            "was still running when the server shut down".to_string()
+                        } else {
+                            continue;
+                        };
+                        // The group is the script's own (process_group above), and the child
+                        // is not reaped yet, so the id cannot name anything else.
+                        let _ = nix::sys::signal::killpg(
+                            nix::unistd::Pid::from_raw(child.id() as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                        killed = Some(why);
+                        break;
+                    }
+                }
+            }
+            (out.join().unwrap_or_default(), err.join().unwrap_or_default())
+        });
+        let status = child.wait().map_err(fail)?;
+        if let Some(why) = killed {
+            return Err(Error::io(format!("{method}: the script {why} and was killed")));
+        }
+        match status.code() {
+            Some(0) => Ok(Outcome::Done(output)),
             Some(2) => Ok(Outcome::Missing),
             Some(3) => Ok(Outcome::False),
-            Some(_) => Err(script_error(method, &output.stderr)),
-            None => Err(Error::io(format!("{method}: the script was killed by a signal"))),
+            Some(_) => Err(script_error(method, &errors)),
+            None => Err(Error::io(format!(
+                "{method}: the script was killed by signal {}",
+                status.signal().unwrap_or_default()
+            ))),
         }
     }
 
@@ -278,8 +346,13 @@ fn parse_export_list(text: &str) -> Vec<Export> {
 
 /// Makes the private directory a script gets as `$tmpdir`.
 fn make_tmpdir(name: &str) -> Result<PathBuf> {
+    make_private_dir(&std::env::temp_dir(), name)
+}
+
+/// Makes a new directory in `base` that only this user may enter (`nbdforge-NAME-...`): what
+/// goes in it cannot be seen or swapped by other users while it is being made.
+pub(crate) fn make_private_dir(base: &Path, name: &str) -> Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
-    let base = std::env::temp_dir();
     for attempt in 0..100u32 {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         let dir = base.join(format!("nbdforge-{name}-{}-{nanos:08x}{attempt}", std::process::id()));
