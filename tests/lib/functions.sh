@@ -224,6 +224,16 @@ bad_args() {
     done
 }
 
+# plugin_describes_itself PLUGIN MAGIC-KEY HELP-TEXT: `PLUGIN --help` shows HELP-TEXT (one of its
+# parameters) and `PLUGIN --dump-plugin` gives its name and magic key, as nbdkit prints them.
+plugin_describes_itself() {
+    "${server_cmd[@]}" "$1" --help > "$tmp/help"
+    grep -qF -- "$3" "$tmp/help" || fail "$1 --help does not show '$3': $(cat "$tmp/help")"
+    "${server_cmd[@]}" "$1" --dump-plugin > "$tmp/dump"
+    grep -qx "name=$1" "$tmp/dump" || fail "$1 --dump-plugin: no name=$1: $(cat "$tmp/dump")"
+    grep -qx "magic_config_key=$2" "$tmp/dump" || fail "$1 --dump-plugin: no magic key $2: $(cat "$tmp/dump")"
+}
+
 # --- Comparing with nbdkit, the peer ------------------------------------------------------------
 
 # start_nbdkit ARGS...: like start_server, but runs nbdkit with the same arguments, so a test can
