@@ -231,3 +231,51 @@ impl Handle for PolicyHandle {
         self.next.block_status(context, count, offset, flags, extents)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configured(params: &[(&str, &str)]) -> Result<PolicyFilter> {
+        let mut f = PolicyFilter::default();
+        for (k, v) in params {
+            assert!(f.config(k, v)?);
+        }
+        f.config_complete()?;
+        Ok(f)
+    }
+
+    fn sizes(b: Option<BlockSize>) -> Option<(u32, u32, u32)> {
+        b.map(|b| (b.minimum, b.preferred, b.maximum))
+    }
+
+    #[test]
+    fn each_parameter_replaces_what_the_layer_below_advertises() {
+        let below = Some(BlockSize { minimum: 512, preferred: 4096, maximum: 1 << 20 });
+        let f = configured(&[]).unwrap();
+        assert_eq!(sizes(f.block_size(below).unwrap()), Some((512, 4096, 1 << 20)));
+        assert_eq!(sizes(f.block_size(None).unwrap()), None, "nothing given, nothing below: nothing");
+        let f = configured(&[("blocksize-preferred", "64K")]).unwrap();
+        assert_eq!(sizes(f.block_size(below).unwrap()), Some((512, 65536, 1 << 20)));
+        assert_eq!(sizes(f.block_size(None).unwrap()), Some((1, 65536, u32::MAX)));
+        let f = configured(&[("blocksize-minimum", "4K"), ("blocksize-write-disconnect", "100000")]).unwrap();
+        assert_eq!(sizes(f.block_size(below).unwrap()), Some((4096, 4096, 98304)), "capped by the disconnect size");
+        let f = configured(&[("blocksize-maximum", "1000")]).unwrap();
+        assert_eq!(f.block_size(None).unwrap_err().errno, libc::EINVAL, "preferred 4096 over the maximum");
+    }
+
+    #[test]
+    fn bad_parameters_name_themselves() {
+        for (params, words) in [
+            (&[("blocksize-minimum", "3")][..], "blocksize-minimum=3"),
+            (&[("blocksize-preferred", "256")][..], "blocksize-preferred=256"),
+            (&[("blocksize-maximum", "8G")][..], "blocksize-maximum=8G"),
+            (&[("blocksize-error-policy", "maybe")][..], "blocksize-error-policy=maybe"),
+            (&[("blocksize-minimum", "512"), ("blocksize-maximum", "1000")][..], "blocksize-maximum=1000"),
+        ] {
+            let e = configured(params).unwrap_err();
+            assert!(e.message.contains(words), "{}", e.message);
+        }
+        assert!(configured(&[("blocksize-minimum", "0")]).unwrap().minimum.is_none(), "0 is not given");
+    }
+}
