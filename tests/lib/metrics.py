@@ -76,3 +76,19 @@ def http_status(url):
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
+
+
+def eventually(url, want, what, timeout=10):
+    """Scrapes until every sample in `want` ({(name, {labels}): value}) has its value, and returns
+    the page. A request is counted just after its reply is sent, and a connection when the server
+    sees its client leave, so a client may get there a moment before the page does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples, _ = scrape(url)
+        wrong = ["%s%s: got %s, want %s" % (name, labels, value(samples, name, **labels), v)
+                 for (name, labels), v in want if value(samples, name, **labels) != v]
+        if not wrong:
+            return samples
+        if time.monotonic() > deadline:
+            raise CheckFailed("%s:\n  %s" % (what, "\n  ".join(wrong)))
+        time.sleep(0.05)

@@ -251,17 +251,18 @@ pub(crate) fn render(registry: &Registry, connections: ConnectionCounts) -> Vec<
 /// `localhost:9100`, or `:9100` and `9100` for every address. Port 0 takes any free port.
 pub fn bind(spec: &str) -> io::Result<TcpListener> {
     let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidInput, why.to_string());
-    let port_only = spec.strip_prefix(':').unwrap_or(spec);
-    if !port_only.is_empty() && port_only.bytes().all(|b| b.is_ascii_digit()) {
-        let port: u16 = port_only.parse().map_err(|_| invalid("the port must be from 0 to 65535"))?;
+    let (host, port) = spec.rsplit_once(':').unwrap_or(("", spec));
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid("expected ADDR:PORT (such as 127.0.0.1:9100), :PORT or PORT"));
+    }
+    let port: u16 = port.parse().map_err(|_| invalid("the port must be from 0 to 65535"))?;
+    if host.is_empty() {
         // Every address: IPv6 and IPv4 on one socket where the system allows it.
         let any6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
         return TcpListener::bind(any6).or_else(|_| TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))));
     }
-    if !spec.contains(':') {
-        return Err(invalid("expected ADDR:PORT (such as 127.0.0.1:9100), :PORT or PORT"));
-    }
-    let addrs: Vec<SocketAddr> = spec.to_socket_addrs()?.collect();
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
     if addrs.is_empty() {
         return Err(invalid("the address resolves to nothing"));
     }
@@ -311,6 +312,8 @@ mod tests {
         assert!(bind(":0").is_ok());
         assert!(bind("127.0.0.1").is_err());
         assert!(bind("70000").is_err());
+        assert!(bind("[::1]:0").is_ok());
         assert!(bind("no-such-host.invalid:0").is_err());
+        assert!(bind("127.0.0.1:").is_err());
     }
 }
