@@ -5,13 +5,13 @@
 //! connection (refused and failed handshakes included), every request whatever the filter stack
 //! answers itself, and the export each connection chose.
 //!
-//! The request path takes no lock: each connection counts into its own [`Counters`] with relaxed
+//! The request path takes no lock: each connection counts into its own `Counters` with relaxed
 //! atomic additions (only the connection's own workers share them), and a scrape sums the live
 //! connections' counters with the totals of those that closed. A connection joins and leaves the
 //! registry under its lock, once each, and leaving folds its counts into its export's totals under
 //! that same lock, so a scrape never sees a count go down.
 //!
-//! [`text`] renders a snapshot; [`http`] is the endpoint that serves it.
+//! `text` renders a snapshot; `http` is the endpoint that serves it.
 
 mod http;
 mod text;
