@@ -3,7 +3,7 @@
 # - a scraper that sends half a request and stalls does not delay another one's scrape;
 # - a 4 MiB request is answered 431 after 8 KiB, and the server's memory does not grow with it;
 # - 300 silent connections at once: scrapes still succeed at once, the server holds at most 16 of
-#   them (its open descriptors say so) and starts no thread for them;
+#   them (its open descriptors say so) and starts no threads for them;
 # - a silent scraper is disconnected after 10 seconds;
 # - GET / is 404, POST /metrics 405, a request line without a version 400, HEAD /metrics 200;
 # - the NBD client's reads all succeed and are all counted.
@@ -102,7 +102,9 @@ def main():
         fds = descriptors(srv.pid)
         print("descriptors: %d before the flood, %d during it" % (fds0, fds))
         check(fds <= fds0 + 17, "the server holds %d descriptors, %d before the flood" % (fds, fds0))
-        check_eq(status_field(srv.pid, "Threads"), threads0, "server threads during the flood")
+        # The NBD client's connection may add a worker meanwhile; a thread per scraper would be 300.
+        threads = status_field(srv.pid, "Threads")
+        check(threads <= threads0 + 2, "server threads: %d before the flood, %d during it" % (threads0, threads))
         rss = status_field(srv.pid, "VmRSS")
         print("RSS: %d kB before, %d kB after" % (rss0, rss))
         check(rss < rss0 + 16 * 1024, "RSS grew from %d to %d kB" % (rss0, rss))
