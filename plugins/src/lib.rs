@@ -24,13 +24,14 @@
 //! - [`ondemand`]: a persistent file system per export name, made the first time it is asked for.
 //!
 //! Shared machinery lives beside them: [`sparse_array`] (pages allocated on first write, behind
-//! lock stripes), `flat_buffer` (one mapping for `memory allocator=malloc`), `prng` (nbdkit's
-//! pseudo-random generator, for the plugins whose data a seed decides), `data_format` (the data
-//! plugin's language), `script` (running the scripts of `sh` and `eval`), `fs_image` (making a
-//! disk with the system's tools, for the last four), `virtual_disk` (a disk laid out as regions
+//! lock stripes), `flat_buffer` (one mapping for `memory allocator=malloc`), `data_format` (the
+//! data plugin's language), `script` (running the scripts of `sh` and `eval`), `fs_image` (making
+//! a disk with the system's tools, for the last four), `virtual_disk` (a disk laid out as regions
 //! of synthesized bytes and host files, for `partitioning` and `floppy`) and `fat32` (the
 //! floppy's file system); the file, split and partitioning plugins' I/O is the
-//! `nbdforge-storage` crate. The binary finds a plugin by name in [`registrations`].
+//! `nbdforge-storage` crate, and nbdkit's pseudo-random generator, for the plugins whose data a
+//! seed decides, is the SDK's `nbdforge_api::prng`. The binary finds a plugin by name in
+//! [`registrations`].
 
 #![warn(missing_docs)]
 
@@ -53,7 +54,6 @@ pub mod ondemand;
 pub mod ones;
 pub mod partitioning;
 pub mod pattern;
-mod prng;
 pub mod random;
 mod script;
 pub mod script_plugin;
