@@ -39,3 +39,25 @@ done
 grep -Eqx 'version_major=[0-9]+' "$tmp/dump-config" || fail "version_major not a number"
 grep -Eqx 'version_minor=[0-9]+' "$tmp/dump-config" || fail "version_minor not a number"
 echo OK
+
+# --help alone lists every plugin and filter; each plugin listed answers --help and
+# --dump-plugin, and has its manual page and a README status row.
+plugins=$(sed -n '/^Plugins:/,/^$/p' "$tmp/help" | tail -n +2)
+filters=$(sed -n '/^Filters:/,/^$/p' "$tmp/help" | tail -n +2)
+for p in memory file sh eval data partitioning floppy iso linuxdisk tmpdisk ondemand; do
+    grep -qw -- "$p" <<< "$plugins" || fail "--help does not list the $p plugin"
+done
+for f in cow cache log stats blocksize-policy; do
+    grep -qw -- "$f" <<< "$filters" || fail "--help does not list the $f filter"
+done
+for p in $plugins; do
+    "${server_cmd[@]}" "$p" --help > "$tmp/p-help" || fail "$p --help failed"
+    grep -q "^plugin: $p" "$tmp/p-help" || fail "$p --help does not describe the plugin"
+    "${server_cmd[@]}" "$p" --dump-plugin > "$tmp/p-dump" || fail "$p --dump-plugin failed"
+    grep -qx "name=$p" "$tmp/p-dump" || fail "$p --dump-plugin does not say name=$p"
+    [ -f "$repo/docs/nbdforge-$p.md" ] || fail "no manual page docs/nbdforge-$p.md"
+    grep -q "\`$p\`" "$repo/README.md" || fail "the README does not mention the $p plugin"
+done
+for f in $filters; do
+    [ -f "$repo/docs/nbdforge-$f.md" ] || fail "no manual page docs/nbdforge-$f.md"
+done

@@ -53,7 +53,7 @@ fn run(id: &Identity, args: Vec<OsString>) -> Result<u8, String> {
         None => None,
     };
     if o.help {
-        return stdout(probe::print_help(id, &filters, plugin));
+        return stdout(probe::print_help(id, &table, &filters, plugin));
     }
     if o.version {
         return stdout(probe::print_version(id, &filters, plugin));

@@ -210,10 +210,36 @@ pub fn print_dump_plugin(id: &Identity, entry: &Registration) -> io::Result<()> 
     out.flush()
 }
 
-/// `PLUGIN --help`: the synopsis, then each filter's and the plugin's parameters.
-pub fn print_help(id: &Identity, filters: &[&Registration], plugin: Option<&Registration>) -> io::Result<()> {
+/// `PLUGIN --help`: the synopsis, then each filter's and the plugin's parameters; `--help`
+/// alone: the synopsis and the names of every plugin and filter there is.
+pub fn print_help(
+    id: &Identity,
+    table: &[Registration],
+    filters: &[&Registration],
+    plugin: Option<&Registration>,
+) -> io::Result<()> {
     let mut out = io::stdout().lock();
     write!(out, "{}", options::usage(&id.prog))?;
+    if plugin.is_none() && filters.is_empty() {
+        for (kind, plugins) in [("Plugins", true), ("Filters", false)] {
+            let names: Vec<&str> =
+                table.iter().filter(|r| r.is_plugin() == plugins).map(|r| r.info.name.as_str()).collect();
+            writeln!(out, "\n{kind}:")?;
+            let mut line = String::new();
+            for name in names {
+                if !line.is_empty() && line.len() + name.len() + 2 > 96 {
+                    writeln!(out, "  {line}")?;
+                    line.clear();
+                }
+                if !line.is_empty() {
+                    line.push(' ');
+                }
+                line.push_str(name);
+            }
+            writeln!(out, "  {line}")?;
+        }
+        writeln!(out, "\n{} PLUGIN --help shows a plugin's parameters.", id.prog)?;
+    }
     let section = |out: &mut io::StdoutLock, kind: &str, name: &str, desc: &str, help: &str| -> io::Result<()> {
         writeln!(out)?;
         if desc.is_empty() {
