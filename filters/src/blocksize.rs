@@ -365,7 +365,7 @@ mod tests {
         let mut f = BlocksizeFilter::default();
         assert!(f.config("minblock", "4k").unwrap());
         f.config_complete().unwrap();
-        let next: Arc<dyn Backend> = Arc::new(crate::test_disk::MemBackend(disk.clone()));
+        let next: Arc<dyn Backend> = Arc::new(crate::test_disk::MemBackend::new(disk.clone()));
         let args = OpenArgs::local("", false);
         let (a, b): (Arc<dyn Handle>, Arc<dyn Handle>) =
             (f.open(&next, &args).unwrap().into(), f.open(&next, &args).unwrap().into());

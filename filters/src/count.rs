@@ -97,12 +97,12 @@ impl Handle for CountHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::MemoryBackend;
+    use crate::test_disk::MemBackend;
 
     #[test]
     fn counts_successful_requests() {
         let f = CountFilter::default();
-        let h = f.open(&MemoryBackend::disk(4096), &OpenArgs::local("", false)).unwrap();
+        let h = f.open(&MemBackend::disk(4096), &OpenArgs::local("", false)).unwrap();
         h.pwrite(&[1; 100], 0, Flags::NONE).unwrap();
         let mut buf = [0u8; 50];
         h.pread(&mut buf, 0, Flags::NONE).unwrap();

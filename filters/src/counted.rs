@@ -91,7 +91,7 @@ impl Drop for Counted {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::MemoryBackend;
+    use crate::test_disk::MemBackend;
     use nbdforge_api::OpenArgs;
     use std::sync::Mutex;
 
@@ -99,7 +99,7 @@ mod tests {
     fn counts_in_and_out_and_runs_the_hook() {
         let count = Arc::new(OpenCount::default());
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let backend = MemoryBackend::disk(512);
+        let backend = MemBackend::disk(512);
         let open = |seen: &Arc<Mutex<Vec<usize>>>| {
             assert!(count.try_enter(Some(2)));
             let seen = Arc::clone(seen);

@@ -186,7 +186,7 @@ impl Handle for DelayHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::MemoryBackend;
+    use crate::test_disk::MemBackend;
     use std::time::Instant;
 
     #[test]
@@ -208,7 +208,7 @@ mod tests {
         f.config("delay-write", "50ms").unwrap();
         f.config("delay-zero", "10s").unwrap();
         f.config("delay-fast-zero", "0").unwrap();
-        let h = f.open(&MemoryBackend::disk(4096), &OpenArgs::local("", false)).unwrap();
+        let h = f.open(&MemBackend::disk(4096), &OpenArgs::local("", false)).unwrap();
         let start = Instant::now();
         h.pwrite(b"slow", 0, Flags::NONE).unwrap();
         assert!(start.elapsed() >= Duration::from_millis(50));

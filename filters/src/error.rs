@@ -245,7 +245,7 @@ impl Handle for ErrorHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::MemoryBackend;
+    use crate::test_disk::MemBackend;
 
     fn configured(params: &[(&str, &str)]) -> ErrorFilter {
         let mut filter = ErrorFilter::default();
@@ -286,7 +286,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("nbdforge-error-{}", std::process::id()));
         let trigger = dir.to_str().unwrap().to_string();
         let f = configured(&[("error-pwrite-rate", "1"), ("error-pwrite-file", &trigger), ("error-pread-rate", "0.5")]);
-        let h = f.open(&MemoryBackend::disk(4096), &OpenArgs::local("", false)).unwrap();
+        let h = f.open(&MemBackend::disk(4096), &OpenArgs::local("", false)).unwrap();
         h.pwrite(b"ok", 0, Flags::NONE).expect("no trigger file: no error");
         std::fs::write(&dir, "").unwrap();
         let e = h.pwrite(b"no", 0, Flags::NONE).unwrap_err();

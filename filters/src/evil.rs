@@ -268,7 +268,7 @@ impl Handle for EvilHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::MemoryBackend;
+    use crate::test_disk::MemBackend;
 
     fn evil(params: &[(&str, &str)]) -> (EvilFilter, Arc<dyn Backend>) {
         let mut f = EvilFilter::default();
@@ -276,7 +276,7 @@ mod tests {
             assert!(f.config(k, v).unwrap(), "{k}");
         }
         f.config_complete().unwrap();
-        (f, MemoryBackend::disk(1 << 20))
+        (f, MemBackend::disk(1 << 20))
     }
 
     fn ones(buf: &[u8]) -> u32 {

@@ -186,7 +186,7 @@ mod tests {
 
     #[test]
     fn lists_defaults_and_descriptions() {
-        let next = MemBackend(MemDisk::new(512));
+        let next = MemBackend::new(MemDisk::new(512));
         let f = configured(&[
             ("exportname-list", "explicit"),
             ("exportname", "a"),
@@ -209,7 +209,7 @@ mod tests {
 
     #[test]
     fn strict_names() {
-        let next: Arc<dyn Backend> = Arc::new(MemBackend(MemDisk::new(512)));
+        let next: Arc<dyn Backend> = Arc::new(MemBackend::new(MemDisk::new(512)));
         let f = configured(&[("exportname-strict", "true"), ("exportname", "good")]);
         assert!(f.open(&next, &OpenArgs::local("good", false)).is_ok());
         assert_eq!(f.open(&next, &OpenArgs::local("bad", false)).err().unwrap().errno, libc::ENOENT);

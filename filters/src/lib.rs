@@ -100,8 +100,6 @@ pub mod log;
 pub mod stats;
 #[cfg(test)]
 mod test_disk;
-#[cfg(test)]
-mod testing;
 mod watch;
 
 use nbdforge_api::Registration;

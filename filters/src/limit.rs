@@ -70,12 +70,12 @@ impl Filter for LimitFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::MemoryBackend;
+    use crate::test_disk::MemBackend;
 
     #[test]
     fn refuses_past_the_limit_and_zero_means_none() {
         let mut f = LimitFilter::default();
-        let next = MemoryBackend::disk(512);
+        let next = MemBackend::disk(512);
         let client = ClientInfo::default();
         let first = f.open(&next, &OpenArgs::local("", false)).unwrap();
         assert_eq!(f.preconnect(next.as_ref(), &client, false).unwrap_err().errno, libc::EBUSY);

@@ -261,7 +261,7 @@ mod tests {
     use crate::test_disk::{MemBackend, MemDisk};
 
     fn open(filter: &MultiConnFilter, disk: &MemDisk, export: &str) -> Box<dyn Handle> {
-        let next: Arc<dyn Backend> = Arc::new(MemBackend(disk.clone()));
+        let next: Arc<dyn Backend> = Arc::new(MemBackend::new(disk.clone()));
         filter.open(&next, &OpenArgs::local(export, false)).unwrap()
     }
 
@@ -292,7 +292,7 @@ mod tests {
         assert!(e.message.starts_with("multi-conn-mode=sometimes: "));
         let no_flush = MemDisk { caps: Capabilities { flush: false, multi_conn: false, ..Capabilities::ALL }, ..disk };
         filter.config("multi-conn-mode", "emulate").unwrap();
-        let next: Arc<dyn Backend> = Arc::new(MemBackend(no_flush));
+        let next: Arc<dyn Backend> = Arc::new(MemBackend::new(no_flush));
         assert!(filter.open(&next, &OpenArgs::local("", false)).is_err());
     }
 }

@@ -145,13 +145,13 @@ impl Handle for OpenOnceHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::MemoryBackend;
+    use crate::test_disk::MemBackend;
     use std::sync::atomic::Ordering;
 
     #[test]
     fn one_open_per_export_shared_by_every_connection() {
         let f = OpenOnceFilter::default();
-        let memory = MemoryBackend::failing(4096, 0, 0);
+        let memory = MemBackend::failing(4096, 0, 0);
         let next: Arc<dyn Backend> = memory.clone();
         let a = f.open(&next, &OpenArgs::local("", false)).unwrap();
         let b = f.open(&next, &OpenArgs::local("", false)).unwrap();

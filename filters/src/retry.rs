@@ -243,7 +243,7 @@ impl Handle for RetryHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::MemoryBackend;
+    use crate::test_disk::MemBackend;
     use std::sync::atomic::Ordering;
 
     fn filter(params: &[(&str, &str)]) -> RetryFilter {
@@ -257,17 +257,17 @@ mod tests {
     #[test]
     fn a_failing_request_is_retried_on_a_reopened_handle() {
         let f = filter(&[("retries", "3"), ("retry-delay", "1ms")]);
-        let memory = MemoryBackend::failing(4096, 0, 0);
+        let memory = MemBackend::failing(4096, 0, 0);
         let next: Arc<dyn Backend> = memory.clone();
         let h = f.open(&next, &OpenArgs::local("", false)).unwrap();
-        memory.fail_requests.store(2, Ordering::SeqCst);
+        memory.disk.fail_requests.store(2, Ordering::SeqCst);
         memory.fail_opens.store(1, Ordering::SeqCst);
         h.pwrite(b"again", 0, Flags::NONE).expect("the third try on a reopened handle works");
         assert_eq!(memory.opens.load(Ordering::SeqCst), 1 + 3, "first open, a failed reopen, two more");
         let mut buf = [0u8; 5];
         h.pread(&mut buf, 0, Flags::NONE).unwrap();
         assert_eq!(&buf, b"again");
-        memory.fail_requests.store(10, Ordering::SeqCst);
+        memory.disk.fail_requests.store(10, Ordering::SeqCst);
         assert_eq!(h.flush(Flags::NONE).unwrap_err().errno, libc::EIO, "past 3 retries the error stands");
         h.finalize().unwrap();
     }
@@ -275,10 +275,10 @@ mod tests {
     #[test]
     fn readonly_reopen_refuses_writes() {
         let f = filter(&[("retry-readonly", "yes"), ("retry-delay", "1ms"), ("retry-exponential", "no")]);
-        let memory = MemoryBackend::failing(4096, 0, 0);
+        let memory = MemBackend::failing(4096, 0, 0);
         let next: Arc<dyn Backend> = memory.clone();
         let h = f.open(&next, &OpenArgs::local("", false)).unwrap();
-        memory.fail_requests.store(1, Ordering::SeqCst);
+        memory.disk.fail_requests.store(1, Ordering::SeqCst);
         let mut buf = [0u8; 4];
         h.pread(&mut buf, 0, Flags::NONE).unwrap();
         assert_eq!(h.pwrite(b"x", 0, Flags::NONE).unwrap_err().errno, libc::EROFS);

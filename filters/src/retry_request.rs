@@ -131,20 +131,20 @@ impl Handle for RetryRequestHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::MemoryBackend;
+    use crate::test_disk::MemBackend;
     use std::sync::atomic::Ordering;
 
     #[test]
     fn opens_and_requests_are_retried_on_the_same_handle() {
         let mut f = RetryRequestFilter::default();
         assert!(f.config("retry-request-delay", "1ms").unwrap());
-        let memory = MemoryBackend::failing(4096, 2, 0);
+        let memory = MemBackend::failing(4096, 2, 0);
         let next: Arc<dyn Backend> = memory.clone();
         let h = f.open(&next, &OpenArgs::local("", false)).expect("third open works");
-        memory.fail_requests.store(2, Ordering::SeqCst);
+        memory.disk.fail_requests.store(2, Ordering::SeqCst);
         h.pwrite(b"hi", 0, Flags::NONE).unwrap();
         assert_eq!(memory.opens.load(Ordering::SeqCst), 3, "no reopen for requests");
-        memory.fail_requests.store(3, Ordering::SeqCst);
+        memory.disk.fail_requests.store(3, Ordering::SeqCst);
         assert_eq!(h.flush(Flags::NONE).unwrap_err().errno, libc::EIO);
         f.config("retry-request-open", "false").unwrap();
         memory.fail_opens.store(1, Ordering::SeqCst);

@@ -186,7 +186,7 @@ impl Handle for SpinningHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::MemoryBackend;
+    use crate::test_disk::MemBackend;
     use std::time::Instant;
 
     #[test]
@@ -203,7 +203,7 @@ mod tests {
         let mut f = SpinningFilter::default();
         assert!(f.config("max-seek-time", "0.3").unwrap());
         f.config_complete().unwrap();
-        let h = f.open(&MemoryBackend::disk(1 << 20), &OpenArgs::local("", false)).unwrap();
+        let h = f.open(&MemBackend::disk(1 << 20), &OpenArgs::local("", false)).unwrap();
         assert!(h.capabilities().unwrap().rotational);
         let mut buf = [0u8; 4096];
         let start = Instant::now();

@@ -1,17 +1,19 @@
-//! Test helpers shared by the data-path filters' unit tests (the operational filters use
-//! `testing`): a small RAM disk that logs the calls reaching
-//! it, and a one-layer backend that opens it, so a filter can be opened as the server would.
+//! Test helpers shared by the filters' unit tests: a small RAM disk that logs the calls reaching
+//! it and can be told to fail, and a one-layer backend that opens it (and can be told to fail
+//! opens), so a filter can be opened as the server would.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nbdforge_api::extents::{DATA, HOLE, ZERO};
 use nbdforge_api::{
-    Backend, Capabilities, ClientInfo, Export, Extents, Filter, Flags, Handle, OpenArgs, Result, ThreadModel,
+    Backend, Capabilities, ClientInfo, Error, Export, Extents, Filter, Flags, Handle, OpenArgs, Result, ThreadModel,
 };
 
 /// A RAM disk whose 512-byte blocks of zeroes are holes, logging `"op offset+count flags"`.
+/// `fail_requests` counts down: while above zero, each request fails with `EIO` and takes one
+/// off; `requests` counts every request.
 #[derive(Clone)]
 pub struct MemDisk {
     pub data: Arc<Mutex<Vec<u8>>>,
@@ -19,6 +21,9 @@ pub struct MemDisk {
     pub caps: Capabilities,
     /// Milliseconds each read sleeps after taking its data: widens the window of races.
     pub read_pause_ms: Arc<AtomicU64>,
+    pub fail_requests: Arc<AtomicUsize>,
+    pub requests: Arc<AtomicUsize>,
+    pub readonly: bool,
 }
 
 impl MemDisk {
@@ -28,11 +33,20 @@ impl MemDisk {
             log: Arc::default(),
             caps: Capabilities::ALL,
             read_pause_ms: Arc::default(),
+            fail_requests: Arc::default(),
+            requests: Arc::default(),
+            readonly: false,
         }
     }
 
-    fn record(&self, op: &str, count: u64, offset: u64, flags: Flags) {
+    /// Logs a request, and fails it while `fail_requests` says so.
+    fn record(&self, op: &str, count: u64, offset: u64, flags: Flags) -> Result<()> {
         self.log.lock().unwrap().push(format!("{op} {offset}+{count} {}", flags.bits()));
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        if take_one(&self.fail_requests) {
+            return Err(Error::io(format!("memdisk: {op} failed on purpose")));
+        }
+        Ok(())
     }
 
     /// The calls so far, emptying the log.
@@ -51,40 +65,44 @@ impl Handle for MemDisk {
         Ok(self.data.lock().unwrap().len() as u64)
     }
     fn capabilities(&self) -> Result<Capabilities> {
-        Ok(self.caps)
+        Ok(Capabilities { write: self.caps.write && !self.readonly, ..self.caps })
     }
     fn pread(&self, buf: &mut [u8], offset: u64, flags: Flags) -> Result<()> {
-        self.record("pread", buf.len() as u64, offset, flags);
+        self.record("pread", buf.len() as u64, offset, flags)?;
         let o = offset as usize;
         buf.copy_from_slice(&self.data.lock().unwrap()[o..o + buf.len()]);
         std::thread::sleep(Duration::from_millis(self.read_pause_ms.load(Ordering::Relaxed)));
         Ok(())
     }
     fn pwrite(&self, buf: &[u8], offset: u64, flags: Flags) -> Result<()> {
-        self.record("pwrite", buf.len() as u64, offset, flags);
+        self.record("pwrite", buf.len() as u64, offset, flags)?;
+        if self.readonly {
+            return Err(Error::new(libc::EROFS, "memdisk: read-only"));
+        }
         let o = offset as usize;
         self.data.lock().unwrap()[o..o + buf.len()].copy_from_slice(buf);
         Ok(())
     }
     fn flush(&self, flags: Flags) -> Result<()> {
-        self.record("flush", 0, 0, flags);
+        self.record("flush", 0, 0, flags)?;
         Ok(())
     }
     fn trim(&self, count: u64, offset: u64, flags: Flags) -> Result<()> {
-        self.record("trim", count, offset, flags);
+        self.record("trim", count, offset, flags)?;
         self.fill(count, offset, 0);
         Ok(())
     }
     fn zero(&self, count: u64, offset: u64, flags: Flags) -> Result<()> {
-        self.record("zero", count, offset, flags);
+        self.record("zero", count, offset, flags)?;
         self.fill(count, offset, 0);
         Ok(())
     }
     fn cache(&self, count: u64, offset: u64, flags: Flags) -> Result<()> {
-        self.record("cache", count, offset, flags);
+        self.record("cache", count, offset, flags)?;
         Ok(())
     }
-    fn extents(&self, count: u64, offset: u64, _flags: Flags, extents: &mut Extents) -> Result<()> {
+    fn extents(&self, count: u64, offset: u64, flags: Flags, extents: &mut Extents) -> Result<()> {
+        self.record("extents", count, offset, flags)?;
         let data = self.data.lock().unwrap();
         let end = (offset + count).min(data.len() as u64);
         let mut at = offset;
@@ -98,8 +116,37 @@ impl Handle for MemDisk {
     }
 }
 
-/// A stack of one layer opening handles onto the same [`MemDisk`].
-pub struct MemBackend(pub MemDisk);
+/// A stack of one layer opening handles onto the same [`MemDisk`]. `fail_opens` counts down
+/// as the disk's `fail_requests` does; `opens` counts every open.
+pub struct MemBackend {
+    pub disk: MemDisk,
+    pub fail_opens: AtomicUsize,
+    pub opens: AtomicUsize,
+}
+
+impl MemBackend {
+    pub fn new(disk: MemDisk) -> Self {
+        MemBackend { disk, fail_opens: AtomicUsize::new(0), opens: AtomicUsize::new(0) }
+    }
+
+    /// A disk of `size` zero bytes, as the `Arc<dyn Backend>` a filter's open takes.
+    pub fn disk(size: usize) -> Arc<dyn Backend> {
+        Arc::new(Self::new(MemDisk::new(size)))
+    }
+
+    /// The same, failing the first `opens` opens and the first `requests` requests.
+    pub fn failing(size: usize, opens: usize, requests: usize) -> Arc<MemBackend> {
+        let backend = Self::new(MemDisk::new(size));
+        backend.fail_opens.store(opens, Ordering::SeqCst);
+        backend.disk.fail_requests.store(requests, Ordering::SeqCst);
+        Arc::new(backend)
+    }
+}
+
+/// Takes one off `counter` if it is above zero; true if it was.
+fn take_one(counter: &AtomicUsize) -> bool {
+    counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+}
 
 impl Backend for MemBackend {
     fn name(&self) -> &str {
@@ -120,8 +167,12 @@ impl Backend for MemBackend {
     fn default_export(&self, _readonly: bool, _tls: bool) -> Result<String> {
         Ok(String::new())
     }
-    fn open(&self, _args: &OpenArgs) -> Result<Box<dyn Handle>> {
-        Ok(Box::new(self.0.clone()))
+    fn open(&self, args: &OpenArgs) -> Result<Box<dyn Handle>> {
+        self.opens.fetch_add(1, Ordering::SeqCst);
+        if take_one(&self.fail_opens) {
+            return Err(Error::io("memdisk: open failed on purpose"));
+        }
+        Ok(Box::new(MemDisk { readonly: args.readonly, ..self.disk.clone() }))
     }
     fn cleanup(&self) {}
 }
@@ -132,7 +183,7 @@ pub fn open_over<F: Filter>(mut filter: F, params: &[(&str, &str)], disk: &MemDi
         assert!(filter.config(k, v)?, "{k} is the filter's parameter");
     }
     filter.config_complete()?;
-    let next: Arc<dyn Backend> = Arc::new(MemBackend(disk.clone()));
+    let next: Arc<dyn Backend> = Arc::new(MemBackend::new(disk.clone()));
     filter.get_ready(&next)?;
     filter.open(&next, &OpenArgs::local("", false))
 }

@@ -126,14 +126,14 @@ impl Handle for TimeLimitHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::MemoryBackend;
+    use crate::test_disk::MemBackend;
 
     #[test]
     fn requests_fail_past_the_limit_and_the_client_is_dropped() {
         let mut f = TimeLimitFilter::default();
         assert!(f.config("time-limit", "200ms").unwrap());
         let args = OpenArgs::local("", false);
-        let h = f.open(&MemoryBackend::disk(512), &args).unwrap();
+        let h = f.open(&MemBackend::disk(512), &args).unwrap();
         h.pwrite(b"in time", 0, Flags::NONE).unwrap();
         std::thread::sleep(Duration::from_millis(250));
         assert_eq!(h.flush(Flags::NONE).unwrap_err().errno, libc::ESHUTDOWN);

@@ -111,12 +111,12 @@ impl Handle for ReadmeHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::MemoryBackend;
+    use crate::test_disk::MemBackend;
 
     #[test]
     fn plaintext_clients_read_the_message_tls_clients_the_export() {
         let mut f = TlsFallbackFilter::default();
-        let next = MemoryBackend::disk(4096);
+        let next = MemBackend::disk(4096);
         let plain = f.open(&next, &OpenArgs::local("anything", false)).unwrap();
         assert_eq!(plain.get_size().unwrap(), 512);
         let mut buf = [0u8; 16];
