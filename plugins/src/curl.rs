@@ -658,8 +658,12 @@ fn make_easy(s: &Settings) -> std::result::Result<Easy, curl::Error> {
 /// `-D curl.verbose=1`: libcurl's trace, with every header value hidden except a few that
 /// cannot be secrets (the password, cookies and tokens travel in headers).
 fn log_curl(kind: InfoType, data: &[u8]) {
-    const SHOWN: [&str; 10] = [
+    const SHOWN: &[&str] = &[
         "host",
+        "date",
+        "etag",
+        "last-modified",
+        "connection",
         "range",
         "content-range",
         "content-length",

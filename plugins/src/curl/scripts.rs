@@ -71,9 +71,13 @@ impl Script {
         }
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if self.debug {
-            let names: Vec<&str> =
-                text.lines().filter(|l| !l.trim().is_empty()).map(|l| l.split([':', ';']).next().unwrap_or("")).collect();
-            debug!("{} run {iteration}: {} line(s): {} (values not shown)", self.name, names.len(), names.join(", "));
+            // Header names, or the cookies' names: never their values.
+            let names: Vec<String> = if self.name == "cookie-script" {
+                cookie_line(&text).split(';').map(|c| c.split('=').next().unwrap_or("").trim().to_string()).collect()
+            } else {
+                header_lines(&text).iter().map(|l| l.split([':', ';']).next().unwrap_or("").to_string()).collect()
+            };
+            debug!("{} run {iteration}: {} (values not shown)", self.name, names.join(", "));
         }
         Ok(text)
     }
