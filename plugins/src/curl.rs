@@ -209,17 +209,20 @@ impl Layer for CurlPlugin {
             "header-script" => s.header_script = Some(value.to_string()),
             "header-script-renew" => s.header_script_renew = parse_int(key, value)?,
             "http-version" => {
-                s.http_version =
-                    match parse_choice(key, value, &["none", "1.0", "1.1", "2.0", "2TLS", "2-prior-knowledge", "3", "3only"])? {
-                        "none" => 0,
-                        "1.0" => 1,
-                        "1.1" => 2,
-                        "2.0" => 3,
-                        "2TLS" => 4,
-                        "2-prior-knowledge" => 5,
-                        "3" => 30,
-                        _ => 31,
-                    }
+                s.http_version = match parse_choice(
+                    key,
+                    value,
+                    &["none", "1.0", "1.1", "2.0", "2TLS", "2-prior-knowledge", "3", "3only"],
+                )? {
+                    "none" => 0,
+                    "1.0" => 1,
+                    "1.1" => 2,
+                    "2.0" => 3,
+                    "2TLS" => 4,
+                    "2-prior-knowledge" => 5,
+                    "3" => 30,
+                    _ => 31,
+                }
             }
             "ipresolve" => {
                 s.ipresolve = match parse_choice(key, value, &["any", "v4", "v6"])? {
@@ -277,6 +280,12 @@ impl Layer for CurlPlugin {
         // HTTP version this libcurl lacks) before the server listens.
         make_easy(s).map_err(|e| Error::invalid(format!("url={}: {e}", shown_url(&s.url))))?;
         Ok(())
+    }
+
+    fn cleanup(&self) {
+        if let Some(remote) = &self.remote {
+            remote.pool.clear();
+        }
     }
 
     fn dump_plugin(&self) -> Vec<(String, String)> {
@@ -683,7 +692,9 @@ fn log_curl(kind: InfoType, data: &[u8]) {
     };
     for line in text.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
         match line.split_once(':') {
-            Some((name, _)) if !matches!(kind, InfoType::Text) && !SHOWN.contains(&name.trim().to_ascii_lowercase().as_str()) => {
+            Some((name, _))
+                if !matches!(kind, InfoType::Text) && !SHOWN.contains(&name.trim().to_ascii_lowercase().as_str()) =>
+            {
                 debug!("{arrow} {name}: <hidden>")
             }
             _ => debug!("{arrow} {line}"),
@@ -724,7 +735,10 @@ mod tests {
             msg(&[("url", "http://h/"), ("header", "A: b"), ("header-script", "true")]),
             "header= and header-script= cannot be used together"
         );
-        assert_eq!(msg(&[("url", "http://h/"), ("cookie-script-renew", "5")]), "cookie-script-renew= needs cookie-script=");
+        assert_eq!(
+            msg(&[("url", "http://h/"), ("cookie-script-renew", "5")]),
+            "cookie-script-renew= needs cookie-script="
+        );
         assert!(msg(&[("url", "http://h/"), ("protocols", "http,nosuch")]).starts_with("url=http://h/:"));
         assert!(configured(&[("url", "http://h/"), ("protocols", "http,https"), ("ssl-version", "tlsv1.2")]).is_ok());
         assert!(!CurlPlugin::default().config("size", "1").unwrap());
@@ -759,7 +773,7 @@ mod tests {
         assert_eq!(h.get_size().unwrap(), 100_000);
         assert!(!h.capabilities().unwrap().write, "file:// is read-only");
         let mut buf = vec![0; 4096];
-        h.pread(&mut buf, 12345, Flags::empty()).unwrap();
+        h.pread(&mut buf, 12345, Flags::NONE).unwrap();
         assert_eq!(buf, data[12345..12345 + 4096]);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -64,3 +64,15 @@ nginx_stop() {
 }
 
 nginx_log() { cat "$tmp/nginx/access.log" 2>/dev/null || :; }
+
+# read_fails_with_eio COUNT OFFSET: a read of $uri fails with EIO (the server logs why).
+read_fails_with_eio() {
+    nbdsh -u "$uri" -c "
+try:
+    h.pread($1, $2)
+    raise SystemExit('the read of $1 bytes at $2 succeeded')
+except nbd.Error as e:
+    print('read refused:', e.string)
+    assert e.errno == 'EIO', e.errno
+"
+}

@@ -30,7 +30,12 @@ pub struct Lent<'a> {
 
 impl Pool {
     pub fn new(max: usize, make: impl Fn() -> Result<Easy, curl::Error> + Send + Sync + 'static) -> Self {
-        Pool { max, make: Box::new(make), state: Mutex::new(State { idle: Vec::new(), made: 0 }), returned: Condvar::new() }
+        Pool {
+            max,
+            make: Box::new(make),
+            state: Mutex::new(State { idle: Vec::new(), made: 0 }),
+            returned: Condvar::new(),
+        }
     }
 
     /// An idle handle, a new one while fewer than `max` exist, or the next one given back.
@@ -54,6 +59,14 @@ impl Pool {
             }
             state = self.returned.wait(state).unwrap_or_else(|e| e.into_inner());
         }
+    }
+}
+
+impl Pool {
+    /// Frees the idle handles (libcurl then writes a `cookiejar=`), when the server exits.
+    pub fn clear(&self) {
+        let idle = std::mem::take(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()).idle);
+        drop(idle);
     }
 }
 

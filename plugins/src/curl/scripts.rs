@@ -99,7 +99,12 @@ mod tests {
 
     #[test]
     fn runs_once_without_renew_and_sees_its_variables() {
-        let s = Script::new("header-script", r#"echo "X-Iter: $iteration"; echo "X-Url: $url""#.into(), 0, "http://h/d".into());
+        let s = Script::new(
+            "header-script",
+            r#"echo "X-Iter: $iteration"; echo "X-Url: $url""#.into(),
+            0,
+            "http://h/d".into(),
+        );
         assert_eq!(header_lines(&s.output().unwrap()), ["X-Iter: 0", "X-Url: http://h/d"]);
         assert_eq!(header_lines(&s.output().unwrap()), ["X-Iter: 0", "X-Url: http://h/d"]);
     }

@@ -39,7 +39,8 @@ pub fn tls13_ciphers(easy: &Easy, list: &str) -> Result<(), curl::Error> {
 /// Forgets the range of an earlier read: a `HEAD` or `PUT` on the same handle must not carry it.
 pub fn no_range(easy: &Easy) -> Result<(), curl::Error> {
     // SAFETY: a live handle; CURLOPT_RANGE accepts NULL, which turns ranges off.
-    let rc = unsafe { curl_sys::curl_easy_setopt(easy.raw(), curl_sys::CURLOPT_RANGE, std::ptr::null::<libc::c_char>()) };
+    let rc =
+        unsafe { curl_sys::curl_easy_setopt(easy.raw(), curl_sys::CURLOPT_RANGE, std::ptr::null::<libc::c_char>()) };
     if rc == curl_sys::CURLE_OK {
         Ok(())
     } else {
