@@ -2,12 +2,15 @@
 # curl plugin credentials against nginx: HTTP basic auth with user= and password=+FILE (and
 # password=-FD), a 401 without it failing the export with the status; header= and cookie=
 # reaching the server (nginx's access log records them); header-script= and cookie-script=
-# renewed after *-script-renew= seconds ($iteration counts the runs). None of the secrets
+# renewed after *-script-renew= seconds ($iteration counts the runs); proxy= with proxy-user=
+# and proxy-password=+FILE. None of the secrets
 # appears in the server's log, even with -v -D curl.verbose=1 -D curl.scripts=1, nor in ps.
 source "$(dirname "$0")/lib/functions.sh"
 source "$(dirname "$0")/lib/nginx.sh"
 
 password="pw-$RANDOM-s3cret"
+proxy_password="proxy-$RANDOM-pw"
+printf '%s\n' "$proxy_password" > "$tmp/proxy-password"
 printf 'alice:%s\n' "$(openssl passwd -apr1 "$password")" > "$tmp/htpasswd"
 printf '%s\n' "$password" > "$tmp/password"
 chmod 600 "$tmp/password"
@@ -17,7 +20,8 @@ nginx_start "
     location /private/ { auth_basic test; auth_basic_user_file $tmp/htpasswd; }
 "
 debug=(-v -D curl.verbose=1 -D curl.scripts=1)
-secrets=("$password" "$(printf 'alice:%s' "$password" | base64)" cookie-value-7f3 header-value-9c1 token-0 token-1 cook-0)
+secrets=("$password" "$(printf 'alice:%s' "$password" | base64)" "$proxy_password"
+    "$(printf 'bob:%s' "$proxy_password" | base64)" cookie-value-7f3 header-value-9c1 token-0 token-1 cook-0)
 no_secrets_in() {
     local s
     for s in "${secrets[@]}"; do
@@ -71,6 +75,16 @@ grep -q "curl: header-script run 1: X-Test (values not shown)" "$server_log" ||
     fail "-D curl.scripts=1 did not log the renewal"
 grep -q "curl: cookie-script run 1: c (values not shown)" "$server_log" || fail "no cookie-script run logged"
 bad_args -r curl "$http_url/disk.img" header=A:b header-script=true -- "header= and header-script="
+
+# Through a proxy (nginx itself) with credentials from a file: the host name exists only for the
+# proxy, and nginx sees the Proxy-Authorization header.
+: > "$tmp/nginx/access.log"
+start_server "${debug[@]}" -r curl "http://images.invalid:$http_port/disk.img" proxy="$http_url" \
+    proxy-user=bob proxy-password=+"$tmp/proxy-password"
+nbdcopy "$uri" - | cmp - "$www/disk.img" || fail "copy through the proxy differs"
+nginx_log | tail -1
+nginx_log | grep -qF "pauth=Basic $(printf 'bob:%s' "$proxy_password" | base64)" ||
+    fail "the proxy credentials did not reach nginx"
 
 for log in "${server_logs[@]}"; do no_secrets_in "$log"; done
 echo "test-curl-auth: ok"

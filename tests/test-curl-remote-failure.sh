@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # curl plugin when the remote fails, against nginx: a slow server (limit_rate) beyond timeout=,
-# an HTTP 503, and nginx stopped in the middle of a session each fail that one read with EIO and
-# a message naming the URL and the status, while the server stays up and later reads succeed;
+# an HTTP 503, a transfer cut off by nginx's stop, and nginx stopped in the middle of a session
+# each fail that one read with EIO and a message naming the URL and the status, while the
+# server stays up and later reads succeed;
 # with --filter=retry in front, a read made while nginx is down succeeds once it is back, and
 # the data is the file's.
 # timeout: 60
@@ -36,6 +37,17 @@ grep -F "curl: $http_url/slow: GET bytes 0-1048575: Timeout was reached" "$serve
 start_server -r curl "$http_url/flaky"
 read_fails_with_eio 4096 0
 grep -F "curl: $http_url/flaky: GET bytes 0-4095: HTTP/1.1 503" "$server_log" || fail "no 503 message"
+
+# The connection reset in the middle of a slow transfer: EIO, and nginx back for what follows.
+start_server -r curl "$http_url/slow"
+read_fails_with_eio 1048576 0 &
+reader=$!
+sleep 1
+nginx_stop
+wait $reader || fail "the read cut off by nginx's stop did not fail with EIO"
+nginx_start "$server_block"
+grep -F "curl: $http_url/slow: GET bytes 0-1048575: Transferred a partial file" "$server_log" ||
+    fail "no message for the cut-off transfer"
 
 # nginx stopped mid-session: EIO naming the URL; the server stays up and reads again later.
 start_server -r curl "$http_url/disk.img"

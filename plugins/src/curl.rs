@@ -6,7 +6,7 @@
 //! a `Content-Range` header, which a server either honours or refuses.
 //!
 //! libcurl (through the `curl` crate, the library nbdkit uses) does the HTTP, TLS, HTTP/2,
-//! proxies, redirects and authentication. Its blocking easy handles live in a [`pool`] shared
+//! proxies, redirects and authentication. Its blocking easy handles live in a pool shared
 //! by every connection, at most `connections=` of them, so that many ranged requests run at
 //! once on kept-alive connections while the plugin code stays plain blocking Rust.
 //!

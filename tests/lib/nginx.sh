@@ -7,7 +7,9 @@
 #   nginx_log                                             # the access log so far
 #
 # The access log has one line per request in the format "t" below, which tests grep for what
-# reached the server (method, status, range, cookie, X-Test header, protocol, user).
+# reached the server (method, status, range, cookie, X-Test header, protocol, user, and the
+# Proxy-Authorization header: a request to another host through nginx as the proxy is served
+# from $www too, since nginx's only server block takes every host name).
 
 www="$tmp/www"
 mkdir -p "$www" "$tmp/nginx"
@@ -27,7 +29,7 @@ pid $tmp/nginx/nginx.pid;
 error_log $tmp/nginx/error.log info;
 events { worker_connections 256; }
 http {
-    log_format t '\$request_method \$uri \$status range=\$http_range cookie=\$http_cookie x=\$http_x_test proto=\$server_protocol user=\$remote_user';
+    log_format t '\$request_method \$uri \$status range=\$http_range cookie=\$http_cookie x=\$http_x_test proto=\$server_protocol user=\$remote_user pauth=\$http_proxy_authorization';
     access_log $tmp/nginx/access.log t;
     client_body_temp_path $tmp/nginx/body;
     proxy_temp_path $tmp/nginx/proxy;
