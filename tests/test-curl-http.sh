@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # curl plugin over plain HTTP against nginx started here: the disk read with nbdcopy is the file
 # byte for byte and the same as nbdkit's curl plugin serves; connections=4 with a 4-connection
-# nbdcopy; a redirect followed by default and refused with followlocation=false; a server that
+# nbdcopy; the size from a GET when HEAD is refused; a redirect followed by default and refused with followlocation=false; a server that
 # ignores Range (200 with the whole body) refused with a clear error, at open when it says so,
 # on the read when it lies; writes are PUTs with Content-Range, refused here with EIO.
 source "$(dirname "$0")/lib/functions.sh"
@@ -10,6 +10,7 @@ source "$(dirname "$0")/lib/nginx.sh"
 random_file "$www/disk.img" 24M
 nginx_start "
     location = /moved { return 302 /disk.img; }
+    location = /nohead { if (\$request_method = HEAD) { return 405; } alias $www/disk.img; }
     location = /norange { max_ranges 0; alias $www/disk.img; }
     location = /liar { max_ranges 0; add_header Accept-Ranges bytes; alias $www/disk.img; }
 "
@@ -27,6 +28,15 @@ nbdcopy --connections=4 --requests=16 "$uri" - | cmp - "$www/disk.img" || fail "
 echo "ranged GETs with connections=4: $(nginx_log | grep -c ' 206 ')"
 [ "$(nginx_log | grep -c ' 206 ')" -ge 24 ] || fail "too few ranged GETs"
 nginx_log | grep -v ' 206 ' | grep -v '^HEAD ' && fail "a request other than HEAD or a ranged GET"
+
+# A server refusing HEAD: the size comes from a GET cut off after its headers.
+: > "$tmp/nginx/access.log"
+start_server -r curl "$http_url/nohead"
+[ "$(nbdinfo --size "$uri")" -eq $((24 * 1024 * 1024)) ] || fail "wrong size without HEAD"
+nginx_log
+nginx_log | head -2 | tr '\n' ' ' | grep -q "^HEAD /nohead 405 .*GET /nohead 200 range=- " ||
+    fail "no HEAD then GET for the size"
+nbdcopy "$uri" - | cmp - "$www/disk.img" || fail "copy without HEAD differs"
 
 # A redirect: followed by default, an error naming the status with followlocation=false.
 start_server -r curl "$http_url/moved"
