@@ -71,4 +71,12 @@ except nbd.Error as e:
 grep -F "curl: $http_url/disk.img: PUT bytes 0-511: HTTP/1.1 405" "$server_log" || fail "no message naming the 405"
 nginx_log | grep -q "^PUT /disk.img 405" || fail "the PUT did not reach nginx"
 same_file <(nbdcopy "$uri" -) "$www/disk.img"
+# --help describes the parameters; --dump-plugin names the magic key and libcurl's HTTP/2.
+"${server_cmd[@]}" curl --help > "$tmp/help"
+grep -q -- 'header-script=' "$tmp/help" || fail "curl --help does not describe header-script="
+"${server_cmd[@]}" curl --dump-plugin > "$tmp/dump"
+grep -qx 'magic_config_key=url' "$tmp/dump" || fail "no magic_config_key=url"
+grep -qx 'curl_http2=yes' "$tmp/dump" || fail "libcurl without HTTP/2"
+bad_args curl -- "url=URL parameter is required"
+bad_args curl "$http_url/disk.img" connections=0 -- "connections=0"
 echo "test-curl-http: ok"
