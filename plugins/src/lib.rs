@@ -21,7 +21,8 @@
 //! - [`iso`]: a CD-ROM image made from directories by xorriso, genisoimage or mkisofs;
 //! - [`linuxdisk`]: a partitioned disk with an ext2/3/4 file system made from a directory;
 //! - [`tmpdisk`]: a fresh temporary file system (or any disk a command makes) per connection;
-//! - [`ondemand`]: a persistent file system per export name, made the first time it is asked for.
+//! - [`ondemand`]: a persistent file system per export name, made the first time it is asked for;
+//! - [`curl`]: a disk image read by ranged requests over HTTP(S), FTP or file:// (libcurl).
 //!
 //! Shared machinery lives beside them: [`sparse_array`] (pages allocated on first write, behind
 //! lock stripes), `flat_buffer` (one mapping for `memory allocator=malloc`), `data_format` (the
@@ -36,6 +37,7 @@
 #![warn(missing_docs)]
 
 mod bucket;
+pub mod curl;
 pub mod data;
 mod data_format;
 pub mod eval;
@@ -91,6 +93,7 @@ pub fn registrations() -> Vec<Registration> {
         linuxdisk::registration(),
         tmpdisk::registration(),
         ondemand::registration(),
+        curl::registration(),
     ]
 }
 
