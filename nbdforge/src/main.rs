@@ -52,6 +52,7 @@ fn run(id: &Identity, args: Vec<OsString>) -> Result<u8, String> {
         Some(name) => Some(registry::plugin(&table, name)?),
         None => None,
     };
+    let plugin = plugin.as_ref();
     if o.help {
         return stdout(probe::print_help(id, &filters, plugin));
     }

@@ -123,6 +123,16 @@ fn host_os() -> &'static str {
     }
 }
 
+/// Our plugin directory (`plugindir`): where `nbdkit-NAME-plugin.so` is looked for first.
+pub fn plugindir() -> PathBuf {
+    Layout::find().prefix.join("lib").join("nbdforge").join("plugins")
+}
+
+/// The directories searched for C plugins by name, colon-separated, in order.
+fn plugin_search_path() -> String {
+    crate::registry::plugin_dirs().iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":")
+}
+
 /// The `key=value` lines of `--dump-config`, sorted by key as nbdkit prints them.
 pub fn dump_config_lines(id: &Identity) -> Vec<(String, String)> {
     let l = Layout::find();
@@ -143,7 +153,8 @@ pub fn dump_config_lines(id: &Identity) -> Vec<(String, String)> {
         ("libdir".into(), path(&libdir)),
         ("mandir".into(), path(&l.prefix.join("share").join("man"))),
         ("name".into(), id.name().into()),
-        ("plugindir".into(), path(&libdir.join("nbdforge").join("plugins"))),
+        ("plugindir".into(), path(&plugindir())),
+        ("plugin_search_path".into(), plugin_search_path()),
         ("plugins".into(), layer_names(true)),
         ("root_tls_certificates_dir".into(), root_tls_dir(id).into()),
         // --run with neither -p nor -U listens on a private Unix socket, not on TCP port 10809.
@@ -297,6 +308,7 @@ mod tests {
             "libdir",
             "mandir",
             "plugindir",
+            "plugin_search_path",
             "filterdir",
             "root_tls_certificates_dir",
             "sbindir",
