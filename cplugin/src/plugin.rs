@@ -249,9 +249,12 @@ impl Layer for CPlugin {
         let Some(config) = self.lib.plugin.config else {
             return Err(Error::invalid(format!("{key}={value}: this plugin takes no parameters")));
         };
-        let (k, v) = (cstring(key, key)?, cstring(key, value)?);
-        // SAFETY: the plugin's config callback with two valid C strings that outlive the call.
-        self.lib.int("config", None, || unsafe { config(k.as_ptr(), v.as_ptr()) })?;
+        // Under nbdkit the strings are argv's, and plugins keep the pointers (`dir = value;`):
+        // they must live as long as the process.
+        let k = context::global_arena().keep(cstring(key, key)?);
+        let v = context::global_arena().keep(cstring(key, value)?);
+        // SAFETY: the plugin's config callback with two valid C strings that are never freed.
+        self.lib.int("config", None, || unsafe { config(k, v) })?;
         Ok(true)
     }
 
@@ -478,8 +481,9 @@ impl Handle for CHandle {
     fn export_description(&self) -> Result<Option<String>> {
         let Some(f) = self.lib.plugin.export_description else { return Ok(None) };
         let h = self.h();
-        // SAFETY: the plugin's export_description callback; the string is copied at once.
-        let d = self.lib.call("export_description", self.ctx(), || unsafe { f(h) }, |p| p.is_null())?;
+        // SAFETY: the plugin's export_description callback; the string is copied at once. NULL
+        // is no description (with an error message when there was an error), as under nbdkit.
+        let d = self.lib.call("export_description", self.ctx(), || unsafe { f(h) }, |_| false)?;
         Ok(text(d))
     }
 
