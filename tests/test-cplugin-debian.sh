@@ -97,7 +97,7 @@ start_server "$(so tmpdisk)" size=16M
 nbdcopy "$uri" tmpdisk.img
 stop_server "$server_pid"
 [ "$(stat -c %s tmpdisk.img)" -eq $((16 << 20)) ] || fail "tmpdisk: wrong size"
-blkid -p tmpdisk.img | grep -q 'TYPE="ext4"' || fail "tmpdisk: no ext4: $(blkid -p tmpdisk.img)"
+/usr/sbin/blkid -p tmpdisk.img | grep -q 'TYPE="ext4"' || fail "tmpdisk: no ext4: $(/usr/sbin/blkid -p tmpdisk.img)"
 
 start_server "$(so linuxdisk)" "$tmp/dir"
 nbdcopy "$uri" linuxdisk.img

@@ -81,7 +81,8 @@ impl Cc {
         let extra = self.extra_cflags.as_deref().unwrap_or("");
         // The words of CC and the flags are split by the shell, as nbdkit does; the file names
         // are passed as arguments, never spliced into the command.
-        let script = format!("{cc} {cflags} {extra} \"$1\" -o \"$2\"");
+        let command = format!("{cc} {cflags} {extra}").trim().to_string();
+        let script = format!("{command} \"$1\" -o \"$2\"");
         tracing::debug!("cc: {script} (with $1={}, $2={})", src.display(), so.display());
         // Compiler chatter goes to stderr: stdout may be the NBD stream (-s).
         let stderr = std::io::stderr().as_fd().try_clone_to_owned().map_err(|e| Error::from_io("stderr", &e))?;
@@ -97,7 +98,7 @@ impl Cc {
             .map_err(|e| Error::from_io("running /bin/sh for the compiler", &e))?;
         if !status.success() {
             return Err(Error::invalid(format!(
-                "compiling {} with '{cc} {cflags} {extra}' failed ({status})",
+                "compiling {} with '{command}' failed ({status})",
                 match source {
                     Source::File(p) => p.display().to_string(),
                     Source::Stdin(_) => "the source from stdin".into(),

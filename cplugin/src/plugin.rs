@@ -4,7 +4,7 @@
 //! is writable, one with `flush` and no `can_fua` gets emulated FUA, and so on). The server
 //! enforces the plugin's thread model, as for any plugin.
 //!
-//! Every call into the plugin goes through [`Library::call`], which sets the context the
+//! Every call into the plugin goes through `Library::call`, which sets the context the
 //! `nbdkit_*` functions read (see `context`), and turns a failure into an `Error` carrying the
 //! errno of `nbdkit_set_error`, or `errno` itself for plugins that say `errno_is_preserved`,
 //! or `EIO`, with the message of the last `nbdkit_error`.
