@@ -60,6 +60,7 @@ def main():
     refused([so, "2M"], "abitest: size=2M: at most 1048576 bytes")
     refused([so, "colour=red"], "abitest: unknown parameter 'colour'")
     refused([so, "password=+/nonexistent/pw"], "/nonexistent/pw")
+    refused([so, "verror=x"], "abitest: verror says x (42)")
     # -D abitest.level=N sets the plugin's `int abitest_debug_level` before config_complete.
     refused(["-D", "abitest.level=2", so, "expect_level=3"], "check failed at abitest.c")
 
@@ -69,6 +70,7 @@ def main():
         log = srv.stderr()
         check("abitest: errno is Device or resource busy, level 3" in log, "nbdkit_debug with %m: " + log)
         check("hexdump: " in log and "|abitest|" in log, "nbdkit_debug_hexdump: " + log)
+        check("abitest: vdebug says hello 99" in log, "nbdkit_vdebug: " + log)
 
         h = nbd.NBD()
         h.set_full_info(True)

@@ -11,6 +11,7 @@
  */
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +65,36 @@ static int ready, forked;
     }                                                                   \
   } while (0)
 
+/* The va_list forms, called the way a plugin's own logging wrapper would. */
+static void
+my_error (const char *fmt, ...)
+{
+  va_list args;
+  va_start (args, fmt);
+  nbdkit_verror (fmt, args);
+  va_end (args);
+}
+
+static void
+my_debug (const char *fmt, ...)
+{
+  va_list args;
+  va_start (args, fmt);
+  nbdkit_vdebug (fmt, args);
+  va_end (args);
+}
+
+static const char *
+my_intern (const char *fmt, ...)
+{
+  va_list args;
+  const char *r;
+  va_start (args, fmt);
+  r = nbdkit_vprintf_intern (fmt, args);
+  va_end (args);
+  return r;
+}
+
 static void
 append_marker (const char *what)
 {
@@ -111,6 +142,10 @@ abitest_config (const char *key, const char *value)
   else if (strcmp (key, "expect_level") == 0) {
     if (nbdkit_parse_int ("expect_level", value, &expect_level) == -1)
       return -1;
+  }
+  else if (strcmp (key, "verror") == 0) {
+    my_error ("verror says %s (%d)", value, 42);
+    return -1;
   }
   else if (strcmp (key, "marker") == 0)
     marker = value;               /* kept: config strings live as long as the server */
@@ -194,6 +229,9 @@ abitest_config_complete (void)
   CHECK (is && strcmp (is, "abc") == 0);
   is = nbdkit_printf_intern ("%d-%s-%05.1f", 7, "x", 2.5);
   CHECK (is && strcmp (is, "7-x-002.5") == 0);
+  is = my_intern ("%s=%u", "v", 12u);
+  CHECK (is && strcmp (is, "v=12") == 0);
+  my_debug ("vdebug says %s %d", "hello", 99);
 
   ex = nbdkit_extents_new (0, 1000);
   CHECK (ex != NULL);
