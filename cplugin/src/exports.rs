@@ -315,8 +315,7 @@ pub extern "C" fn nbdkit_export_name() -> *const c_char {
 #[no_mangle]
 pub extern "C" fn nbdkit_is_tls() -> c_int {
     match context::current() {
-        Some(c) if c.conn.is_some() => c.tls as c_int,
-        Some(c) => c.client().is_some_and(|c| c.tls.is_some()) as c_int,
+        Some(c) => c.tls as c_int,
         None => {
             fail(Error::invalid("no connection in this context"));
             -1

@@ -202,6 +202,12 @@ fn model(m: c_int) -> ThreadModel {
     }
 }
 
+/// The context of a call made during a client's handshake, before its connection is open
+/// (`list_exports`, `default_export`): its own arena, so that strings interned there go with it.
+fn handshake(tls: bool) -> Arc<ConnContext> {
+    Arc::new(ConnContext { tls, ..Default::default() })
+}
+
 /// One instance of a loaded C plugin, as the stack configures it.
 pub struct CPlugin {
     lib: Arc<Library>,
@@ -317,7 +323,8 @@ impl Plugin for CPlugin {
 
     fn preconnect(&self, client: &ClientInfo, readonly: bool) -> Result<()> {
         let Some(f) = self.lib.plugin.preconnect else { return Ok(()) };
-        let ctx = Arc::new(ConnContext { client: Some(client.clone()), ..Default::default() });
+        let tls = client.tls.is_some();
+        let ctx = Arc::new(ConnContext { client: Some(client.clone()), tls, ..Default::default() });
         // SAFETY: the plugin's preconnect callback; nbdkit_peer_* read the client from `ctx`.
         self.lib.int("preconnect", Some(ctx), || unsafe { f(readonly as c_int) }).map(|_| ())
     }
@@ -330,7 +337,7 @@ impl Plugin for CPlugin {
         let p = &mut list as *mut ExportsArg as *mut CExports;
         // SAFETY: the plugin's list_exports callback with a pointer to `list`, which outlives
         // the call; nbdkit_add_export casts it back.
-        self.lib.int("list_exports", None, || unsafe { f(readonly as c_int, tls as c_int, p) })?;
+        self.lib.int("list_exports", Some(handshake(tls)), || unsafe { f(readonly as c_int, tls as c_int, p) })?;
         let mut out = Vec::with_capacity(list.0.len());
         for (name, description) in list.0 {
             let name = match name {
@@ -344,9 +351,11 @@ impl Plugin for CPlugin {
 
     fn default_export(&self, readonly: bool, tls: bool) -> Result<String> {
         let Some(f) = self.lib.plugin.default_export else { return Ok(String::new()) };
-        // SAFETY: the plugin's default_export callback; the string it returns is read at once.
+        // SAFETY: the plugin's default_export callback; the string it returns (often interned
+        // in the call's arena, dropped after this function) is read at once.
+        let ctx = Some(handshake(tls));
         let name =
-            self.lib.call("default_export", None, || unsafe { f(readonly as c_int, tls as c_int) }, |p| p.is_null())?;
+            self.lib.call("default_export", ctx, || unsafe { f(readonly as c_int, tls as c_int) }, |p| p.is_null())?;
         Ok(text(name).unwrap_or_default())
     }
 
