@@ -50,7 +50,8 @@ def main():
     # Probing: the plugin's own metadata and dump_plugin output.
     out = subprocess.run(server_command() + [so, "--dump-plugin"], capture_output=True, text=True,
                          check=True).stdout
-    for line in ["name=abitest", "version=1.0", "magic_config_key=size", "so=" + so, "abitest_dump=yes"]:
+    for line in ["name=abitest", "version=1.0", "magic_config_key=size", "so=" + so, "abitest_dump=yes",
+                 "has_extents=1", "has_block_size=1", "has_list_exports=1", "has_zero=1"]:
         check(line in out.splitlines(), "--dump-plugin has %r: %r" % (line, out))
     out = subprocess.run(server_command() + [so, "--help"], capture_output=True, text=True,
                          check=True).stdout

@@ -275,8 +275,47 @@ impl Layer for CPlugin {
     }
 
     fn dump_plugin(&self) -> Vec<(String, String)> {
-        let mut lines = vec![("so".to_string(), self.lib.path.display().to_string())];
-        lines.push(("so_api_version".into(), self.lib.plugin.api_version.to_string()));
+        let p = &self.lib.plugin;
+        let mut lines = vec![
+            ("so".to_string(), self.lib.path.display().to_string()),
+            ("so_api_version".into(), p.api_version.to_string()),
+            ("struct_size".into(), p.struct_size.to_string()),
+        ];
+        // nbdkit's has_CALLBACK lines for what the server's own lines do not already say.
+        let v2 = p.api_version == 2;
+        let callbacks = [
+            ("load", p.load.is_some()),
+            ("unload", p.unload.is_some()),
+            ("dump_plugin", p.dump_plugin.is_some()),
+            ("thread_model", p.thread_model_fn.is_some()),
+            ("preconnect", p.preconnect.is_some()),
+            ("after_fork", p.after_fork.is_some()),
+            ("list_exports", p.list_exports.is_some()),
+            ("default_export", p.default_export.is_some()),
+            ("cleanup", p.cleanup.is_some()),
+            ("close", p.close.is_some()),
+            ("get_size", p.get_size.is_some()),
+            ("export_description", p.export_description.is_some()),
+            ("block_size", p.block_size.is_some()),
+            ("can_write", p.can_write.is_some()),
+            ("can_flush", p.can_flush.is_some()),
+            ("is_rotational", p.is_rotational.is_some()),
+            ("can_trim", p.can_trim.is_some()),
+            ("can_zero", p.can_zero.is_some()),
+            ("can_fast_zero", p.can_fast_zero.is_some()),
+            ("can_fua", p.can_fua.is_some()),
+            ("can_multi_conn", p.can_multi_conn.is_some()),
+            ("can_extents", p.can_extents.is_some()),
+            ("can_cache", p.can_cache.is_some()),
+            ("pread", if v2 { p.pread.is_some() } else { p.pread_v1.is_some() }),
+            ("pwrite", if v2 { p.pwrite.is_some() } else { p.pwrite_v1.is_some() }),
+            ("flush", if v2 { p.flush.is_some() } else { p.flush_v1.is_some() }),
+            ("trim", if v2 { p.trim.is_some() } else { p.trim_v1.is_some() }),
+            ("zero", if v2 { p.zero.is_some() } else { p.zero_v1.is_some() }),
+            ("extents", p.extents.is_some()),
+            ("cache", p.cache.is_some()),
+        ];
+        lines.extend(callbacks.iter().filter(|(_, has)| *has).map(|(name, _)| (format!("has_{name}"), "1".into())));
         if let Some(f) = self.lib.plugin.dump_plugin {
             // The plugin prints with C's stdio after our lines, so they are printed first.
             use std::io::Write;
