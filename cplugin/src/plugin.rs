@@ -523,6 +523,18 @@ impl Handle for CHandle {
         if minimum == 0 && preferred == 0 && maximum == 0 {
             return Ok(None);
         }
+        // nbdkit's rules for what a plugin may answer.
+        let valid = minimum.is_power_of_two()
+            && minimum <= 65536
+            && preferred.is_power_of_two()
+            && (512..=32 << 20).contains(&preferred)
+            && preferred >= minimum
+            && (maximum == u32::MAX || (maximum >= preferred && maximum % minimum == 0));
+        if !valid {
+            return Err(Error::invalid(format!(
+                "block_size: minimum={minimum}, preferred={preferred}, maximum={maximum} are not valid constraints"
+            )));
+        }
         Ok(Some(BlockSize { minimum, preferred, maximum }))
     }
 
