@@ -75,6 +75,13 @@ mod tests {
     }
 
     #[test]
+    fn the_struct_has_the_headers_size() {
+        // sizeof (struct nbdkit_plugin) with nbdkit 1.32's header on a 64-bit machine, as
+        // Debian's plugins report it in _struct_size.
+        assert_eq!(std::mem::size_of::<abi::NbdkitPlugin>(), 384);
+    }
+
+    #[test]
     fn a_file_that_is_not_a_plugin_is_refused_with_its_path() {
         let e = load(Path::new("/nonexistent/nbdkit-x-plugin.so")).unwrap_err();
         assert!(e.contains("/nonexistent/nbdkit-x-plugin.so"), "{e}");
