@@ -66,12 +66,12 @@ same_as_nbdkit "$(so nbd)" socket="$back"
 cmp "$tmp/ours.img" f1 || fail "nbd: not the file's bytes"
 
 # By name: a plugin nbdforge has no built-in for is found in nbdkit's directory.
-"${server_cmd[@]}" --dump-config | grep -q "^plugin_search_path=.*$D" ||
+"${server_cmd[@]}" --dump-config | grep >/dev/null "^plugin_search_path=.*$D" ||
     fail "--dump-config does not name $D"
 same_as_nbdkit ondemand dir="$tmp/od" size=1M
-"${server_cmd[@]}" floppy --dump-plugin | grep -qx "so=$(so floppy)" || fail "floppy not found by name"
+"${server_cmd[@]}" floppy --dump-plugin | grep -x >/dev/null "so=$(so floppy)" || fail "floppy not found by name"
 # ...and a built-in wins over nbdkit's .so of the same name.
-"${server_cmd[@]}" memory --dump-plugin | grep -q "^so=" && fail "memory: the .so was loaded, not the built-in"
+"${server_cmd[@]}" memory --dump-plugin | grep >/dev/null "^so=" && fail "memory: the .so was loaded, not the built-in"
 
 # Writes through nbdkit's memory plugin, with qemu-img and nbdsh.
 start_server "$(so memory)" size=3M
@@ -97,7 +97,7 @@ start_server "$(so tmpdisk)" size=16M
 nbdcopy "$uri" tmpdisk.img
 stop_server "$server_pid"
 [ "$(stat -c %s tmpdisk.img)" -eq $((16 << 20)) ] || fail "tmpdisk: wrong size"
-/usr/sbin/blkid -p tmpdisk.img | grep -q 'TYPE="ext4"' || fail "tmpdisk: no ext4: $(/usr/sbin/blkid -p tmpdisk.img)"
+/usr/sbin/blkid -p tmpdisk.img | grep >/dev/null 'TYPE="ext4"' || fail "tmpdisk: no ext4: $(/usr/sbin/blkid -p tmpdisk.img)"
 
 start_server "$(so linuxdisk)" "$tmp/dir"
 nbdcopy "$uri" linuxdisk.img

@@ -5,7 +5,7 @@
 source "$(dirname "$0")/lib/functions.sh"
 
 gcc -Wall -Werror -Wno-unused-parameter -fPIC -shared -o "$tmp/abitest.so" \
-    "$(dirname "$0")/cplugin/abitest.c"
+    "$repo/tests/cplugin/abitest.c"
 
 client_info='organization = nbdforge test\ncn = client.example.com\ntls_www_client\nencryption_key\nsigning_key\nexpiration_days = 2\n'
 server_pki "$tmp/pki" "$tmp/client"

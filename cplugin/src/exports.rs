@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use nbdforge_api::{server, Error, Peer};
 
-use crate::abi::{CExports, CExtents};
+use crate::abi::{self, CExports, CExtents};
 use crate::context::{self, global_arena};
+use crate::filter;
 use crate::plugin::{ExportsArg, ExtentsArg};
 
 /// Reads a C string argument; `None` for NULL or invalid UTF-8 (reported as an error).
@@ -589,6 +590,125 @@ pub extern "C" fn nbdkit_debug_hexdump(buf: *const c_void, len: usize, prefix: *
     }
 }
 
+// --- The filter's contexts and extents helpers (nbdkit-filter.h) ---------------------------
+
+#[no_mangle]
+pub extern "C" fn nbdkit_context_get_backend(cx: abi::Context) -> abi::Backend {
+    if cx.is_null() {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: the context a filter's open was called with, alive while its handle is.
+    let c = unsafe { filter::context_of(cx) };
+    &*c.backend as *const filter::BackendRef as abi::Backend
+}
+
+#[no_mangle]
+pub extern "C" fn nbdkit_next_context_open(
+    backend: abi::Backend,
+    readonly: c_int,
+    export: *const c_char,
+    _shared: c_int,
+) -> abi::Next {
+    let export = if export.is_null() { "" } else { arg("export name", export).unwrap_or("") };
+    match filter::open_below(backend, readonly != 0, export) {
+        Ok(n) => n as abi::Next,
+        Err(e) => {
+            fail(e);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn nbdkit_next_context_close(next: abi::Next) {
+    if next.is_null() {
+        return;
+    }
+    // SAFETY: an nbdkit_next * the filter got from nbdkit_next_context_open (or took back with
+    // nbdkit_context_set_next), closed once.
+    let n = unsafe { Box::from_raw(next as *mut filter::NextCtx) };
+    if let Err(e) = n.handle.finalize() {
+        tracing::error!("{}: {}", context::plugin_name(), e.message);
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn nbdkit_context_set_next(cx: abi::Context, next: abi::Next) -> abi::Next {
+    if cx.is_null() {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: as in nbdkit_context_get_backend.
+    let c = unsafe { filter::context_of(cx) };
+    c.next.swap(next as *mut filter::NextCtx, std::sync::atomic::Ordering::SeqCst) as abi::Next
+}
+
+#[no_mangle]
+pub extern "C" fn nbdkit_extents_full(
+    next: abi::Next,
+    count: u32,
+    offset: u64,
+    flags: u32,
+    err: *mut c_int,
+) -> *mut CExtents {
+    if next.is_null() {
+        return std::ptr::null_mut();
+    }
+    // SAFETY: the nbdkit_next * a filter callback was given.
+    let n = unsafe { filter::next_ctx(next) };
+    match filter::extents_full(n, count.into(), offset, filter::flags_from_c(flags)) {
+        Ok(e) => Box::into_raw(Box::new(ExtentsArg::Owned(e))) as *mut CExtents,
+        Err(e) => {
+            if !err.is_null() {
+                // SAFETY: the filter's errno out pointer.
+                unsafe { err.write(e.errno) };
+            }
+            fail(e);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn nbdkit_extents_aligned(
+    next: abi::Next,
+    count: u32,
+    offset: u64,
+    flags: u32,
+    align: u32,
+    extents: *mut CExtents,
+    err: *mut c_int,
+) -> c_int {
+    if next.is_null() || extents.is_null() || align == 0 || !align.is_power_of_two() {
+        fail(Error::invalid("nbdkit_extents_aligned: bad arguments"));
+        return -1;
+    }
+    // SAFETY: the nbdkit_next * a filter callback was given, and an extents list of ours.
+    let (n, out) = unsafe { (filter::next_ctx(next), &mut *(extents as *mut ExtentsArg)) };
+    let align = u64::from(align);
+    let end = (offset + u64::from(count)).div_ceil(align) * align;
+    let size = n.handle.get_size().unwrap_or(end);
+    let r = filter::extents_full(n, end.min(size).saturating_sub(offset).max(1), offset, filter::flags_from_c(flags));
+    match r {
+        Ok(e) => {
+            for (o, l, t) in filter::aligned(e.as_slice(), align) {
+                if let Err(x) = out.list().add(o, l, t) {
+                    fail(x);
+                    return -1;
+                }
+            }
+            0
+        }
+        Err(e) => {
+            if !err.is_null() {
+                // SAFETY: the filter's errno out pointer.
+                unsafe { err.write(e.errno) };
+            }
+            fail(e);
+            -1
+        }
+    }
+}
+
 extern "C" {
     fn nbdkit_error(fmt: *const c_char, ...);
     fn nbdkit_verror(fmt: *const c_char, args: *mut c_void);
@@ -653,11 +773,17 @@ static EXPORTED: Table = Table([
     nbdkit_exports_free as *const c_void,
     nbdkit_exports_count as *const c_void,
     nbdkit_get_export as *const c_void,
+    nbdkit_context_get_backend as *const c_void,
+    nbdkit_next_context_open as *const c_void,
+    nbdkit_next_context_close as *const c_void,
+    nbdkit_context_set_next as *const c_void,
+    nbdkit_extents_full as *const c_void,
+    nbdkit_extents_aligned as *const c_void,
     nbdforge_cplugin_error as *const c_void,
     nbdforge_cplugin_debug as *const c_void,
 ]);
 
-struct Table([*const c_void; 53]);
+struct Table([*const c_void; 59]);
 
 // SAFETY (for the compiler, no block here): the table holds function addresses, never
 // dereferenced by Rust, and is never written.

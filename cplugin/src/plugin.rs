@@ -55,7 +55,7 @@ impl ExtentsArg<'_> {
 #[derive(Default)]
 pub(crate) struct ExportsArg(pub Vec<(Option<CString>, Option<CString>)>);
 
-fn text(p: *const c_char) -> Option<String> {
+pub(crate) fn text(p: *const c_char) -> Option<String> {
     if p.is_null() {
         return None;
     }
@@ -64,25 +64,76 @@ fn text(p: *const c_char) -> Option<String> {
     Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
 }
 
-fn dlerror() -> String {
+pub(crate) fn dlerror() -> String {
     // SAFETY: dlerror returns null or a NUL-terminated message owned by libc, read at once.
     text(unsafe { libc::dlerror() }).unwrap_or_else(|| "unknown error".into())
+}
+
+/// Opens the shared object at `path` (as nbdkit does: all symbols now, and global, so that
+/// what an embedded interpreter loads later finds them) and looks up its registration function.
+pub(crate) fn dl_open(path: &Path, init: &CStr) -> std::result::Result<(usize, *mut c_void), String> {
+    let cpath = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| "NUL in the path".to_string())?;
+    // SAFETY: dlopen with a valid C string; the library's constructors run here, as under nbdkit.
+    let dl = unsafe { libc::dlopen(cpath.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+    if dl.is_null() {
+        return Err(dlerror());
+    }
+    // SAFETY: looking a symbol up in the handle just opened.
+    let f = unsafe { libc::dlsym(dl, init.as_ptr()) };
+    if f.is_null() {
+        return Err(format!("it has no {} function: is it built for nbdkit?", init.to_string_lossy()));
+    }
+    Ok((dl as usize, f))
+}
+
+/// `-D NAME.FLAG=N`, nbdkit's convention: sets the library's global `int NAME_debug_FLAG`.
+pub(crate) fn set_debug_flag(dl: usize, name: &str, flag: &str, value: i32) -> bool {
+    let symbol = format!("{name}_debug_{flag}").replace(['.', '-'], "_");
+    let Ok(symbol) = CString::new(symbol) else { return false };
+    // SAFETY: a lookup in the library, which stays open.
+    let p = unsafe { libc::dlsym(dl as *mut c_void, symbol.as_ptr()) } as *mut c_int;
+    if p.is_null() {
+        return false;
+    }
+    // SAFETY: by the convention the symbol is an int the library reads; set before any
+    // callback runs, on the only thread.
+    unsafe { p.write(value) };
+    true
+}
+
+/// Runs one callback of a C layer (`name`); `failed` says from its result whether it failed.
+/// The error is the errno of `nbdkit_set_error`, or `errno` itself when `preserved` (the
+/// plugin's `errno_is_preserved`), or `EIO`, with the last `nbdkit_error` as its message.
+pub(crate) fn guarded<T>(
+    name: &str,
+    preserved: bool,
+    what: &str,
+    conn: Option<Arc<ConnContext>>,
+    run: impl FnOnce() -> T,
+    failed: impl FnOnce(&T) -> bool,
+) -> Result<T> {
+    let call = Call::begin(conn);
+    Errno::clear();
+    let r = run();
+    let errno = Errno::last_raw();
+    let reported = call.finish();
+    if failed(&r) {
+        let preserved = (preserved && errno != 0).then_some(errno);
+        let errno = reported.errno.filter(|&e| e != 0).or(preserved).unwrap_or(libc::EIO);
+        let message =
+            reported.message.unwrap_or_else(|| format!("{what} failed: {}", std::io::Error::from_raw_os_error(errno)));
+        return Err(Error::new(errno, message));
+    }
+    if let Some(m) = reported.message {
+        tracing::error!("{name}: {m}");
+    }
+    Ok(r)
 }
 
 /// Opens `path`, runs its `plugin_init` and `load`, and checks what nbdkit checks.
 pub fn open(path: &Path) -> std::result::Result<Arc<Library>, String> {
     let fail = |why: String| format!("cannot open plugin '{}': {why}", path.display());
-    let cpath = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| fail("NUL in the path".into()))?;
-    // SAFETY: dlopen with a valid C string; the plugin's constructors run here, as under nbdkit.
-    let dl = unsafe { libc::dlopen(cpath.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
-    if dl.is_null() {
-        return Err(fail(dlerror()));
-    }
-    // SAFETY: looking a symbol up in the handle just opened.
-    let init = unsafe { libc::dlsym(dl, c"plugin_init".as_ptr()) };
-    if init.is_null() {
-        return Err(fail("it has no plugin_init function: is it an nbdkit plugin?".into()));
-    }
+    let (dl, init) = dl_open(path, c"plugin_init").map_err(fail)?;
     // SAFETY: NBDKIT_REGISTER_PLUGIN defines plugin_init as `struct nbdkit_plugin *(void)`.
     let init: unsafe extern "C" fn() -> *const NbdkitPlugin = unsafe { std::mem::transmute(init) };
     // SAFETY: calling the plugin's registration function, as nbdkit does once after dlopen.
@@ -115,25 +166,52 @@ pub fn open(path: &Path) -> std::result::Result<Arc<Library>, String> {
         }
     }
     context::set_plugin_name(&name);
-    let lib = Library { plugin, dl: dl as usize, path: path.to_path_buf(), name, unloaded: AtomicBool::new(false) };
-    if let Some(load) = lib.plugin.load {
-        // SAFETY: the plugin's load callback, called once after registration as nbdkit does.
-        lib.call("load", None, || unsafe { load() }, |_| false).map_err(|e| fail(e.message))?;
-    }
+    let lib = Library { plugin, dl, path: path.to_path_buf(), name, unloaded: AtomicBool::new(false) };
+    run_void(&lib.name, "load", lib.plugin.load).map_err(fail)?;
     Ok(Arc::new(lib))
+}
+
+/// Runs a `void (*)(void)` callback of a C layer (`load`, `unload`), if it has one.
+pub(crate) fn run_void(name: &str, what: &str, f: Option<unsafe extern "C" fn()>) -> std::result::Result<(), String> {
+    match f {
+        // SAFETY: a callback taking and returning nothing, called when nbdkit would call it.
+        Some(f) => guarded(name, false, what, None, || unsafe { f() }, |_| false).map_err(|e| e.message),
+        None => Ok(()),
+    }
+}
+
+/// `unload`, once in the process's life.
+pub(crate) fn unload_once(done: &AtomicBool, name: &str, f: Option<unsafe extern "C" fn()>) {
+    if !done.swap(true, Ordering::SeqCst) {
+        let _ = run_void(name, "unload", f);
+    }
+}
+
+/// A C layer's identity from its strings: the long name, or the description's first line,
+/// describes it.
+pub(crate) fn describe(
+    name: &str,
+    longname: *const c_char,
+    description: *const c_char,
+    version: *const c_char,
+    config_help: *const c_char,
+) -> LayerInfo {
+    LayerInfo {
+        name: name.to_string(),
+        description: text(longname).or_else(|| text(description).map(|d| first_line(&d))).unwrap_or_default(),
+        version: text(version).unwrap_or_default(),
+        config_help: text(config_help).unwrap_or_default(),
+        magic_config_key: None,
+    }
 }
 
 impl Library {
     /// Who the plugin says it is.
     pub fn info(&self) -> LayerInfo {
         let p = &self.plugin;
-        let description = text(p.longname).or_else(|| text(p.description).map(|d| first_line(&d))).unwrap_or_default();
         LayerInfo {
-            name: self.name.clone(),
-            description,
-            version: text(p.version).unwrap_or_default(),
-            config_help: text(p.config_help).unwrap_or_default(),
             magic_config_key: text(p.magic_config_key),
+            ..describe(&self.name, p.longname, p.description, p.version, p.config_help)
         }
     }
 
@@ -160,23 +238,7 @@ impl Library {
         run: impl FnOnce() -> T,
         failed: impl FnOnce(&T) -> bool,
     ) -> Result<T> {
-        let call = Call::begin(conn);
-        Errno::clear();
-        let r = run();
-        let errno = Errno::last_raw();
-        let reported = call.finish();
-        if failed(&r) {
-            let preserved = (self.plugin.errno_is_preserved != 0 && errno != 0).then_some(errno);
-            let errno = reported.errno.filter(|&e| e != 0).or(preserved).unwrap_or(libc::EIO);
-            let message = reported
-                .message
-                .unwrap_or_else(|| format!("{what} failed: {}", std::io::Error::from_raw_os_error(errno)));
-            return Err(Error::new(errno, message));
-        }
-        if let Some(m) = reported.message {
-            tracing::error!("{}: {m}", self.name);
-        }
-        Ok(r)
+        guarded(&self.name, self.plugin.errno_is_preserved != 0, what, conn, run, failed)
     }
 
     /// A callback returning an int: -1 is failure.
@@ -185,15 +247,15 @@ impl Library {
     }
 }
 
-fn first_line(s: &str) -> String {
+pub(crate) fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").trim().to_string()
 }
 
-fn cstring(key: &str, value: &str) -> Result<CString> {
+pub(crate) fn cstring(key: &str, value: &str) -> Result<CString> {
     CString::new(value).map_err(|_| Error::invalid(format!("{key}: the value contains a NUL byte")))
 }
 
-fn model(m: c_int) -> ThreadModel {
+pub(crate) fn model(m: c_int) -> ThreadModel {
     match m {
         abi::THREAD_MODEL_SERIALIZE_CONNECTIONS => ThreadModel::SerializeConnections,
         abi::THREAD_MODEL_SERIALIZE_ALL_REQUESTS => ThreadModel::SerializeAllRequests,
@@ -237,18 +299,7 @@ impl CPlugin {
 
 impl Layer for CPlugin {
     fn debug_flag(&mut self, flag: &str, value: i32) -> bool {
-        // nbdkit's convention: `-D NAME.FLAG=N` sets the plugin's global `int NAME_debug_FLAG`.
-        let symbol = format!("{}_debug_{}", self.lib.name, flag).replace(['.', '-'], "_");
-        let Ok(symbol) = CString::new(symbol) else { return false };
-        // SAFETY: a lookup in the library, which stays open.
-        let p = unsafe { libc::dlsym(self.lib.dl as *mut c_void, symbol.as_ptr()) } as *mut c_int;
-        if p.is_null() {
-            return false;
-        }
-        // SAFETY: by the convention the symbol is an int the plugin reads; set before any
-        // callback runs, on the only thread.
-        unsafe { p.write(value) };
-        true
+        set_debug_flag(self.lib.dl, &self.lib.name, flag, value)
     }
 
     fn config(&mut self, key: &str, value: &str) -> Result<bool> {
@@ -338,12 +389,7 @@ impl Layer for CPlugin {
             // SAFETY: the plugin's cleanup callback, once, when the server exits.
             let _ = self.lib.call("cleanup", None, || unsafe { f() }, |_| false);
         }
-        if !self.lib.unloaded.swap(true, Ordering::SeqCst) {
-            if let Some(f) = self.lib.plugin.unload {
-                // SAFETY: the plugin's unload callback, once, last.
-                let _ = self.lib.call("unload", None, || unsafe { f() }, |_| false);
-            }
-        }
+        unload_once(&self.lib.unloaded, &self.lib.name, self.lib.plugin.unload);
     }
 }
 
@@ -434,7 +480,7 @@ struct CHandle {
     readonly: bool,
 }
 
-fn c_flags(flags: Flags) -> u32 {
+pub(crate) fn c_flags(flags: Flags) -> u32 {
     let mut f = 0;
     for (ours, theirs) in [
         (Flags::FUA, abi::FLAG_FUA),
@@ -449,11 +495,11 @@ fn c_flags(flags: Flags) -> u32 {
     f
 }
 
-fn count32(count: u64) -> Result<u32> {
+pub(crate) fn count32(count: u64) -> Result<u32> {
     u32::try_from(count).map_err(|_| Error::invalid(format!("request of {count} bytes is too large for a C plugin")))
 }
 
-fn support(what: &str, answer: c_int) -> Result<Support> {
+pub(crate) fn support(what: &str, answer: c_int) -> Result<Support> {
     match answer {
         abi::SUPPORT_NONE => Ok(Support::None),
         abi::SUPPORT_EMULATE => Ok(Support::Emulate),

@@ -128,9 +128,14 @@ pub fn plugindir() -> PathBuf {
     Layout::find().prefix.join("lib").join("nbdforge").join("plugins")
 }
 
-/// The directories searched for C plugins by name, colon-separated, in order.
-fn plugin_search_path() -> String {
-    crate::registry::plugin_dirs().iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":")
+/// Our filter directory (`filterdir`).
+pub fn filterdir() -> PathBuf {
+    Layout::find().prefix.join("lib").join("nbdforge").join("filters")
+}
+
+/// The directories searched for C plugins or filters by name, colon-separated, in order.
+fn search_path(kind: nbdforge_cplugin::Kind) -> String {
+    crate::registry::search_dirs(kind).iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":")
 }
 
 /// The `key=value` lines of `--dump-config`, sorted by key as nbdkit prints them.
@@ -146,7 +151,8 @@ pub fn dump_config_lines(id: &Identity) -> Vec<(String, String)> {
         ("binary".into(), path(&l.binary)),
         ("bindir".into(), path(&l.bindir)),
         ("exit_with_parent".into(), "yes".into()),
-        ("filterdir".into(), path(&libdir.join("nbdforge").join("filters"))),
+        ("filterdir".into(), path(&filterdir())),
+        ("filter_search_path".into(), search_path(nbdforge_cplugin::Kind::Filter)),
         ("filters".into(), layer_names(false)),
         ("host_cpu".into(), std::env::consts::ARCH.into()),
         ("host_os".into(), host_os().into()),
@@ -154,7 +160,7 @@ pub fn dump_config_lines(id: &Identity) -> Vec<(String, String)> {
         ("mandir".into(), path(&l.prefix.join("share").join("man"))),
         ("name".into(), id.name().into()),
         ("plugindir".into(), path(&plugindir())),
-        ("plugin_search_path".into(), plugin_search_path()),
+        ("plugin_search_path".into(), search_path(nbdforge_cplugin::Kind::Plugin)),
         ("plugins".into(), layer_names(true)),
         ("root_tls_certificates_dir".into(), root_tls_dir(id).into()),
         // --run with neither -p nor -U listens on a private Unix socket, not on TCP port 10809.

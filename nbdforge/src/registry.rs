@@ -13,11 +13,13 @@
 //! - otherwise `nbdkit-NAME-plugin.so` in the plugin directories: ours, then nbdkit's
 //!   (`--dump-config` prints them as `plugin_search_path`).
 //!
-//! Filters are built-in only: nbdkit's C filter ABI is not implemented.
+//! Filters are found the same way (`nbdkit-NAME-filter.so`, `filter_search_path`); nbdkit's
+//! filter ABI has no stability guarantee, so only filters built for nbdkit 1.32 load.
 
 use std::path::{Path, PathBuf};
 
 use nbdforge_api::Registration;
+use nbdforge_cplugin::Kind;
 
 /// Every layer the binary knows.
 pub fn table() -> Vec<Registration> {
@@ -30,10 +32,14 @@ pub fn table() -> Vec<Registration> {
     table
 }
 
-/// The directories searched for `nbdkit-NAME-plugin.so`: ours (next to the binary's prefix,
-/// as `--dump-config` prints `plugindir`), then nbdkit's.
-pub fn plugin_dirs() -> Vec<PathBuf> {
-    nbdforge_cplugin::plugin_dirs(&crate::probe::plugindir())
+/// The directories searched for `nbdkit-NAME-plugin.so` (or `-filter.so`): ours (`plugindir`
+/// or `filterdir`, next to the binary's prefix), then nbdkit's.
+pub fn search_dirs(kind: Kind) -> Vec<PathBuf> {
+    let ours = match kind {
+        Kind::Plugin => crate::probe::plugindir(),
+        Kind::Filter => crate::probe::filterdir(),
+    };
+    nbdforge_cplugin::search_dirs(kind, &ours)
 }
 
 fn names(table: &[Registration], plugins: bool) -> String {
@@ -58,34 +64,35 @@ fn short_name<'a>(word: &'a str, kind: &str) -> Option<&'a str> {
 
 /// The plugin named `word`, or an error listing the plugins there are.
 pub fn plugin(table: &[Registration], word: &str) -> Result<Registration, String> {
+    lookup(table, word, Kind::Plugin)
+}
+
+/// The filter named `word`, found as plugins are; only C filters built for nbdkit 1.32 load.
+pub fn filter(table: &[Registration], word: &str) -> Result<Registration, String> {
+    lookup(table, word, Kind::Filter)
+}
+
+fn lookup(table: &[Registration], word: &str, kind: Kind) -> Result<Registration, String> {
     if is_path(word) && Path::new(word).is_file() {
-        return nbdforge_cplugin::load(Path::new(word)).map_err(|e| format!("error: {e}"));
+        return kind.load(Path::new(word)).map_err(|e| format!("error: {e}"));
     }
-    if let Some(r) = short_name(word, "plugin").and_then(|name| nbdforge_api::find(table, name, true)) {
+    let is_plugin = kind == Kind::Plugin;
+    if let Some(r) = short_name(word, kind.word()).and_then(|name| nbdforge_api::find(table, name, is_plugin)) {
         return Ok(r.clone());
     }
-    let dirs = plugin_dirs();
+    let dirs = search_dirs(kind);
     if !is_path(word) {
-        if let Some(path) = nbdforge_cplugin::find(&dirs, word) {
-            return nbdforge_cplugin::load(&path).map_err(|e| format!("error: {e}"));
+        if let Some(path) = nbdforge_cplugin::find(kind, &dirs, word) {
+            return kind.load(&path).map_err(|e| format!("error: {e}"));
         }
     }
     let searched = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
+    let what = kind.word();
     Err(format!(
-        "error: cannot open plugin '{word}': there is no such plugin built in (plugins: {}), and no \
-         nbdkit-{word}-plugin.so in {searched}",
-        names(table, true)
+        "error: cannot open {what} '{word}': there is no such {what} built in ({what}s: {}), and no \
+         nbdkit-{word}-{what}.so in {searched}",
+        names(table, is_plugin)
     ))
-}
-
-/// The filter named `word`, or an error listing the filters there are.
-pub fn filter<'a>(table: &'a [Registration], word: &str) -> Result<&'a Registration, String> {
-    short_name(word, "filter").and_then(|name| nbdforge_api::find(table, name, false)).ok_or_else(|| {
-        format!(
-            "error: cannot open filter '{word}': there is no such filter built in (filters: {})",
-            names(table, false)
-        )
-    })
 }
 
 #[cfg(test)]

@@ -420,6 +420,10 @@ abitest_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset, 
     nbdkit_error ("abitest: write of P refused with errno EPERM");
     errno = EPERM;
     return -1;
+  }
+  /* Stored before the triggers, which may let the client go at once. */
+  memcpy (disk + offset, buf, count);
+  switch (count > 0 ? *(const char *) buf : 0) {
   case 'S':
     nbdkit_shutdown ();
     break;
@@ -427,7 +431,6 @@ abitest_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset, 
     nbdkit_disconnect (1);
     break;
   }
-  memcpy (disk + offset, buf, count);
   return 0;
 }
 
