@@ -21,7 +21,7 @@ use nbdforge_api::{
 
 use crate::abi::{self, CExports, CExtents, NbdkitFilter, NextOps};
 use crate::context::{self, ConnContext};
-use crate::plugin::{self, c_flags, count32, cstring, text, ExportsArg, ExtentsArg};
+use crate::plugin::{self, c_flags, count32, cstring, text, ExportsArg, ExtentsArg, RawHandle};
 
 /// A loaded filter. Never unloaded from memory.
 pub struct FilterLib {
@@ -597,12 +597,6 @@ impl Filter for CFilter {
         Ok(Box::new(h))
     }
 }
-
-struct RawHandle(abi::Handle);
-
-// SAFETY: the filter's handle pointer, used as its thread model allows, as under nbdkit.
-unsafe impl Send for RawHandle {}
-unsafe impl Sync for RawHandle {}
 
 struct FilterHandle {
     lib: Arc<FilterLib>,

@@ -465,11 +465,11 @@ impl Plugin for CPlugin {
     }
 }
 
-/// The plugin's handle pointer.
-struct RawHandle(abi::Handle);
+/// A C plugin's or filter's handle pointer.
+pub(crate) struct RawHandle(pub abi::Handle);
 
-// SAFETY: the pointer is the plugin's; the server calls the plugin from several threads only as
-// far as the plugin's thread model allows, which is nbdkit's contract with the plugin.
+// SAFETY: the pointer is the plugin's (or filter's); the server calls it from several threads
+// only as far as its thread model allows, which is nbdkit's contract with C layers.
 unsafe impl Send for RawHandle {}
 unsafe impl Sync for RawHandle {}
 
