@@ -48,10 +48,12 @@ fn run(id: &Identity, args: Vec<OsString>) -> Result<u8, String> {
 
     let table = registry::table();
     let filters = o.filters.iter().map(|f| registry::filter(&table, f)).collect::<Result<Vec<_>, _>>()?;
+    let filters: Vec<&nbdforge_api::Registration> = filters.iter().collect();
     let plugin = match &o.plugin {
         Some(name) => Some(registry::plugin(&table, name)?),
         None => None,
     };
+    let plugin = plugin.as_ref();
     if o.help {
         return stdout(probe::print_help(id, &table, &filters, plugin));
     }

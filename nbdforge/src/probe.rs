@@ -123,6 +123,21 @@ fn host_os() -> &'static str {
     }
 }
 
+/// Our plugin directory (`plugindir`): where `nbdkit-NAME-plugin.so` is looked for first.
+pub fn plugindir() -> PathBuf {
+    Layout::find().prefix.join("lib").join("nbdforge").join("plugins")
+}
+
+/// Our filter directory (`filterdir`).
+pub fn filterdir() -> PathBuf {
+    Layout::find().prefix.join("lib").join("nbdforge").join("filters")
+}
+
+/// The directories searched for C plugins or filters by name, colon-separated, in order.
+fn search_path(kind: nbdforge_cplugin::Kind) -> String {
+    crate::registry::search_dirs(kind).iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":")
+}
+
 /// The `key=value` lines of `--dump-config`, sorted by key as nbdkit prints them.
 pub fn dump_config_lines(id: &Identity) -> Vec<(String, String)> {
     let l = Layout::find();
@@ -136,14 +151,16 @@ pub fn dump_config_lines(id: &Identity) -> Vec<(String, String)> {
         ("binary".into(), path(&l.binary)),
         ("bindir".into(), path(&l.bindir)),
         ("exit_with_parent".into(), "yes".into()),
-        ("filterdir".into(), path(&libdir.join("nbdforge").join("filters"))),
+        ("filterdir".into(), path(&filterdir())),
+        ("filter_search_path".into(), search_path(nbdforge_cplugin::Kind::Filter)),
         ("filters".into(), layer_names(false)),
         ("host_cpu".into(), std::env::consts::ARCH.into()),
         ("host_os".into(), host_os().into()),
         ("libdir".into(), path(&libdir)),
         ("mandir".into(), path(&l.prefix.join("share").join("man"))),
         ("name".into(), id.name().into()),
-        ("plugindir".into(), path(&libdir.join("nbdforge").join("plugins"))),
+        ("plugindir".into(), path(&plugindir())),
+        ("plugin_search_path".into(), search_path(nbdforge_cplugin::Kind::Plugin)),
         ("plugins".into(), layer_names(true)),
         ("root_tls_certificates_dir".into(), root_tls_dir(id).into()),
         // --run with neither -p nor -U listens on a private Unix socket, not on TCP port 10809.
@@ -323,6 +340,7 @@ mod tests {
             "libdir",
             "mandir",
             "plugindir",
+            "plugin_search_path",
             "filterdir",
             "root_tls_certificates_dir",
             "sbindir",
