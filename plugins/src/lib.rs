@@ -14,6 +14,7 @@
 //! - [`sparse_random`]: runs of random data between holes, also nbdkit's for the same `seed=`;
 //! - [`info`]: the export name, client address or a clock as a disk;
 //! - [`split`]: several files concatenated into one disk;
+//! - [`nbd`]: a proxy to another NBD server (the protocol crate's client side);
 //! - [`data`]: a RAM disk initialized from the command line, in nbdkit's data format;
 //! - [`sh`] and [`eval`]: plugins written as scripts, with nbdkit's calling convention.
 //!
@@ -34,6 +35,7 @@ mod flat_buffer;
 pub mod full;
 pub mod info;
 pub mod memory;
+pub mod nbd;
 pub mod null;
 pub mod ones;
 pub mod pattern;
@@ -54,6 +56,7 @@ use nbdforge_api::Registration;
 pub fn registrations() -> Vec<Registration> {
     vec![
         memory::registration(),
+        nbd::registration(),
         file::registration(),
         null::registration(),
         pattern::registration(),

@@ -22,12 +22,10 @@ use super::transport::{wait, Need, Transport};
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Side {
     Server,
-    #[cfg_attr(not(test), allow(dead_code))]
     Client,
 }
 
-/// Runs a handshake on a fresh `SSL` (the client side only in tests, to drive our I/O code from
-/// both ends).
+/// Runs a handshake on a fresh `SSL`, as the server or (the nbd plugin, and tests) the client.
 pub(super) fn handshake(
     ssl: Ssl,
     transport: Transport,
