@@ -276,7 +276,11 @@ impl Plugin for NbdPlugin {
             return Ok(Box::new(NbdHandle { remote, owned: false }));
         }
         let export = if self.dynamic_export { args.export_name.as_str() } else { self.export.as_deref().unwrap_or("") };
-        let remote = self.connect(export).map_err(|e| Error::new(e.errno, format!("nbd: {}", e.message)))?;
+        let remote = self.connect(export).map_err(|e| {
+            // The client only gets an error code; the reason belongs in the log, as in nbdkit.
+            tracing::error!("nbd: {}", e.message);
+            Error::new(e.errno, format!("nbd: {}", e.message))
+        })?;
         Ok(Box::new(NbdHandle { remote, owned: true }))
     }
 }

@@ -163,7 +163,7 @@ impl Remote {
         let cookie = {
             let mut table = lock(&self.table);
             if let Some(why) = &table.dead {
-                return Err(Error::io(format!("nbd: {}: {what}: {why}", self.name)));
+                return Err(Error::io(format!("nbd: {}: {why}", self.name)));
             }
             let cookie = table.next_cookie;
             table.next_cookie += 1;
@@ -184,7 +184,7 @@ impl Remote {
             state = slot.done.wait(state).unwrap_or_else(|e| e.into_inner());
         }
         if let Some(e) = state.error.take() {
-            return Err(Error::new(e.errno, format!("nbd: {}: {what}: {}", self.name, e.message)));
+            return Err(Error::new(e.errno, format!("nbd: {}: {}", self.name, e.message)));
         }
         if kind == CMD_READ && state.covered != length {
             return Err(Error::io(format!(
