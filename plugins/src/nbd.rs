@@ -237,8 +237,11 @@ impl NbdPlugin {
     fn connect(&self, export: &str) -> Result<Arc<Remote>> {
         let address = match &self.target {
             Some(Target::Address(a)) => a.clone(),
-            Some(Target::Command(_)) => match self.captive.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-                Some(c) => Address::Unix(c.socket.clone()),
+            Some(Target::Command(_)) => match self.captive.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                Some(c) => match c.exited() {
+                    Some(why) => return Err(Error::io(format!("{}: {why}", self.name))),
+                    None => Address::Unix(c.socket.clone()),
+                },
                 None => return Err(Error::io("the command's server is not running")),
             },
             None => return Err(Error::invalid("opened before config_complete")),

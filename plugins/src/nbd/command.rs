@@ -40,6 +40,14 @@ impl Captive {
         Ok(Captive { child, dir, socket })
     }
 
+    /// Why the server is gone, if it is: `exited with status 1`.
+    pub(crate) fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(format!("the command {status}")),
+            _ => None,
+        }
+    }
+
     /// Stops the server and removes its socket.
     pub(crate) fn stop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
