@@ -110,7 +110,9 @@ impl Layer for NbdPlugin {
                 }
                 self.command.push(value.to_string())
             }
-            "socket-fd" => return Err(Error::invalid(format!("{key}={value}: socket-fd= is not supported by nbdforge"))),
+            "socket-fd" => {
+                return Err(Error::invalid(format!("{key}={value}: socket-fd= is not supported by nbdforge")))
+            }
             "export" => self.export = Some(value.to_string()),
             "tls" => {
                 self.tls = Some(match value {
@@ -153,7 +155,9 @@ impl Layer for NbdPlugin {
         let mut tls_required = false;
         let (target, name) = if let Some(uri) = &self.uri {
             if self.export.is_some() {
-                return Err(Error::invalid(format!("export= cannot be used with uri={uri}: put the export in the URI")));
+                return Err(Error::invalid(format!(
+                    "export= cannot be used with uri={uri}: put the export in the URI"
+                )));
             }
             let parsed = parse_uri(uri)?;
             tls_required = parsed.tls;
@@ -440,7 +444,10 @@ impl Handle for NbdHandle {
             at = at.saturating_add(len);
         }
         if at == offset {
-            return Err(Error::io(format!("nbd: {}: NBD_CMD_BLOCK_STATUS: the server sent no extents", self.remote_name())));
+            return Err(Error::io(format!(
+                "nbd: {}: NBD_CMD_BLOCK_STATUS: the server sent no extents",
+                self.remote_name()
+            )));
         }
         Ok(())
     }

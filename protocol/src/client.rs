@@ -132,7 +132,9 @@ enum State {
     /// An option reply header (20 bytes) for `option`.
     ReplyHeader,
     /// An option reply's data.
-    ReplyData { reply: u32 },
+    ReplyData {
+        reply: u32,
+    },
     /// The reply to NBD_OPT_EXPORT_NAME: size and flags, then zeroes unless NO_ZEROES.
     ExportName,
     Finished,
@@ -211,7 +213,9 @@ impl Handshake {
             State::Magic => {
                 let magic = c.u64().unwrap_or_default();
                 if magic != NBDMAGIC {
-                    return fail(format!("the server sent 0x{magic:016x} where the NBD magic belongs: not an NBD server"));
+                    return fail(format!(
+                        "the server sent 0x{magic:016x} where the NBD magic belongs: not an NBD server"
+                    ));
                 }
                 match c.u64().unwrap_or_default() {
                     IHAVEOPT => self.state = State::HandshakeFlags,
@@ -269,7 +273,10 @@ impl Handshake {
                 let reply = c.u32().unwrap_or_default();
                 let len = c.u32().unwrap_or_default();
                 if option != self.option {
-                    return fail(format!("the server replied to option {option} while option {} was asked", self.option));
+                    return fail(format!(
+                        "the server replied to option {option} while option {} was asked",
+                        self.option
+                    ));
                 }
                 if len > MAX_OPTION_REPLY {
                     return fail(format!(
@@ -787,7 +794,7 @@ impl ReplyDecoder {
 mod tests {
     use super::*;
     use crate::negotiation::{ExportInfo, Exports, Negotiated, Negotiation, NegotiationConfig, OptionError, Step};
-    use crate::transmission::{ReplyHeader, Replies};
+    use crate::transmission::{Replies, ReplyHeader};
     use crate::TlsPolicy;
 
     struct Disk;
@@ -911,8 +918,8 @@ mod tests {
         let HandshakeEvent::Done(e) = hs.feed(&g[16..]).unwrap() else { panic!() };
         assert!(e.oldstyle && e.has(FLAG_READ_ONLY) && e.size == 4096 && !e.structured);
         // Newstyle without fixed newstyle: straight to NBD_OPT_EXPORT_NAME.
-        let (e, _) = handshake(ClientConfig::new("x"), NegotiationConfig { handshake_flags: 0, ..Default::default() })
-            .unwrap();
+        let (e, _) =
+            handshake(ClientConfig::new("x"), NegotiationConfig { handshake_flags: 0, ..Default::default() }).unwrap();
         assert!(!e.structured && e.size == 1 << 20);
         // Garbage.
         let mut hs = Handshake::new(ClientConfig::new(""));
@@ -955,8 +962,9 @@ mod tests {
             wire.extend_from_slice(r.read_hole(7, 4096, 8192, 4096, true).as_bytes());
             r.block_status(&mut wire, 8, 0, 1, &[(65536, 3), (1 << 19, 0)], true);
             r.error(&mut wire, 9, 0, EIO, "disk on fire");
-            let replies = decode_all(&mut ReplyDecoder::new(true, extended), &wire, &[(7, read), (8, status), (9, status)])
-                .unwrap();
+            let replies =
+                decode_all(&mut ReplyDecoder::new(true, extended), &wire, &[(7, read), (8, status), (9, status)])
+                    .unwrap();
             assert_eq!(replies[0].body, ReplyBody::Data { at: 0, len: 4096 });
             assert_eq!(replies[1], Reply { cookie: 7, done: true, body: ReplyBody::Hole { at: 4096, len: 4096 } });
             assert_eq!(replies[2].body, ReplyBody::Extents { context: 1, runs: vec![(65536, 3), (1 << 19, 0)] });

@@ -50,9 +50,9 @@ impl TlsClient {
                 None => login_name()?,
             };
             let keys = PskFile::load(file)?;
-            let key = keys.lookup(&user)?.ok_or_else(|| {
-                format!("tls-psk: {}: no key for user '{user}' (set tls-username=)", file.display())
-            })?;
+            let key = keys
+                .lookup(&user)?
+                .ok_or_else(|| format!("tls-psk: {}: no key for user '{user}' (set tls-username=)", file.display()))?;
             set_psk_ciphers(&mut b).map_err(setup)?;
             b.set_verify(SslVerifyMode::NONE);
             b.set_psk_client_callback(move |_, _, identity, psk| {
