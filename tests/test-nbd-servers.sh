@@ -3,14 +3,17 @@
 # qemu-nbd on a raw file), compared with nbdkit's nbd plugin on the same command line: the same
 # bytes (nbdcopy | cmp), the same map as the server below (nbdinfo --map), the same flags
 # (nbdinfo --json), writes and zeroes landing below (qemu-io, then qemu-img compare), and fio
-# with many requests in flight through the proxy.
+# with many requests in flight through the proxy. Extended headers are used with the servers that
+# have them (nbdforge, qemu-nbd 10 here), structured replies with nbdkit 1.32.
 source "$(dirname "$0")/lib/functions.sh"
 
-# proxy_matches BELOW_URI BELOW_SOCK: starts both proxies over BELOW_SOCK and compares.
+# proxy_matches BELOW_URI BELOW_SOCK HEADERS: starts both proxies over BELOW_SOCK and compares;
+# ours must have negotiated HEADERS ("extended headers" or, with a server that lacks them, the
+# fallback "structured replies") with the server below.
 proxy_matches() {
-    local below=$1 below_sock=$2
+    local below=$1 below_sock=$2 headers=$3
     start_nbdkit nbd socket="$below_sock"
-    start_server nbd socket="$below_sock"
+    start_server -v nbd socket="$below_sock"
     nbdcopy "$peer_uri" - | cmp - <(nbdcopy "$uri" -) || fail "data through the proxies differ"
     nbdcopy "$below" - | cmp - <(nbdcopy "$uri" -) || fail "data through our proxy differs from below"
     nbdinfo --map "$below" > "$tmp/below.map"
@@ -25,7 +28,9 @@ proxy_matches() {
         diff <(nbdinfo --json "$below" | grep block_size) <(nbdinfo --json "$uri" | grep block_size) ||
             fail "block sizes are not those of the server below"
     fi
-    echo "proxy matches over $below: $(grep -c . "$tmp/ours.map") extents"
+    grep -q "connected: .*, $headers, base:allocation" "$server_log" ||
+        fail "not $headers: $(grep connected "$server_log")"
+    echo "proxy matches over $below: $(grep -c . "$tmp/ours.map") extents, $headers"
 }
 
 # writes_land_below BELOW_URI: writes, zeroes and trims through the proxy, then the proxy and the
@@ -42,17 +47,17 @@ writes_land_below() {
 start_server memory 64M
 below=$uri below_sock=$sock
 nbdsh -u "$below" -c 'h.pwrite(b"\x01" * 65536, 1 << 20); h.pwrite(b"\x02" * 4096, 40 << 20)'
-proxy_matches "$below" "$below_sock"
+proxy_matches "$below" "$below_sock" "extended headers"
 writes_land_below "$below"
 fio_verify
 qemu-img compare -f raw -F raw "$uri" "$below" || fail "after fio the proxy and below differ"
 
 # nbdkit's memory and data plugins below.
 start_nbdkit memory 32M
-proxy_matches "$peer_uri" "$sock"
+proxy_matches "$peer_uri" "$sock" "structured replies"
 writes_land_below "$peer_uri"
 start_nbdkit data '1 2 3 @1048576 "hello" @4194304 (0x55)*8192 @8388608 7' size=16M
-proxy_matches "$peer_uri" "$sock"
+proxy_matches "$peer_uri" "$sock" "structured replies"
 grep -q hole "$tmp/ours.map" || fail "no holes from nbdkit data: $(cat "$tmp/ours.map")"
 # Reads with holes come back as hole chunks through the proxy too.
 nbdsh -u "$uri" -c '
@@ -71,7 +76,7 @@ qemu-nbd -t -e 8 -f raw --cache=none --aio=threads -k "$tmp/qemu.sock" "$tmp/dis
 server_pids+=($!)
 wait_for_socket "$tmp/qemu.sock" "$!"
 qemu_uri="nbd+unix:///?socket=$tmp/qemu.sock"
-proxy_matches "$qemu_uri" "$tmp/qemu.sock"
+proxy_matches "$qemu_uri" "$tmp/qemu.sock" "extended headers"
 writes_land_below "$qemu_uri"
 qemu-img compare -f raw -F raw "$uri" "$tmp/disk.raw" || fail "the file under qemu-nbd differs"
 echo "OK"

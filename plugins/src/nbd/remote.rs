@@ -43,7 +43,17 @@ impl Address {
                     match TcpStream::connect(addr) {
                         Ok(s) => {
                             let _ = s.set_nodelay(true);
-                            return Ok(Socket::from(s));
+                            let s = Socket::from(s);
+                            // A host that vanishes (no reset, no close) is noticed within about
+                            // a minute and the requests waiting on it fail, instead of hanging
+                            // for the hours TCP waits by default.
+                            let probes = socket2::TcpKeepalive::new()
+                                .with_time(Duration::from_secs(30))
+                                .with_interval(Duration::from_secs(10))
+                                .with_retries(3);
+                            let _ = s.set_tcp_keepalive(&probes);
+                            let _ = s.set_tcp_user_timeout(Some(Duration::from_secs(60)));
+                            return Ok(s);
                         }
                         Err(e) => last = e,
                     }
@@ -127,6 +137,21 @@ impl Remote {
         let control = socket.try_clone().map_err(|e| fail(e.to_string()))?;
         let (export, reader, writer) = negotiate(socket, config, tls, address.tls_host()).map_err(fail)?;
         let _ = control.set_read_timeout(None);
+        tracing::debug!(
+            "nbd: {name}: connected: size {}, flags 0x{:x}, {}{}{}, block sizes {:?}",
+            export.size,
+            export.flags,
+            if export.extended {
+                "extended headers"
+            } else if export.structured {
+                "structured replies"
+            } else {
+                "simple replies"
+            },
+            if export.base_allocation.is_some() { ", base:allocation" } else { "" },
+            if export.tls { ", TLS" } else { "" },
+            export.block_size,
+        );
         let remote = Arc::new(Remote {
             name: name.to_string(),
             export,
