@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The server below going away: killed in the middle of a session, a request through the proxy
 # fails with EIO and the proxy's log names the server below; the proxy stays up, refuses new
-# clients while the server below is down, and serves them again once it is back. With
+# clients while the server below is down, and serves them again once it is back (shared=true
+# too: a new shared connection is made). With
 # --filter=retry in front, a client whose server below is killed and restarted during a
 # request sees the request succeed (retry reopens the plugin, which reconnects).
 source "$(dirname "$0")/lib/functions.sh"
@@ -42,6 +43,23 @@ grep -q "nbd: socket $below_sock: connecting" "$proxy_log" || fail "no log of th
 start_below
 [ "$(nbdinfo --size "$uri")" = $((4 << 20)) ] || fail "the proxy does not serve again"
 cmp <(nbdcopy "$uri" -) "$tmp/disk" || fail "data differs after the server below came back"
+
+# shared=true: the clients holding the broken shared connection get EIO; the next client (the
+# server below being back) gets a new shared connection.
+start_server nbd socket="$below_sock" shared=true
+nbdsh -u "$uri" -c '
+import os, signal, subprocess, time
+h.pread(512, 0)
+os.kill(int(os.environ["below_pid"]), signal.SIGKILL)
+time.sleep(0.3)
+try:
+    h.pread(512, 0)
+    raise SystemExit("a read on the broken shared connection succeeded")
+except nbd.Error as e:
+    assert e.errno == "EIO", e
+'
+start_below
+cmp <(nbdcopy "$uri" -) "$tmp/disk" || fail "shared=true: no new connection after the server came back"
 
 # With the retry filter: kill the server below, bring it back 1.5 s later, and the read issued
 # in between succeeds.

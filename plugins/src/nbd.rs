@@ -279,16 +279,26 @@ impl Plugin for NbdPlugin {
     }
 
     fn open(&self, args: &OpenArgs) -> Result<Box<dyn Handle>> {
-        if let Some(remote) = self.shared_remote.lock().unwrap_or_else(|e| e.into_inner()).clone() {
-            return Ok(Box::new(NbdHandle { remote, owned: false }));
-        }
         let export = if self.dynamic_export { args.export_name.as_str() } else { self.export.as_deref().unwrap_or("") };
-        let remote = self.connect(export).map_err(|e| {
-            // The client only gets an error code; the reason belongs in the log, as in nbdkit.
-            tracing::error!("nbd: {}", e.message);
-            Error::new(e.errno, format!("nbd: {}", e.message))
-        })?;
-        Ok(Box::new(NbdHandle { remote, owned: true }))
+        let connect = || {
+            self.connect(export).map_err(|e| {
+                // The client only gets an error code; the reason belongs in the log, as in nbdkit.
+                tracing::error!("nbd: {}", e.message);
+                Error::new(e.errno, format!("nbd: {}", e.message))
+            })
+        };
+        if self.shared != Some(true) {
+            return Ok(Box::new(NbdHandle { remote: connect()?, owned: true }));
+        }
+        let mut shared = self.shared_remote.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(remote) = shared.as_ref().filter(|r| !r.is_dead()) {
+            return Ok(Box::new(NbdHandle { remote: remote.clone(), owned: false }));
+        }
+        // The shared connection broke: the clients that still hold it get EIO, and this one
+        // (a new client, or the retry filter reopening) makes a new one for everybody after it.
+        let remote = connect()?;
+        *shared = Some(remote.clone());
+        Ok(Box::new(NbdHandle { remote, owned: false }))
     }
 }
 

@@ -4,8 +4,8 @@
 //! to waiting requests by cookie.
 //!
 //! A remote that closes, resets or breaks the protocol fails every request in flight and every
-//! later one with EIO and a message naming it; the connection is not reopened here (a filter above
-//! such as retry does that by reopening the handle).
+//! later one with EIO and a message naming it; the connection is not reopened here (the plugin
+//! makes a new one when a handle is opened again, e.g. by the retry filter).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -170,6 +170,11 @@ impl Remote {
     /// How messages name the server below.
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether the connection is gone (every request on it fails).
+    pub(crate) fn is_dead(&self) -> bool {
+        lock(&self.table).dead.is_some()
     }
 
     /// What the server below said about the export.
