@@ -2,7 +2,8 @@
 # How the nbd plugin finds the server below and its export, each way checked against the server
 # below: hostname= and port= over TCP, nbd:// URIs (also as the bare magic parameter), socket=
 # with export=, nbd+unix:// with the export in the path, dynamic-export=true passing each
-# client's export name through (the info plugin below serves the name it was asked for), retry=
+# client's export name through (the info plugin below serves the name it was asked for) and
+# listing the exports of the server below (file dir=), retry=
 # waiting for a server that starts late; and parameter errors that stop it before it listens.
 source "$(dirname "$0")/lib/functions.sh"
 
@@ -30,6 +31,20 @@ start_server nbd "nbd+unix:///in-path?socket=$below"
 [ "$(name_through "$uri")" = in-path ] || fail "nbd+unix:// export"
 # Whatever the client asks for, without dynamic-export the configured export is opened.
 [ "$(name_through "${uri/\/\?/\/ignored?}")" = in-path ] || fail "the client's export name leaked through"
+
+# dynamic-export=true lists the exports of the server below (file dir=: one per file), and each
+# serves its own file.
+mkdir "$tmp/dir"
+printf 'first file' > "$tmp/dir/one"
+printf 'second file' > "$tmp/dir/two"
+start_server file dir="$tmp/dir"
+dir_below=$sock
+start_server nbd socket="$dir_below" dynamic-export=true
+nbdinfo --list --json "nbd+unix:///?socket=$dir_below" | grep export-name | sort > "$tmp/below.list"
+nbdinfo --list --json "$uri" | grep export-name | sort > "$tmp/ours.list"
+diff -u "$tmp/below.list" "$tmp/ours.list" || fail "the export list differs from the server below's"
+grep -q '"two"' "$tmp/ours.list" || fail "no export 'two' listed: $(cat "$tmp/ours.list")"
+[ "$(name_through "${uri/\/\?/\/two?}")" = "second file" ] || fail "dynamic export 'two'"
 
 # retry=: the server below starts two seconds after the proxy, which has shared=true and so
 # connects at start-up.

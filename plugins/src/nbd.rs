@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nbdforge_api::{
-    parse_bool, parse_int, BlockSize, Capabilities, Error, Extents, Flags, Handle, Layer, LayerInfo, OpenArgs, Plugin,
-    Registration, Result, Support,
+    parse_bool, parse_int, BlockSize, Capabilities, Error, Export, Extents, Flags, Handle, Layer, LayerInfo, OpenArgs,
+    Plugin, Registration, Result, Support,
 };
 use nbdforge_protocol::client::{ClientConfig, ClientTls, ServerExport};
 use nbdforge_protocol::consts::*;
@@ -222,7 +222,7 @@ impl Layer for NbdPlugin {
     fn dump_plugin(&self) -> Vec<(String, String)> {
         ["libnbd_tls", "libnbd_uri", "libnbd_vsock", "libnbd_dynamic_list"]
             .iter()
-            .map(|k| (k.to_string(), if *k == "libnbd_dynamic_list" { "0" } else { "1" }.to_string()))
+            .map(|k| (k.to_string(), "1".to_string()))
             .collect()
     }
 
@@ -237,9 +237,9 @@ impl Layer for NbdPlugin {
 }
 
 impl NbdPlugin {
-    /// Connects to the server below for the export `export`, trying `retry` more times.
-    fn connect(&self, export: &str) -> Result<Arc<Remote>> {
-        let address = match &self.target {
+    /// Where the server below is now.
+    fn address(&self) -> Result<Address> {
+        Ok(match &self.target {
             Some(Target::Address(a)) => a.clone(),
             Some(Target::Command(_)) => match self.captive.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
                 Some(c) => match c.exited() {
@@ -249,7 +249,12 @@ impl NbdPlugin {
                 None => return Err(Error::io("the command's server is not running")),
             },
             None => return Err(Error::invalid("opened before config_complete")),
-        };
+        })
+    }
+
+    /// Connects to the server below for the export `export`, trying `retry` more times.
+    fn connect(&self, export: &str) -> Result<Arc<Remote>> {
+        let address = self.address()?;
         let config = ClientConfig { tls: self.tls.unwrap_or(ClientTls::Off), ..ClientConfig::new(export) };
         let mut attempt = 0;
         loop {
@@ -267,6 +272,18 @@ impl NbdPlugin {
 }
 
 impl Plugin for NbdPlugin {
+    /// With dynamic-export=true, the server below's own list (as nbdkit does with a libnbd that
+    /// can list); otherwise the one export every client gets.
+    fn list_exports(&self, readonly: bool, tls: bool) -> Result<Vec<Export>> {
+        if !self.dynamic_export {
+            return Ok(vec![Export::named(self.default_export(readonly, tls)?)]);
+        }
+        let config = ClientConfig { tls: self.tls.unwrap_or(ClientTls::Off), ..ClientConfig::new("") };
+        let list = Remote::list(&self.name, &self.address()?, config, self.tls_client.as_deref())
+            .map_err(|e| Error::new(e.errno, format!("nbd: {}", e.message)))?;
+        Ok(list.into_iter().map(|(name, description)| Export { name, description }).collect())
+    }
+
     fn after_fork(&self) -> Result<()> {
         if let Some(Target::Command(argv)) = &self.target {
             *self.captive.lock().unwrap_or_else(|e| e.into_inner()) = Some(Captive::start(argv)?);

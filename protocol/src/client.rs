@@ -19,6 +19,8 @@ use std::fmt;
 use crate::consts::*;
 use crate::wire::Cursor;
 
+/// Most exports taken from a server's NBD_OPT_LIST reply; the rest are ignored.
+pub const MAX_LISTED_EXPORTS: usize = 10_000;
 /// Longest option reply accepted from the server during the handshake.
 pub const MAX_OPTION_REPLY: u32 = 64 * 1024;
 /// Most block status runs accepted in one chunk (as many as nbdforge sends at most).
@@ -48,6 +50,9 @@ pub struct ClientConfig {
     pub structured_replies: bool,
     /// Ask for `base:allocation`.
     pub base_allocation: bool,
+    /// List the server's exports (NBD_OPT_LIST) instead of opening one: the handshake ends with
+    /// [`HandshakeEvent::Listed`].
+    pub list: bool,
 }
 
 impl ClientConfig {
@@ -59,6 +64,7 @@ impl ClientConfig {
             extended_headers: true,
             structured_replies: true,
             base_allocation: true,
+            list: false,
         }
     }
 }
@@ -119,6 +125,9 @@ pub enum HandshakeEvent {
     StartTls,
     /// The transmission phase begins.
     Done(ServerExport),
+    /// The exports the server listed (name, description), after [`ClientConfig::list`]. Send the
+    /// output (NBD_OPT_ABORT) and close the connection.
+    Listed(Vec<(String, Option<String>)>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +166,7 @@ pub struct Handshake {
     size_flags: Option<(u64, u16)>,
     block_size: Option<(u32, u32, u32)>,
     description: Option<String>,
+    listed: Vec<(String, Option<String>)>,
 }
 
 impl Handshake {
@@ -176,6 +186,7 @@ impl Handshake {
             size_flags: None,
             block_size: None,
             description: None,
+            listed: Vec::new(),
         }
     }
 
@@ -253,6 +264,9 @@ impl Handshake {
                 self.output.extend_from_slice(&client.to_be_bytes());
                 if !fixed {
                     // Without fixed newstyle only NBD_OPT_EXPORT_NAME is safe.
+                    if self.config.list {
+                        return fail("the server does not speak fixed newstyle, so it cannot list exports");
+                    }
                     if self.config.tls == ClientTls::Require {
                         return fail("the server does not speak fixed newstyle, so it cannot do TLS, and tls=require");
                     }
@@ -322,7 +336,9 @@ impl Handshake {
 
     /// The options after STARTTLS (or without it): extended headers or structured replies.
     fn after_tls(&mut self) {
-        if self.config.extended_headers && self.config.structured_replies {
+        if self.config.list {
+            self.send_option(OPT_LIST, &[]);
+        } else if self.config.extended_headers && self.config.structured_replies {
             self.send_option(OPT_EXTENDED_HEADERS, &[]);
         } else {
             self.structured_replies();
@@ -414,6 +430,33 @@ impl Handshake {
                     self.go();
                 }
                 _ => return fail(format!("unexpected reply {reply} to NBD_OPT_SET_META_CONTEXT")),
+            },
+            OPT_LIST => match reply {
+                REP_SERVER => {
+                    let mut c = Cursor::new(data);
+                    let name = c.string32().ok_or_else(|| ClientError("malformed NBD_REP_SERVER reply".into()))?;
+                    let description = c.string(c.remaining()).filter(|d| !d.is_empty()).map(str::to_string);
+                    if self.listed.len() < MAX_LISTED_EXPORTS {
+                        self.listed.push((name.to_string(), description));
+                    }
+                    self.state = State::ReplyHeader;
+                }
+                REP_ACK => {
+                    self.output.extend_from_slice(&IHAVEOPT.to_be_bytes());
+                    self.output.extend_from_slice(&OPT_ABORT.to_be_bytes());
+                    self.output.extend_from_slice(&0u32.to_be_bytes());
+                    self.state = State::Finished;
+                    return Ok(HandshakeEvent::Listed(std::mem::take(&mut self.listed)));
+                }
+                _ if is_error => {
+                    self.check_tls_required(reply, &message())?;
+                    return fail(format!(
+                        "the server refused to list its exports: {}: {}",
+                        reply_name(reply),
+                        message()
+                    ));
+                }
+                _ => return fail(format!("unexpected reply {reply} to NBD_OPT_LIST")),
             },
             OPT_GO => match reply {
                 REP_INFO => {
@@ -834,6 +877,7 @@ mod tests {
                     HandshakeEvent::Continue => {}
                     HandshakeEvent::StartTls => hs.tls_started(),
                     HandshakeEvent::Done(export) => return Ok((export, negotiated.expect("server finished"))),
+                    HandshakeEvent::Listed(_) => panic!("not listing"),
                 }
                 c2s.extend(hs.output());
             }
@@ -901,6 +945,33 @@ mod tests {
         assert!(e.0.contains("refused TLS"), "{e}");
         let e = tls(ClientTls::Off, TlsPolicy::Require).unwrap_err();
         assert!(e.0.contains("requires TLS"), "{e}");
+    }
+
+    #[test]
+    fn exports_are_listed() {
+        let mut neg = Negotiation::new(NegotiationConfig::default());
+        let mut hs = Handshake::new(ClientConfig { list: true, ..ClientConfig::new("") });
+        let g = neg.greeting();
+        assert_eq!(hs.feed(&g[..16]).unwrap(), HandshakeEvent::Continue);
+        assert_eq!(hs.feed(&g[16..]).unwrap(), HandshakeEvent::Continue);
+        let out = hs.output();
+        neg.client_flags(out[..4].try_into().unwrap()).unwrap();
+        let header = neg.option_header(out[4..20].try_into().unwrap()).unwrap();
+        assert_eq!(header.option, OPT_LIST);
+        let Step::Reply(mut reply) = neg.option(header, &[], &mut Disk) else { panic!() };
+        loop {
+            let chunk: Vec<u8> = reply.drain(..hs.wants()).collect();
+            match hs.feed(&chunk).unwrap() {
+                HandshakeEvent::Continue => {}
+                HandshakeEvent::Listed(list) => {
+                    assert_eq!(list, vec![(String::new(), None)]);
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let abort = hs.output();
+        assert_eq!(neg.option_header(abort[..16].try_into().unwrap()).unwrap().option, OPT_ABORT);
     }
 
     #[test]

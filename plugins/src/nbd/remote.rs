@@ -135,7 +135,10 @@ impl Remote {
         let socket = address.connect().map_err(|e| fail(format!("connecting: {e}")))?;
         socket.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(|e| fail(e.to_string()))?;
         let control = socket.try_clone().map_err(|e| fail(e.to_string()))?;
-        let (export, reader, writer) = negotiate(socket, config, tls, address.tls_host()).map_err(fail)?;
+        let (export, reader, writer) = match negotiate(socket, config, tls, address.tls_host()).map_err(fail)? {
+            Negotiated::Export(halves) => halves,
+            Negotiated::Listed(_) => return Err(fail("the server listed exports instead of opening one".into())),
+        };
         let _ = control.set_read_timeout(None);
         tracing::debug!(
             "nbd: {name}: connected: size {}, flags 0x{:x}, {}{}{}, block sizes {:?}",
@@ -165,6 +168,23 @@ impl Remote {
             .spawn(move || for_reader.read_replies(reader))
             .map_err(|e| fail(format!("starting the reader thread: {e}")))?;
         Ok(remote)
+    }
+
+    /// The exports the server lists (NBD_OPT_LIST): names and descriptions.
+    pub(crate) fn list(
+        name: &str,
+        address: &Address,
+        config: ClientConfig,
+        tls: Option<&TlsClient>,
+    ) -> Result<Vec<(String, Option<String>)>> {
+        let fail = |what: String| Error::io(format!("{name}: {what}"));
+        let socket = address.connect().map_err(|e| fail(format!("connecting: {e}")))?;
+        socket.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(|e| fail(e.to_string()))?;
+        let config = ClientConfig { list: true, ..config };
+        match negotiate(socket, config, tls, address.tls_host()).map_err(fail)? {
+            Negotiated::Listed(list) => Ok(list),
+            Negotiated::Export(_) => Err(fail("the server opened an export instead of listing them".into())),
+        }
     }
 
     /// How messages name the server below.
@@ -344,12 +364,18 @@ enum Stream {
 
 type Halves = (ServerExport, Box<dyn Read + Send>, Box<dyn Write + Send>);
 
+/// How a handshake ended.
+enum Negotiated {
+    Export(Halves),
+    Listed(Vec<(String, Option<String>)>),
+}
+
 fn negotiate(
     socket: Socket,
     config: ClientConfig,
     tls: Option<&TlsClient>,
     host: Option<&str>,
-) -> std::result::Result<Halves, String> {
+) -> std::result::Result<Negotiated, String> {
     let mut hs = Handshake::new(config);
     let mut stream = Stream::Plain(socket);
     let mut buf = Vec::new();
@@ -380,17 +406,26 @@ fn negotiate(
                 stream = Stream::Tls(t);
                 hs.tls_started();
             }
+            HandshakeEvent::Listed(list) => {
+                // The output is NBD_OPT_ABORT; the server's answer to it is not waited for.
+                let out = hs.output();
+                let _ = match &mut stream {
+                    Stream::Plain(s) => s.write_all(&out),
+                    Stream::Tls(t) => t.write_all(&out).and_then(|()| t.flush()),
+                };
+                return Ok(Negotiated::Listed(list));
+            }
             HandshakeEvent::Done(export) => {
                 return match stream {
                     Stream::Plain(s) => {
                         let r = s.try_clone().map_err(|e| e.to_string())?;
                         r.set_read_timeout(None).map_err(|e| e.to_string())?;
-                        Ok((export, Box::new(r), Box::new(s)))
+                        Ok(Negotiated::Export((export, Box::new(r), Box::new(s))))
                     }
                     Stream::Tls(t) => {
                         t.set_read_timeout(None).map_err(|e| e.to_string())?;
                         let (r, w) = t.split();
-                        Ok((export, r, w))
+                        Ok(Negotiated::Export((export, r, w)))
                     }
                 };
             }
