@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The nbd plugin in front of three real servers below (nbdforge memory, nbdkit memory and data,
-# qemu-nbd on a raw file), compared with nbdkit's nbd plugin on the same command line: the same
+# The nbd plugin in front of real servers below (nbdforge memory, nbdkit memory and data, nbdforge
+# oldstyle, qemu-nbd on a raw file), compared with nbdkit's nbd plugin on the same command line: the same
 # bytes (nbdcopy | cmp), the same map as the server below (nbdinfo --map), the same flags
 # (nbdinfo --json), writes and zeroes landing below (qemu-io, then qemu-img compare), and fio
 # with many requests in flight through the proxy. Extended headers are used with the servers that
@@ -68,6 +68,17 @@ def chunk(subbuf, offset, status, err):
 h.pread_structured(2 << 20, 0, chunk)
 assert nbd.READ_HOLE in chunks and nbd.READ_DATA in chunks, chunks
 print("read chunks:", chunks)'
+
+# An oldstyle server below (nbdforge -o; nbdkit 1.32 -o refuses the FUA, flush and trim it
+# advertises): no options, simple replies; the proxy serves it newstyle.
+start_server -o memory 8M
+old_uri=$uri old_sock=$sock
+nbdsh -u "$old_uri" -c 'h.pwrite(b"old" * 1000, 65536)'
+start_server -v nbd socket="$old_sock"
+nbdcopy "$old_uri" - | cmp - <(nbdcopy "$uri" -) || fail "oldstyle: data differs"
+grep -q "connected: .*, simple replies" "$server_log" || fail "oldstyle: $(grep connected "$server_log")"
+writes_land_below "$old_uri"
+nbdinfo "$uri" | grep -q newstyle-fixed || fail "the proxy should serve newstyle"
 
 # qemu-nbd on a raw file below.
 truncate -s 32M "$tmp/disk.raw"
