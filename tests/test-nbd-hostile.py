@@ -2,15 +2,16 @@
 """The nbd plugin over a hostile server below: a small NBD server in this test that negotiates
 properly and then breaks the protocol in the way the export name asks for (the proxy runs with
 dynamic-export=true, so each client picks one): a reply with a cookie nobody sent, a bad magic,
-data cut short, a structured chunk announcing 4 GiB, a chunk outside its read. Each request
-through the proxy fails with EIO, the proxy neither dies nor balloons in memory, and a
-well-behaved export of the same server is served afterwards."""
+data cut short, a structured chunk announcing 4 GiB, a chunk outside its read, no reply at all
+(with timeout=1). Each request through the proxy fails with EIO, the proxy neither dies nor
+balloons in memory, and a well-behaved export of the same server is served afterwards."""
 
 import os
 import socket
 import struct
 import sys
 import threading
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
 from harness import Server, check, check_eq, run, status_field, tmpdir  # noqa: E402
@@ -71,6 +72,8 @@ def serve(conn, structured):
             return
         elif mode == "huge-chunk":
             conn.sendall(struct.pack(">IHHQI", 0x668E33EF, 1, 1, cookie, 0xFFFFFFFF) + bytes(65536))
+        elif mode == "silent":
+            pass
         elif mode == "outside":
             conn.sendall(struct.pack(">IHHQIQ", 0x668E33EF, 1, 1, cookie, 8 + length, offset + 4096)
                          + bytes(length))
@@ -124,6 +127,26 @@ def main():
                 check(what in log, "the log does not say '%s':\n%s" % (what, log))
         proxy.stop()
         print("structured=%s: %s all failed with EIO; peak RSS %d kB" % (structured, modes, rss))
+
+    # A server that takes requests and never answers: with timeout=1 the request fails with EIO
+    # after about a second and the connection is given up; a new client gets a new one.
+    proxy = Server(["nbd", "socket=" + below, "dynamic-export=true", "timeout=1"])
+    for mode in ("silent", "good"):
+        h = nbd.NBD()
+        h.connect_uri(proxy.uri_for(mode))
+        start = time.monotonic()
+        try:
+            h.pread(512, 0)
+            check(mode == "good", "silent: the read succeeded")
+        except nbd.Error as e:
+            took = time.monotonic() - start
+            check(mode == "silent", "good: %s" % e)
+            check_eq(e.errno, "EIO", "silent: errno")
+            check(0.9 < took < 5, "silent: failed after %.1f s with timeout=1" % took)
+            print("silent server: EIO after %.1f s" % took)
+        h.shutdown()
+    check("no reply within 1 s (timeout=)" in proxy.stderr(), "no timeout in the log:\n" + proxy.stderr())
+    proxy.stop()
 
 
 run(main)

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nbdforge_api::{
-    parse_bool, parse_int, BlockSize, Capabilities, Error, Export, Extents, Flags, Handle, Layer, LayerInfo, OpenArgs,
-    Plugin, Registration, Result, Support,
+    parse_bool, parse_delay, parse_int, BlockSize, Capabilities, Error, Export, Extents, Flags, Handle, Layer,
+    LayerInfo, OpenArgs, Plugin, Registration, Result, Support,
 };
 use nbdforge_protocol::client::{ClientConfig, ClientTls, ServerExport};
 use nbdforge_protocol::consts::*;
@@ -55,6 +55,7 @@ pub struct NbdPlugin {
     tls_verify: Option<bool>,
     shared: Option<bool>,
     retry: u32,
+    timeout: Option<Duration>,
     dynamic_export: bool,
     // Settled by config_complete.
     target: Option<Target>,
@@ -79,6 +80,7 @@ pub fn registration() -> Registration {
              dynamic-export=BOOL    Open the export each client asks for.\n\
              shared=BOOL            One connection below for all clients.\n\
              retry=<N>              Retry the first connection N times, a second apart.\n\
+             timeout=<SECS>         Give up a connection whose server does not answer in time.\n\
              tls=off|on|require     TLS to the server; tls-certificates=DIR, tls-verify=BOOL,\n\
              \x20                      tls-psk=FILE, tls-username=NAME.",
         )
@@ -128,6 +130,7 @@ impl Layer for NbdPlugin {
             "tls-verify" => self.tls_verify = Some(parse_bool(key, value)?),
             "shared" => self.shared = Some(parse_bool(key, value)?),
             "retry" => self.retry = parse_int::<u32>(key, value)?,
+            "timeout" => self.timeout = Some(parse_delay(key, value)?).filter(|t| !t.is_zero()),
             "dynamic-export" => self.dynamic_export = parse_bool(key, value)?,
             _ => {
                 return Err(Error::invalid(format!(
@@ -258,7 +261,7 @@ impl NbdPlugin {
         let config = ClientConfig { tls: self.tls.unwrap_or(ClientTls::Off), ..ClientConfig::new(export) };
         let mut attempt = 0;
         loop {
-            match Remote::connect(&self.name, &address, config.clone(), self.tls_client.as_deref()) {
+            match Remote::connect(&self.name, &address, config.clone(), self.tls_client.as_deref(), self.timeout) {
                 Ok(r) => return Ok(r),
                 Err(e) if attempt < self.retry => {
                     tracing::debug!("nbd: {}; retrying", e.message);

@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nbdforge_api::{Error, Result};
 use nbdforge_protocol::client::{
@@ -117,6 +117,8 @@ pub(crate) struct Remote {
     writer: Mutex<Box<dyn Write + Send>>,
     table: Mutex<Table>,
     socket: Socket,
+    /// How long a request may wait for its reply (`timeout=`) before the connection is given up.
+    timeout: Option<Duration>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -130,10 +132,11 @@ impl Remote {
         address: &Address,
         config: ClientConfig,
         tls: Option<&TlsClient>,
+        timeout: Option<Duration>,
     ) -> Result<Arc<Remote>> {
         let fail = |what: String| Error::io(format!("{name}: {what}"));
         let socket = address.connect().map_err(|e| fail(format!("connecting: {e}")))?;
-        socket.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(|e| fail(e.to_string()))?;
+        socket.set_read_timeout(Some(timeout.unwrap_or(HANDSHAKE_TIMEOUT))).map_err(|e| fail(e.to_string()))?;
         let control = socket.try_clone().map_err(|e| fail(e.to_string()))?;
         let (export, reader, writer) = match negotiate(socket, config, tls, address.tls_host()).map_err(fail)? {
             Negotiated::Export(halves) => halves,
@@ -161,6 +164,7 @@ impl Remote {
             writer: Mutex::new(writer),
             table: Mutex::new(Table { slots: HashMap::new(), next_cookie: 1, dead: None }),
             socket: control,
+            timeout,
         });
         let for_reader = remote.clone();
         std::thread::Builder::new()
@@ -229,9 +233,23 @@ impl Remote {
         if let Err(e) = sent {
             self.die(format!("sending a request: {e}"));
         }
+        let deadline = self.timeout.map(|t| (Instant::now() + t, t));
         let mut state = lock(&slot.state);
         while !state.finished {
-            state = slot.done.wait(state).unwrap_or_else(|e| e.into_inner());
+            let Some((deadline, timeout)) = deadline else {
+                state = slot.done.wait(state).unwrap_or_else(|e| e.into_inner());
+                continue;
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                // A reply that came later could not be told from one to a newer request: the
+                // connection is given up, and every request on it fails.
+                drop(state);
+                self.die(format!("no reply within {} s (timeout=)", timeout.as_secs_f64()));
+                state = lock(&slot.state);
+                continue;
+            }
+            state = slot.done.wait_timeout(state, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
         }
         if let Some(e) = state.error.take() {
             return Err(Error::new(e.errno, format!("nbd: {}: {}", self.name, e.message)));
