@@ -528,6 +528,8 @@ impl Handshake {
     }
 
     fn finish(&self, size: u64, flags: u16, oldstyle: bool) -> ServerExport {
+        // Without HAS_FLAGS the other bits mean nothing.
+        let flags = if flags & FLAG_HAS_FLAGS != 0 { flags } else { 0 };
         ServerExport {
             size,
             flags,
