@@ -78,7 +78,8 @@ pub trait Handle: Send + Sync {
         pass_through!(self, |n: &dyn Handle| n.get_size(), Err(Error::unsupported("get_size")))
     }
 
-    /// Block size constraints, or `None` for no constraints.
+    /// Block size constraints to advertise, or `None` for none. Advice to the client only:
+    /// requests that ignore them still arrive (see [`BlockSize::check`] to refuse them).
     fn block_size(&self) -> Result<Option<BlockSize>> {
         pass_through!(self, |n: &dyn Handle| n.block_size(), Ok(None))
     }

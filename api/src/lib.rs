@@ -51,6 +51,7 @@ pub mod extents;
 mod handle;
 mod layer;
 mod plugin;
+pub mod prng;
 mod sys;
 mod types;
 

@@ -148,6 +148,10 @@ impl ThreadModel {
 }
 
 /// Block size constraints advertised in `NBD_INFO_BLOCK_SIZE`.
+///
+/// Advertising is advice to the client: the server does not refuse requests that ignore it (as
+/// nbdkit does not), so a layer still sees them. A layer that must not see them refuses them
+/// itself with [`BlockSize::check`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockSize {
     /// Smallest I/O the backend can do; a power of two from 1 to 65536.
@@ -156,6 +160,25 @@ pub struct BlockSize {
     pub preferred: u32,
     /// Largest request the backend accepts; a multiple of `minimum`.
     pub maximum: u32,
+}
+
+impl BlockSize {
+    /// Enforces the constraints on one request: `EINVAL` (what the NBD spec asks for) when
+    /// `count` or `offset` is not a multiple of the minimum, or when a request carrying data
+    /// (`data`: a read or write) is longer than the maximum. `what` names the request.
+    pub fn check(&self, what: &str, count: u64, offset: u64, data: bool) -> crate::Result<()> {
+        let min = u64::from(self.minimum.max(1));
+        let why = if data && count > u64::from(self.maximum) {
+            format!("is larger than the maximum block size {}", self.maximum)
+        } else if !count.is_multiple_of(min) {
+            format!("is not a multiple of the minimum block size {min}")
+        } else if !offset.is_multiple_of(min) {
+            format!("is not aligned to the minimum block size {min}")
+        } else {
+            return Ok(());
+        };
+        Err(crate::Error::invalid(format!("{what} of {count} bytes at offset {offset} {why}")))
+    }
 }
 
 /// One export as listed to `NBD_OPT_LIST` and `nbdinfo --list`.
@@ -171,5 +194,22 @@ impl Export {
     /// An export with a name and no description.
     pub fn named(name: impl Into<String>) -> Self {
         Export { name: name.into(), description: None }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_size_check_refuses_what_breaks_the_constraints() {
+        let b = BlockSize { minimum: 512, preferred: 4096, maximum: 1 << 20 };
+        assert!(b.check("read", 4096, 512, true).is_ok());
+        assert!(b.check("zero", 2 << 20, 0, false).is_ok(), "the maximum bounds only data");
+        for (count, offset, data) in [(1, 0, true), (512, 3, false), (2 << 20, 0, true)] {
+            let e = b.check("write", count, offset, data).unwrap_err();
+            assert_eq!(e.errno, libc::EINVAL);
+            assert!(e.message.starts_with(&format!("write of {count} bytes at offset {offset} ")), "{}", e.message);
+        }
     }
 }

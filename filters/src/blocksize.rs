@@ -8,12 +8,14 @@
 //! dropped, since trim is advisory; long requests are cut into pieces. The export's size is
 //! rounded down to a block, as the tail cannot be written safely.
 //!
-//! Two read-modify-writes of the same block at once would lose one of the changes, so they are
-//! serialized by one lock. Other requests do not take it: an aligned part covers whole blocks,
-//! and a request writing a whole block overlaps any other request in that block, which the NBD
-//! protocol leaves unordered anyway.
+//! A read-modify-write racing another change of the same block would write the block's old
+//! bytes back over that change: two of them at once would lose one, and one racing a write of the
+//! whole block would bring back data older than both. So a read-modify-write holds one lock for
+//! the whole server (connections share the layer below) alone, and the aligned parts of writes
+//! and zeroes hold it shared: they run in parallel with each other, never during a
+//! read-modify-write. Reads take no lock; a read racing a write may see either, as NBD allows.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 use nbdforge_api::{
     parse_size, Backend, BlockSize, Error, Extents, Filter, Flags, Handle, Layer, LayerInfo, OpenArgs, ReadSink,
@@ -39,6 +41,8 @@ pub struct BlocksizeFilter {
     minblock: Option<u64>,
     maxdata: Option<u64>,
     maxlen: Option<u64>,
+    /// Held alone by read-modify-writes, shared by aligned writes, on every connection.
+    rmw: Arc<RwLock<()>>,
 }
 
 impl Layer for BlocksizeFilter {
@@ -87,19 +91,19 @@ impl Filter for BlocksizeFilter {
             maxdata,
             maxlen,
             size: size - size % block,
-            rmw: Mutex::new(()),
+            rmw: Arc::clone(&self.rmw),
         }))
     }
 }
 
-/// One connection: the limits of the layer below and the lock of read-modify-write cycles.
+/// One connection: the limits of the layer below and the server's read-modify-write lock.
 struct BlocksizeHandle {
     next: Box<dyn Handle>,
     block: u64,
     maxdata: u64,
     maxlen: u64,
     size: u64,
-    rmw: Mutex<()>,
+    rmw: Arc<RwLock<()>>,
 }
 
 /// `[start, end)` cut into consecutive pieces of at most `max` bytes, as (offset, length).
@@ -128,7 +132,7 @@ impl BlocksizeHandle {
     /// Changes `data` (or zeroes, when `None`) into the one block at `block_start`, from
     /// `offset` inside it, by reading the block, changing it and writing it back.
     fn modify_block(&self, block_start: u64, offset: u64, len: usize, data: Option<&[u8]>, flags: Flags) -> Result<()> {
-        let _serialized = self.rmw.lock().unwrap_or_else(|e| e.into_inner());
+        let _alone = self.rmw.write().unwrap_or_else(|e| e.into_inner());
         let mut bounce = vec![0u8; self.block as usize];
         self.next.pread(&mut bounce, block_start, Flags::NONE)?;
         let at = (offset - block_start) as usize;
@@ -163,6 +167,7 @@ impl BlocksizeHandle {
         }
         let aligned_end = self.down(end).max(at);
         if aligned_end > at {
+            let _shared = self.rmw.read().unwrap_or_else(|e| e.into_inner());
             middle(at, aligned_end - at)?;
             at = aligned_end;
         }
@@ -348,6 +353,29 @@ mod tests {
         for t in 0..8usize {
             assert!(data[t * 64..t * 64 + 50].iter().all(|&b| b == t as u8 + 1), "thread {t}'s bytes");
         }
+    }
+
+    #[test]
+    fn a_read_modify_write_never_undoes_a_write_of_the_same_block() {
+        // Two connections: one changes 10 bytes of block 0 (read, change, write back), the other
+        // writes all of block 0 while that read is still going. Either order may win, but the
+        // block must not come back to its old bytes next to the 10.
+        let disk = MemDisk::new(8192);
+        disk.read_pause_ms.store(100, std::sync::atomic::Ordering::Relaxed);
+        let mut f = BlocksizeFilter::default();
+        assert!(f.config("minblock", "4k").unwrap());
+        f.config_complete().unwrap();
+        let next: Arc<dyn Backend> = Arc::new(crate::test_disk::MemBackend(disk.clone()));
+        let args = OpenArgs::local("", false);
+        let (a, b): (Arc<dyn Handle>, Arc<dyn Handle>) =
+            (f.open(&next, &args).unwrap().into(), f.open(&next, &args).unwrap().into());
+        let rmw = std::thread::spawn(move || a.pwrite(&[1; 10], 100, Flags::NONE).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        b.pwrite(&[2; 4096], 0, Flags::NONE).unwrap();
+        rmw.join().unwrap();
+        let data = disk.data.lock().unwrap();
+        assert!(data[..100].iter().all(|&x| x == 2), "the whole-block write was undone: {:?}", &data[..8]);
+        assert!(data[100..110].iter().all(|&x| x == 1 || x == 2));
     }
 
     #[test]

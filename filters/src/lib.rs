@@ -25,7 +25,8 @@
 //!   or remove what the export offers (zeroing, block status, cache, parallelism, the rotational
 //!   flag, FUA and flush).
 //! - [`swab`]: swap the bytes of every word.
-//! - [`blocksize`]: serve unaligned and oversized requests to a layer that cannot.
+//! - [`blocksize`]: serve unaligned and oversized requests to a layer that cannot;
+//!   [`blocksize_policy`]: set the advertised block sizes, and refuse requests that ignore them.
 //! - [`cow`]: make a read-only layer writable, the changes kept in a temporary overlay;
 //!   [`cache`]: keep blocks of the layer below in a local file (both in a [`tempfile`], both
 //!   switched by a [`switch`]).
@@ -64,6 +65,7 @@ pub mod time_limit;
 pub mod tls_fallback;
 
 pub mod blocksize;
+pub mod blocksize_policy;
 pub mod cache;
 pub mod checkwrite;
 pub mod compare;
@@ -125,6 +127,7 @@ pub fn registrations() -> Vec<Registration> {
         openonce::registration(),
         spinning::registration(),
         blocksize::registration(),
+        blocksize_policy::registration(),
         cache::registration(),
         checkwrite::registration(),
         cow::registration(),

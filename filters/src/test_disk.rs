@@ -2,7 +2,9 @@
 //! `testing`): a small RAM disk that logs the calls reaching
 //! it, and a one-layer backend that opens it, so a filter can be opened as the server would.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use nbdforge_api::extents::{DATA, HOLE, ZERO};
 use nbdforge_api::{
@@ -15,11 +17,18 @@ pub struct MemDisk {
     pub data: Arc<Mutex<Vec<u8>>>,
     pub log: Arc<Mutex<Vec<String>>>,
     pub caps: Capabilities,
+    /// Milliseconds each read sleeps after taking its data: widens the window of races.
+    pub read_pause_ms: Arc<AtomicU64>,
 }
 
 impl MemDisk {
     pub fn new(size: usize) -> Self {
-        MemDisk { data: Arc::new(Mutex::new(vec![0; size])), log: Arc::default(), caps: Capabilities::ALL }
+        MemDisk {
+            data: Arc::new(Mutex::new(vec![0; size])),
+            log: Arc::default(),
+            caps: Capabilities::ALL,
+            read_pause_ms: Arc::default(),
+        }
     }
 
     fn record(&self, op: &str, count: u64, offset: u64, flags: Flags) {
@@ -48,6 +57,7 @@ impl Handle for MemDisk {
         self.record("pread", buf.len() as u64, offset, flags);
         let o = offset as usize;
         buf.copy_from_slice(&self.data.lock().unwrap()[o..o + buf.len()]);
+        std::thread::sleep(Duration::from_millis(self.read_pause_ms.load(Ordering::Relaxed)));
         Ok(())
     }
     fn pwrite(&self, buf: &[u8], offset: u64, flags: Flags) -> Result<()> {

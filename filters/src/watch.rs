@@ -1,5 +1,5 @@
-//! What the filters that watch requests without changing them (log, stats) share: seeing every
-//! request as the client sent it, and knowing when a read's data is ready.
+//! What the filters that watch requests without changing them (log, stats, blocksize-policy)
+//! share: seeing every request as the client sent it, and knowing when a read's data is ready.
 
 use std::cell::Cell;
 use std::os::fd::BorrowedFd;

@@ -74,6 +74,13 @@ pub fn run(id: &Identity, mut o: Options, stack: Stack) -> Result<u8, String> {
         ..ServerConfig::default()
     };
 
+    // Bound with the NBD sockets' privileges, and before them, so a mistake stops the server
+    // before it listens.
+    let metrics = match &o.metrics {
+        Some(spec) => Some(nbdforge_server::metrics::bind(spec).map_err(|e| format!("--metrics={spec}: {e}"))?),
+        None => None,
+    };
+
     let target = match (o.single, inherited) {
         (true, _) => {
             let (read, write) = stdio::stdin_stdout().map_err(nbdkit_says)?;
@@ -85,7 +92,11 @@ pub fn run(id: &Identity, mut o: Options, stack: Stack) -> Result<u8, String> {
         }
     };
     let bound = match target {
-        Target::One(read, write) => return serve_single(&o, &creds, parent, backend, config, final_log, read, write),
+        Target::One(read, write) => {
+            let server = Server::new(backend, config);
+            start_metrics(&server, metrics)?;
+            return serve_single(&o, &creds, parent, server, final_log, read, write);
+        }
         Target::Listen(bound) => bound,
     };
     if let Some(private) = &bound.private_dir {
@@ -104,6 +115,7 @@ pub fn run(id: &Identity, mut o: Options, stack: Stack) -> Result<u8, String> {
     let export = o.export_name.clone().unwrap_or_default();
     let uri = uri::uri(&bound.endpoint, &export, &o.tls);
     let server = Server::new(backend, config);
+    start_metrics(&server, metrics)?;
     server.stop_on_signals().map_err(|e| format!("installing signal handlers: {e}"))?;
 
     if o.print_uri {
@@ -278,14 +290,22 @@ fn load_tls(o: &mut Options) -> Result<Option<Arc<TlsContext>>, String> {
     }
 }
 
+/// Starts the `--metrics` endpoint, if asked for, on the socket bound for it.
+fn start_metrics(server: &Server, listener: Option<std::net::TcpListener>) -> Result<(), String> {
+    let Some(listener) = listener else { return Ok(()) };
+    if let Ok(addr) = listener.local_addr() {
+        tracing::debug!("metrics on http://{addr}/metrics");
+    }
+    server.serve_metrics(listener).map_err(|e| format!("--metrics: {e}"))
+}
+
 /// Serves one connection (`-s`, or a connection systemd accepted) until the client leaves.
 #[allow(clippy::too_many_arguments)]
 fn serve_single(
     o: &Options,
     creds: &privileges::Credentials,
     parent: nix::unistd::Pid,
-    backend: Arc<dyn nbdforge_api::Backend>,
-    config: ServerConfig,
+    server: Server,
     final_log: LogDest,
     read: OwnedFd,
     write: OwnedFd,
@@ -298,7 +318,6 @@ fn serve_single(
         parent::exit_with_parent(parent).map_err(nbdkit_says)?;
     }
     logging::set_destination(final_log);
-    let server = Server::new(backend, config);
     server.stop_on_signals().map_err(|e| format!("installing signal handlers: {e}"))?;
     server.serve_one(read, write).map_err(|e| format!("server: {e}"))?;
     Ok(0)

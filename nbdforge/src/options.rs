@@ -54,6 +54,8 @@ pub struct Options {
     pub log: Option<LogDest>,
     pub long_options: bool,
     pub mask_handshake: Option<u32>,
+    /// `--metrics=ADDR:PORT`: where to serve live metrics (an nbdforge extension).
+    pub metrics: Option<String>,
     pub no_meta_contexts: bool,
     pub no_structured_replies: bool,
     /// `-o` (true) or `-n` (false); the last one given wins.
@@ -119,6 +121,7 @@ enum Opt {
     Log,
     LongOptions,
     MaskHandshake,
+    Metrics,
     Newstyle,
     NoMetaContexts,
     NoStructuredReplies,
@@ -169,6 +172,7 @@ const LONG_OPTIONS: &[(&str, bool, Opt)] = &[
     ("log", true, Opt::Log),
     ("long-options", false, Opt::LongOptions),
     ("mask-handshake", true, Opt::MaskHandshake),
+    ("metrics", true, Opt::Metrics),
     ("new-style", false, Opt::Newstyle),
     ("newstyle", false, Opt::Newstyle),
     ("no-mc", false, Opt::NoMetaContexts),
@@ -345,6 +349,7 @@ fn apply(o: &mut Options, opt: Opt, display: &str, value: Option<OsString>) -> R
                 .ok_or_else(|| UsageError(format!("--mask-handshake={v}: not a number (a bit mask such as 0 or 3)")))?;
             o.mask_handshake = Some(mask);
         }
+        Opt::Metrics => o.metrics = Some(text(value)?),
         Opt::Newstyle => o.oldstyle = false,
         Opt::NoMetaContexts => o.no_meta_contexts = true,
         Opt::NoStructuredReplies => o.no_structured_replies = true,
@@ -517,6 +522,7 @@ pub fn usage(prog: &str) -> String {
 {pad} [--filter=FILTER ...] [-f|--foreground]
 {pad} [-g|--group GROUP] [-i|--ipaddr IPADDR] [--keepalive]
 {pad} [--log=stderr|syslog|null] [--mask-handshake=MASK]
+{pad} [--metrics=ADDR:PORT]
 {pad} [-n|--newstyle] [--no-mc|--no-meta-contexts]
 {pad} [--no-sr|--no-structured-replies] [-o|--oldstyle]
 {pad} [-P|--pidfile PIDFILE] [-p|--port PORT] [--print-uri]

@@ -100,8 +100,18 @@ impl FilePlugin {
         if self.fadvise != AccessPattern::Normal {
             storage.advise(self.fadvise);
         }
-        Ok(FileHandle { storage, name: name.to_string(), debug_zero: self.debug_zero })
+        Ok(FileHandle { storage, name: format!("file: {name}"), debug_zero: self.debug_zero })
     }
+}
+
+/// One connection's handle on the image at `path`, served as this plugin serves a file (holes,
+/// trim, zeroing, flush, `sendfile`), read-only when `readonly`: for the plugins that make an
+/// image with the system's tools first (`iso`, `linuxdisk`, `tmpdisk`, `ondemand`). `name`
+/// begins the messages (`tmpdisk: disk of connection 3`).
+pub(crate) fn open_image(path: &std::path::Path, name: &str, readonly: bool) -> Result<Box<dyn Handle>> {
+    let opened = if readonly { FileStorage::open_read_only(path) } else { FileStorage::open(path) };
+    let storage = opened.map_err(|e| storage_error(name, e))?;
+    Ok(Box::new(FileHandle { storage, name: name.to_string(), debug_zero: false }))
 }
 
 /// The plugin's entry in the server's table.
@@ -271,7 +281,7 @@ fn list_directory(location: &Location) -> Result<Vec<Export>> {
 /// One connection's open file.
 struct FileHandle {
     storage: FileStorage,
-    /// The path as the user gave it, for messages.
+    /// What messages begin with: `file: ` and the path as the user gave it.
     name: String,
     /// `-D file.zero=1`.
     debug_zero: bool,
@@ -279,7 +289,7 @@ struct FileHandle {
 
 impl FileHandle {
     fn error(&self, e: nbdforge_storage::Error) -> Error {
-        storage_error(format_args!("file: {}", self.name), e)
+        storage_error(&self.name, e)
     }
 
     fn sync_if_fua(&self, flags: Flags) -> Result<()> {
@@ -344,12 +354,12 @@ impl Handle for FileHandle {
                 "no efficient way to zero; the core will write zeroes"
             };
             if self.debug_zero {
-                tracing::debug!("file: {}: zero {count} bytes at {offset}: {why}", self.name);
+                tracing::debug!("{}: zero {count} bytes at {offset}: {why}", self.name);
             }
-            return Err(Error::new(libc::EOPNOTSUPP, format!("file: {}: zero: {why}", self.name)));
+            return Err(Error::new(libc::EOPNOTSUPP, format!("{}: zero: {why}", self.name)));
         };
         if self.debug_zero {
-            tracing::debug!("file: {}: zero {count} bytes at {offset} by {}", self.name, method.describe());
+            tracing::debug!("{}: zero {count} bytes at {offset} by {}", self.name, method.describe());
         }
         self.sync_if_fua(flags)
     }

@@ -14,32 +14,48 @@
 //! - [`sparse_random`]: runs of random data between holes, also nbdkit's for the same `seed=`;
 //! - [`info`]: the export name, client address or a clock as a disk;
 //! - [`split`]: several files concatenated into one disk;
+//! - [`partitioning`]: a partitioned disk made from files, one partition each;
+//! - [`floppy`]: a FAT32 disk made from a directory, read-only;
 //! - [`nbd`]: a proxy to another NBD server (the protocol crate's client side);
 //! - [`data`]: a RAM disk initialized from the command line, in nbdkit's data format;
-//! - [`sh`] and [`eval`]: plugins written as scripts, with nbdkit's calling convention.
+//! - [`sh`] and [`eval`]: plugins written as scripts, with nbdkit's calling convention;
+//! - [`iso`]: a CD-ROM image made from directories by xorriso, genisoimage or mkisofs;
+//! - [`linuxdisk`]: a partitioned disk with an ext2/3/4 file system made from a directory;
+//! - [`tmpdisk`]: a fresh temporary file system (or any disk a command makes) per connection;
+//! - [`ondemand`]: a persistent file system per export name, made the first time it is asked for.
 //!
 //! Shared machinery lives beside them: [`sparse_array`] (pages allocated on first write, behind
-//! lock stripes), `flat_buffer` (one mapping for `memory allocator=malloc`), `prng` (nbdkit's
-//! pseudo-random generator, for the plugins whose data a seed decides), `data_format` (the data
-//! plugin's language) and `script` (running the scripts of `sh` and `eval`); the file and split
-//! plugins' I/O is the `nbdforge-storage` crate. The binary finds a plugin by name in
+//! lock stripes), `flat_buffer` (one mapping for `memory allocator=malloc`), `data_format` (the
+//! data plugin's language), `script` (running the scripts of `sh` and `eval`), `fs_image` (making
+//! a disk with the system's tools, for the last four), `virtual_disk` (a disk laid out as regions
+//! of synthesized bytes and host files, for `partitioning` and `floppy`) and `fat32` (the
+//! floppy's file system); the file, split and partitioning plugins' I/O is the
+//! `nbdforge-storage` crate, and nbdkit's pseudo-random generator, for the plugins whose data a
+//! seed decides, is the SDK's `nbdforge_api::prng`. The binary finds a plugin by name in
 //! [`registrations`].
 
 #![warn(missing_docs)]
 
+mod bucket;
 pub mod data;
 mod data_format;
 pub mod eval;
+mod fat32;
 pub mod file;
 mod flat_buffer;
+pub mod floppy;
+mod fs_image;
 pub mod full;
 pub mod info;
+pub mod iso;
+pub mod linuxdisk;
 pub mod memory;
 pub mod nbd;
 pub mod null;
+pub mod ondemand;
 pub mod ones;
+pub mod partitioning;
 pub mod pattern;
-mod prng;
 pub mod random;
 mod script;
 pub mod script_plugin;
@@ -48,6 +64,8 @@ pub mod sparse_array;
 pub mod sparse_random;
 pub mod split;
 mod sys;
+pub mod tmpdisk;
+mod virtual_disk;
 pub mod zero;
 
 use nbdforge_api::Registration;
@@ -70,6 +88,12 @@ pub fn registrations() -> Vec<Registration> {
         data::registration(),
         sh::registration(),
         eval::registration(),
+        partitioning::registration(),
+        floppy::registration(),
+        iso::registration(),
+        linuxdisk::registration(),
+        tmpdisk::registration(),
+        ondemand::registration(),
     ]
 }
 

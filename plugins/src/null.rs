@@ -2,9 +2,9 @@
 //! as `size=` says (0 by default). Useful to measure the server itself and to probe filters.
 
 use nbdforge_api::extents::{HOLE, ZERO};
-use nbdforge_api::{
-    parse_size, Capabilities, Error, Extents, Flags, Handle, Layer, LayerInfo, OpenArgs, Plugin, Registration, Result,
-};
+use nbdforge_api::{parse_size, Error, Handle, Layer, LayerInfo, OpenArgs, Plugin, Registration, Result};
+
+use crate::bucket::Bucket;
 
 /// The `null` plugin. Configure with an optional `size=`.
 #[derive(Debug, Default)]
@@ -39,58 +39,14 @@ impl Layer for NullPlugin {
 
 impl Plugin for NullPlugin {
     fn open(&self, _args: &OpenArgs) -> Result<Box<dyn Handle>> {
-        Ok(Box::new(NullHandle { size: self.size }))
-    }
-}
-
-/// A connection to the bit bucket. Every operation succeeds at once.
-struct NullHandle {
-    size: u64,
-}
-
-impl Handle for NullHandle {
-    fn get_size(&self) -> Result<u64> {
-        Ok(self.size)
-    }
-
-    fn capabilities(&self) -> Result<Capabilities> {
-        Ok(Capabilities::ALL)
-    }
-
-    fn pread(&self, buf: &mut [u8], _offset: u64, _flags: Flags) -> Result<()> {
-        buf.fill(0);
-        Ok(())
-    }
-
-    fn pwrite(&self, _buf: &[u8], _offset: u64, _flags: Flags) -> Result<()> {
-        Ok(())
-    }
-
-    fn flush(&self, _flags: Flags) -> Result<()> {
-        Ok(())
-    }
-
-    fn trim(&self, _count: u64, _offset: u64, _flags: Flags) -> Result<()> {
-        Ok(())
-    }
-
-    fn zero(&self, _count: u64, _offset: u64, _flags: Flags) -> Result<()> {
-        Ok(())
-    }
-
-    fn extents(&self, count: u64, offset: u64, _flags: Flags, extents: &mut Extents) -> Result<()> {
-        extents.add(offset, count, HOLE | ZERO)
-    }
-
-    fn cache(&self, _count: u64, _offset: u64, _flags: Flags) -> Result<()> {
-        Ok(())
+        Ok(Box::new(Bucket { size: self.size, byte: 0, kind: HOLE | ZERO }))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nbdforge_api::Extent;
+    use nbdforge_api::{Capabilities, Extent, Extents, Flags};
 
     fn open(plugin: &NullPlugin) -> Box<dyn Handle> {
         plugin.open(&OpenArgs::local("", false)).unwrap()

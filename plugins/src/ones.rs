@@ -4,9 +4,10 @@
 
 use nbdforge_api::extents::DATA;
 use nbdforge_api::{
-    parse_int, parse_size, unknown_parameter, Capabilities, Extents, Flags, Handle, Layer, LayerInfo, OpenArgs, Plugin,
-    Registration, Result,
+    parse_int, parse_size, unknown_parameter, Handle, Layer, LayerInfo, OpenArgs, Plugin, Registration, Result,
 };
+
+use crate::bucket::Bucket;
 
 /// The `ones` plugin. Configure with optional `size=` (default 0) and `byte=` (default 0xff).
 #[derive(Debug)]
@@ -45,59 +46,14 @@ impl Layer for OnesPlugin {
 
 impl Plugin for OnesPlugin {
     fn open(&self, _args: &OpenArgs) -> Result<Box<dyn Handle>> {
-        Ok(Box::new(OnesHandle { size: self.size, byte: self.byte }))
-    }
-}
-
-/// A connection to the disk. Every operation but reading is a no-op that succeeds.
-struct OnesHandle {
-    size: u64,
-    byte: u8,
-}
-
-impl Handle for OnesHandle {
-    fn get_size(&self) -> Result<u64> {
-        Ok(self.size)
-    }
-
-    /// Everything, natively, since everything is free; but the extents say data, not holes.
-    fn capabilities(&self) -> Result<Capabilities> {
-        Ok(Capabilities::ALL)
-    }
-
-    fn pread(&self, buf: &mut [u8], _offset: u64, _flags: Flags) -> Result<()> {
-        buf.fill(self.byte);
-        Ok(())
-    }
-
-    fn pwrite(&self, _buf: &[u8], _offset: u64, _flags: Flags) -> Result<()> {
-        Ok(())
-    }
-
-    fn flush(&self, _flags: Flags) -> Result<()> {
-        Ok(())
-    }
-
-    fn trim(&self, _count: u64, _offset: u64, _flags: Flags) -> Result<()> {
-        Ok(())
-    }
-
-    fn zero(&self, _count: u64, _offset: u64, _flags: Flags) -> Result<()> {
-        Ok(())
-    }
-
-    fn extents(&self, count: u64, offset: u64, _flags: Flags, extents: &mut Extents) -> Result<()> {
-        extents.add(offset, count, DATA)
-    }
-
-    fn cache(&self, _count: u64, _offset: u64, _flags: Flags) -> Result<()> {
-        Ok(())
+        Ok(Box::new(Bucket { size: self.size, byte: self.byte, kind: DATA }))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nbdforge_api::Flags;
 
     fn open(params: &[(&str, &str)]) -> Box<dyn Handle> {
         let mut plugin = OnesPlugin::default();

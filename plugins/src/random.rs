@@ -10,7 +10,7 @@ use nbdforge_api::{
     OpenArgs, Plugin, Registration, Result, Support,
 };
 
-use crate::prng::Xoshiro256;
+use nbdforge_api::prng::Xoshiro256;
 
 /// The `random` plugin. Configure with `size=` and an optional `seed=`.
 #[derive(Debug)]

@@ -346,8 +346,13 @@ fn parse_export_list(text: &str) -> Vec<Export> {
 
 /// Makes the private directory a script gets as `$tmpdir`.
 fn make_tmpdir(name: &str) -> Result<PathBuf> {
+    make_private_dir(&std::env::temp_dir(), name)
+}
+
+/// Makes a new directory in `base` that only this user may enter (`nbdforge-NAME-...`): what
+/// goes in it cannot be seen or swapped by other users while it is being made.
+pub(crate) fn make_private_dir(base: &Path, name: &str) -> Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
-    let base = std::env::temp_dir();
     for attempt in 0..100u32 {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         let dir = base.join(format!("nbdforge-{name}-{}-{nanos:08x}{attempt}", std::process::id()));

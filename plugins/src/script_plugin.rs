@@ -1,5 +1,5 @@
 //! The plugin that `sh` and `eval` both are. Once configured, everything goes to the script
-//! (see the `script` module), so the two differ only in their [`Flavour`]: how their
+//! (see the `script` module), so the two differ only in their `Flavour`: how their
 //! parameters make the script. `script-timeout=` is taken here, for both.
 
 use std::sync::Arc;

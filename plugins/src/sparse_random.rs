@@ -5,7 +5,7 @@
 //!
 //! Data and holes are decided per 4 KiB block when the server starts, one bit per block (32 MiB
 //! per TiB of disk), walking the blocks with a two-state Markov chain driven by nbdkit's generator
-//! (the `prng` module). A data block is one random byte repeated, or random bytes throughout
+//! (`nbdforge_api::prng`). A data block is one random byte repeated, or random bytes throughout
 //! (`random-content=true`), computed from the seed and the block's offset when read. Writes,
 //! trims and zeroes succeed only when they leave the disk as it is.
 
@@ -18,7 +18,7 @@ use nbdforge_api::{
     LayerInfo, OpenArgs, Plugin, Registration, Result, Support,
 };
 
-use crate::prng::Xoshiro256;
+use nbdforge_api::prng::Xoshiro256;
 
 /// The unit of data and holes.
 const BLOCK_SIZE: u64 = 4096;

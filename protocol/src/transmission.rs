@@ -13,6 +13,9 @@ use crate::ProtocolError;
 pub const COMPACT_REQUEST_LEN: usize = 28;
 /// Length of a request header with extended headers.
 pub const EXTENDED_REQUEST_LEN: usize = 32;
+/// The largest READ or WRITE the server serves, whatever the export advertises: its own bound
+/// on the memory one request holds.
+pub const MAX_REQUEST: u32 = 64 << 20;
 
 /// A request header as received.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +116,8 @@ pub struct Session {
     pub extended: bool,
     /// The meta contexts selected.
     pub contexts: Vec<MetaContext>,
-    /// Block size constraints (minimum, preferred, maximum).
+    /// Block size constraints (minimum, preferred, maximum) as advertised. They are advice to
+    /// the client: the session does not refuse requests that ignore them (a layer may).
     pub block_size: (u32, u32, u32),
 }
 
@@ -132,7 +136,7 @@ impl Session {
 
     /// The largest payload accepted in a WRITE; larger ones are drained and refused.
     pub fn max_payload(&self) -> u64 {
-        self.block_size.2 as u64
+        MAX_REQUEST as u64
     }
 
     fn has(&self, flag: u16) -> bool {
@@ -200,10 +204,9 @@ impl Session {
                 format!("{name}: offset {offset} length {length} is outside the export of {} bytes", self.size),
             ));
         }
-        let (min, _, max) = self.block_size;
-        if min > 1 && (offset % min as u64 != 0 || length % min as u64 != 0) {
-            return Err(refuse(EINVAL, format!("{name}: offset {offset} length {length} not aligned to {min} bytes")));
-        }
+        // Alignment and the advertised maximum are the layers' business (nbdkit's model); the
+        // session only bounds what one request may make the server hold.
+        let max = MAX_REQUEST;
         let data_length = u32::try_from(length).ok().filter(|&l| l <= max);
         if matches!(req.kind, CMD_READ | CMD_WRITE) && data_length.is_none() {
             let errno = if req.kind == CMD_READ && self.structured { EOVERFLOW } else { EINVAL };

@@ -1,7 +1,7 @@
 //! Request parsing, the checks of every command, and reply layouts.
 
 use nbdforge_protocol::consts::*;
-use nbdforge_protocol::transmission::block_status_payload;
+use nbdforge_protocol::transmission::{block_status_payload, MAX_REQUEST};
 use nbdforge_protocol::*;
 
 fn session(flags: u16) -> Session {
@@ -170,4 +170,16 @@ fn block_status_payload_parses_effect_length_and_ids() {
     assert_eq!(block_status_payload(&p), Some((1 << 33, vec![1])));
     p.push(0);
     assert_eq!(block_status_payload(&p), None);
+}
+
+#[test]
+fn advertised_block_sizes_are_advice_the_server_bound_is_not() {
+    // Alignment and the advertised maximum are for the layers to enforce, as in nbdkit.
+    let s = Session { size: 1 << 30, block_size: (512, 4096, 1 << 20), ..session(RW) };
+    assert!(s.check(&req(CMD_READ, 0, 3, 1)).is_ok(), "misaligned read");
+    assert!(s.check(&req(CMD_WRITE, 0, 5, 3)).is_ok(), "misaligned write");
+    assert!(s.check(&req(CMD_READ, 0, 0, 2 << 20)).is_ok(), "read over the advertised maximum");
+    let wide = Session { block_size: (1, 4096, u32::MAX), ..s };
+    assert_eq!(wide.max_payload(), u64::from(MAX_REQUEST));
+    assert_eq!(errno(&wide, req(CMD_WRITE, 0, 0, u64::from(MAX_REQUEST) + 1)), EINVAL, "over the server's own bound");
 }

@@ -22,6 +22,7 @@
 mod connection;
 mod emulate;
 pub mod listen;
+pub mod metrics;
 mod server;
 pub mod stack;
 pub mod tls;

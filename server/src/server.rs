@@ -79,6 +79,8 @@ pub(crate) struct Shared {
     wake: (UnixStream, UnixStream),
     connections: Mutex<Connections>,
     idle: Condvar,
+    /// `--metrics`: set before serving starts, if at all.
+    pub metrics: std::sync::OnceLock<crate::metrics::Metrics>,
 }
 
 #[derive(Default)]
@@ -151,6 +153,20 @@ impl Shared {
         self.idle.notify_all();
     }
 
+    /// Connections open now, and accepted since the start.
+    fn connection_counts(&self) -> crate::metrics::ConnectionCounts {
+        let conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        crate::metrics::ConnectionCounts { open: conns.live, total: conns.next_id }
+    }
+
+    /// The end of serving: the metrics endpoint goes too, then the layers clean up.
+    fn finish(&self) {
+        if let Some(metrics) = self.metrics.get() {
+            metrics.stop();
+        }
+        self.backend.cleanup();
+    }
+
     /// Blocks until no connection is live, or (with `or_stop`) until shutdown starts.
     fn wait_idle(&self, or_stop: bool) {
         let mut conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
@@ -210,6 +226,7 @@ impl Server {
             wake,
             connections: Mutex::new(Connections::default()),
             idle: Condvar::new(),
+            metrics: std::sync::OnceLock::new(),
         };
         let shared = Arc::new(shared);
         // A layer's request to shut down (nbdkit_shutdown) stops this server as a signal would.
@@ -242,6 +259,23 @@ impl Server {
             }
         })?;
         Ok(())
+    }
+
+    /// Serves live metrics (`--metrics`) on `listener` in Prometheus' text format, from a thread of
+    /// its own, until the server stops. Call it before [`Server::serve`]: connections made earlier
+    /// are not counted.
+    pub fn serve_metrics(&self, listener: std::net::TcpListener) -> io::Result<()> {
+        let registry = Arc::new(crate::metrics::Registry::default());
+        let (stop_tx, stop_rx) = UnixStream::pair()?;
+        let metrics = crate::metrics::Metrics::new(Arc::clone(&registry), stop_tx);
+        if self.shared.metrics.set(metrics).is_err() {
+            return Err(io::Error::other("the metrics endpoint is already running"));
+        }
+        let shared = Arc::downgrade(&self.shared);
+        crate::metrics::spawn(listener, stop_rx, move || match shared.upgrade() {
+            Some(shared) => crate::metrics::render(&registry, shared.connection_counts()),
+            None => Vec::new(),
+        })
     }
 
     /// Accepts clients on `listeners` until shut down, then waits for connections to finish.
@@ -286,7 +320,7 @@ impl Server {
         }
         drop(listeners);
         shared.wait_idle(false);
-        shared.backend.cleanup();
+        shared.finish();
         Ok(())
     }
 
@@ -302,7 +336,7 @@ impl Server {
         nbdforge_api::server::set_stdio_in_use(true);
         spawn_connection(&self.shared, stream, socket, ClientInfo::default());
         self.shared.wait_idle(true);
-        self.shared.backend.cleanup();
+        self.shared.finish();
         Ok(())
     }
 }

@@ -16,7 +16,15 @@ use crate::emulate::Emulated;
 /// A layer's name for the life of the process: layers are made a handful of times at start-up,
 /// and `debug!` needs the name on every thread without a lock.
 fn static_name(info: &LayerInfo) -> &'static str {
-    Box::leak(info.name.clone().into_boxed_str())
+    // Interned: a name is leaked once, however often a layer is entered while configuring.
+    static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(name) = names.iter().find(|n| **n == info.name) {
+        return name;
+    }
+    let name: &'static str = Box::leak(info.name.clone().into_boxed_str());
+    names.push(name);
+    name
 }
 
 /// Filters over a plugin, being configured.
@@ -57,9 +65,11 @@ impl Stack {
     /// `-D LAYER.FLAG=VALUE`: sets a debug flag of the filter or plugin called `layer`. Returns
     /// false when no layer has that name, and an error when the layer has no such flag.
     pub fn debug_flag(&mut self, layer: &str, flag: &str, value: i32) -> std::result::Result<bool, String> {
-        let known = if let Some((_, f)) = self.filters.iter_mut().find(|(i, _)| i.name == layer) {
+        let known = if let Some((i, f)) = self.filters.iter_mut().find(|(i, _)| i.name == layer) {
+            let _layer = enter_layer(static_name(i));
             f.debug_flag(flag, value)
         } else if self.plugin.0.name == layer {
+            let _layer = enter_layer(static_name(&self.plugin.0));
             self.plugin.1.debug_flag(flag, value)
         } else {
             return Ok(false);
@@ -75,11 +85,13 @@ impl Stack {
     /// name of the layer that refused it (`memory: size=12Q: unknown suffix ...`).
     pub fn config(&mut self, key: &str, value: &str) -> Result<()> {
         for (info, f) in &mut self.filters {
+            let _layer = enter_layer(static_name(info));
             if f.config(key, value).map_err(|e| prefixed(info, e))? {
                 return Ok(());
             }
         }
         let (info, plugin) = &mut self.plugin;
+        let _layer = enter_layer(static_name(info));
         match plugin.config(key, value).map_err(|e| prefixed(info, e))? {
             true => Ok(()),
             false => Err(prefixed(info, unknown_parameter(key))),
@@ -90,13 +102,19 @@ impl Stack {
     /// the finished layers below it; returns the finished stack.
     pub fn finish(mut self) -> Result<Arc<dyn Backend>> {
         for (info, f) in &mut self.filters {
+            let _layer = enter_layer(static_name(info));
             f.config_complete().map_err(|e| prefixed(info, e))?;
         }
         let (info, mut plugin) = self.plugin;
-        plugin.config_complete().map_err(|e| prefixed(&info, e))?;
-        plugin.get_ready().map_err(|e| prefixed(&info, e))?;
-        let mut backend: Arc<dyn Backend> = Arc::new(PluginLayer { name: static_name(&info), plugin });
+        let name = static_name(&info);
+        {
+            let _layer = enter_layer(name);
+            plugin.config_complete().map_err(|e| prefixed(&info, e))?;
+            plugin.get_ready().map_err(|e| prefixed(&info, e))?;
+        }
+        let mut backend: Arc<dyn Backend> = Arc::new(PluginLayer { name, plugin });
         for (info, mut filter) in self.filters.into_iter().rev() {
+            let _layer = enter_layer(static_name(&info));
             filter.get_ready(&backend).map_err(|e| prefixed(&info, e))?;
             backend = Arc::new(FilterLayer { name: static_name(&info), filter, next: backend });
         }

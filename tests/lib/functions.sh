@@ -179,6 +179,36 @@ fio_verify() {
     )
 }
 
+# fio_unaligned_verify [SIZE]: fio's NBD engine against $uri with 32 requests in flight, sizes
+# from 512 bytes to 64 KiB at any 512-byte boundary (so most requests cover blocks of the layer
+# under test only in part): random writes over SIZE (default 32M), every one verified with
+# crc32c afterwards; then two jobs (two connections) at once, each mixing such reads and writes in
+# its own half, also verified.  Fails on any error or verification failure.
+fio_unaligned_verify() {
+    local size=${1:-32M} half
+    half=$(( $(numfmt --from=iec "$size") / 2 ))
+    (
+        cd "$tmp"   # fio writes its state files in the current directory
+        local common=(--ioengine=nbd --uri="$uri" --bsrange=512-64k --blockalign=512 --iodepth=32
+                      --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0)
+        fio --name=unaligned "${common[@]}" --rw=randwrite --size="$size" --output="$tmp/fio.out"
+        cat "$tmp/fio.out"
+        grep -Eq 'err= *0' "$tmp/fio.out" || fail "fio reported errors"
+        grep -Eiq 'verify.*(fail|bad)|crc32c.*fail' "$tmp/fio.out" && fail "fio verification failed"
+        fio --name=mixed "${common[@]}" --rw=randrw --size="$half" --numjobs=2 --offset_increment="$half" \
+            --output="$tmp/fio2.out"
+        cat "$tmp/fio2.out"
+        [ "$(grep -Ec 'err= *0' "$tmp/fio2.out")" -eq 2 ] || fail "fio mixed jobs reported errors"
+    )
+}
+
+# overlapping_writes [ROUNDS]: rounds of overlapping writes in flight together over two
+# connections to $uri; each sector must end up whole, from one of the round's writes covering it
+# (see tests/lib/overlap.py).
+overlapping_writes() {
+    python3 "$repo/tests/lib/overlap.py" "$uri" "${1:-100}" || fail "overlapping writes tore or were lost"
+}
+
 # --- Comparing with nbdkit --------------------------------------------------------------------
 
 # The reference the synthetic plugins are compared with (a command, as $NBDFORGE may be).
@@ -222,6 +252,16 @@ bad_args() {
     for s in "$@"; do
         grep -qF -- "$s" "$tmp/err" || fail "${args[*]}: message does not mention '$s'"
     done
+}
+
+# plugin_describes_itself PLUGIN MAGIC-KEY HELP-TEXT: `PLUGIN --help` shows HELP-TEXT (one of its
+# parameters) and `PLUGIN --dump-plugin` gives its name and magic key, as nbdkit prints them.
+plugin_describes_itself() {
+    "${server_cmd[@]}" "$1" --help > "$tmp/help"
+    grep -qF -- "$3" "$tmp/help" || fail "$1 --help does not show '$3': $(cat "$tmp/help")"
+    "${server_cmd[@]}" "$1" --dump-plugin > "$tmp/dump"
+    grep -qx "name=$1" "$tmp/dump" || fail "$1 --dump-plugin: no name=$1: $(cat "$tmp/dump")"
+    grep -qx "magic_config_key=$2" "$tmp/dump" || fail "$1 --dump-plugin: no magic key $2: $(cat "$tmp/dump")"
 }
 
 # --- Comparing with nbdkit, the peer ------------------------------------------------------------

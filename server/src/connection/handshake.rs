@@ -175,7 +175,12 @@ impl ConnExports<'_> {
             tls: self.tls,
             conn: Arc::clone(self.conn),
         };
-        let handle = backend.open(&args).map_err(Self::option_error)?;
+        // The client gets the message in its option reply, which most clients do not show, so
+        // the log gets it too.
+        let handle = backend.open(&args).map_err(|e| {
+            tracing::error!("{}: opening export {canonical:?}: {}", self.conn.client().peer_name(), e.message);
+            Self::option_error(e)
+        })?;
         Ok((handle, canonical))
     }
 }
@@ -231,8 +236,10 @@ fn describe(h: &dyn Handle, name: String, readonly: bool) -> nbdforge_api::Resul
     .iter()
     .filter(|(on, _)| *on)
     .fold(0, |acc, (_, flag)| acc | flag);
+    // What the layers advertise goes to the client as it is (nbdkit's model): a maximum over the
+    // server's own MAX_REQUEST is still refused per request, and alignment is the layers' to enforce.
     let block_size = match h.block_size()? {
-        Some(b) => (b.minimum.max(1), b.preferred.max(b.minimum).max(1), b.maximum.min(MAX_REQUEST).max(b.minimum)),
+        Some(b) => (b.minimum.max(1), b.preferred.max(b.minimum).max(1), b.maximum.max(b.minimum)),
         None => (1, 4096, MAX_REQUEST),
     };
     Ok(ExportInfo { name, size: h.get_size()?, flags, block_size, description: h.export_description()? })

@@ -27,8 +27,8 @@ use crate::server::{LiveGuard, Shared};
 use crate::transport::Stream;
 
 /// The largest request the server accepts: payloads up to this are served, larger ones drained and
-/// refused. Advertised as the maximum block size.
-pub(crate) const MAX_REQUEST: u32 = 64 << 20;
+/// refused. Advertised as the maximum block size when no layer advertises one.
+pub(crate) use nbdforge_protocol::transmission::MAX_REQUEST;
 
 /// Serves one client: the handshake on this thread, then the transmission phase until the client
 /// leaves or goes idle (then its connection lives on in the poller). `live` counts the connection

@@ -18,7 +18,7 @@ use nix::sys::socket::MsgFlags;
 use tracing::warn;
 
 use super::budget::Reservation;
-use super::transmission::{lock, Transmission};
+use super::transmission::{lock, Replied, Transmission};
 use crate::transport::write_all_vectored;
 
 /// How long one BLOCK_STATUS reply may spend collecting extents before it is cut short.
@@ -131,7 +131,14 @@ impl<'t> ReadSink for ReplySink<'t, '_> {
 }
 
 impl Transmission {
-    pub(super) fn read<'s>(&'s self, req: &'s Request, offset: u64, length: u32, df: bool, buf: &mut Vec<u8>) {
+    pub(super) fn read<'s>(
+        &'s self,
+        req: &'s Request,
+        offset: u64,
+        length: u32,
+        df: bool,
+        buf: &mut Vec<u8>,
+    ) -> Replied {
         let held = Reservation::new(&self.budget, &self.shared.budget);
         let mut sink = ReplySink { t: self, req, offset, length, df, buf, held, outcome: Outcome::Pending, rest: None };
         let result = self.handle.read(u64::from(length), offset, Flags::NONE, &mut sink);
@@ -145,16 +152,16 @@ impl Transmission {
             (Err(e), Outcome::Sent) => {
                 // The reply went out before the backend failed: too late to tell the client.
                 warn!("{}: {} after its reply was sent", command_name(req.kind), e.message);
+                None
             }
             (Err(e), _) => self.backend_error(req, e),
-            (Ok(()), Outcome::Sent) => {}
+            (Ok(()), Outcome::Sent) => None,
             (Ok(()), Outcome::Buffered) => {
                 let data = &sink.buf[..length as usize];
                 self.send(&mut self.read_reply(req, offset, df, &[data]).iov());
+                None
             }
-            (Ok(()), Outcome::Pending) => {
-                self.backend_error(req, Error::io("the backend's read returned no data"));
-            }
+            (Ok(()), Outcome::Pending) => self.backend_error(req, Error::io("the backend's read returned no data")),
         }
     }
 
@@ -249,7 +256,14 @@ impl Transmission {
 
     /// Block status of the selected contexts (or of `wanted` ids among them), one chunk each,
     /// each bounded to `MAX_EXTENTS` runs and the whole reply to [`BLOCK_STATUS_TIME`].
-    pub(super) fn block_status(&self, req: &Request, offset: u64, length: u64, req_one: bool, wanted: Option<&[u32]>) {
+    pub(super) fn block_status(
+        &self,
+        req: &Request,
+        offset: u64,
+        length: u64,
+        req_one: bool,
+        wanted: Option<&[u32]>,
+    ) -> Replied {
         let contexts: Vec<_> = match wanted {
             None => self.session.contexts.iter().collect(),
             Some(ids) => {
@@ -289,6 +303,7 @@ impl Transmission {
             self.replies.block_status(&mut out, req.cookie, offset, context.id, &runs, i + 1 == contexts.len());
         }
         self.send(&mut [IoSlice::new(&out)]);
+        None
     }
 }
 

@@ -18,6 +18,7 @@ use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use nbdforge_api::{Connection, Error, Flags, Handle, ThreadModel};
 use nbdforge_protocol::consts::*;
@@ -82,6 +83,7 @@ pub(super) fn run(
         max_workers: AtomicUsize::new(max_workers),
         reading: AtomicUsize::new(0),
         in_flight: AtomicUsize::new(0),
+        metrics: shared.metrics.get().map(|m| m.registry.connect(&negotiated.export.name)),
         peer,
         _live: live,
     });
@@ -138,10 +140,15 @@ pub(super) struct Transmission {
     in_flight: AtomicUsize,
     /// Whether the connection may be parked while idle.
     parkable: bool,
+    /// This connection's counts for `--metrics`, if it is on.
+    metrics: Option<crate::metrics::ConnMetrics>,
     peer: String,
     /// Counts the connection as live for the server until the last reference goes.
     _live: LiveGuard,
 }
+
+/// The error a request was answered with (a protocol errno), or `None` for success.
+pub(super) type Replied = Option<u32>;
 
 /// What a worker gets when it asks for the next request.
 enum Next<'r> {
@@ -172,12 +179,18 @@ impl Transmission {
         while let Next::Request(incoming, mut buf) = self.next_request() {
             self.maybe_add_worker();
             let Incoming { req, refused, close, held } = incoming;
+            let started = self.metrics.as_ref().map(|_| Instant::now());
             // A panicking plugin fails its request, not the connection (which would leave the
             // client waiting for a reply that never comes).
             let run = std::panic::AssertUnwindSafe(|| self.dispatch(req, refused, &mut buf));
-            if std::panic::catch_unwind(run).is_err() {
+            let replied = std::panic::catch_unwind(run).unwrap_or_else(|_| {
                 error!("{}: the backend panicked", command_name(req.kind));
-                self.send_error(&req, EIO, "internal error in the backend");
+                self.send_error(&req, EIO, "internal error in the backend")
+            });
+            if let (Some(metrics), Some(started)) = (&self.metrics, started) {
+                if req.kind != CMD_DISC {
+                    metrics.record(req.kind, req.length, replied, started.elapsed());
+                }
             }
             drop(held);
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -377,13 +390,14 @@ impl Transmission {
         }
     }
 
-    pub(super) fn send_error(&self, req: &Request, errno: u32, message: &str) {
+    pub(super) fn send_error(&self, req: &Request, errno: u32, message: &str) -> Replied {
         let mut out = Vec::with_capacity(64 + message.len());
         self.replies.error(&mut out, req.cookie, req.offset, errno, message);
         self.send(&mut [IoSlice::new(&out)]);
+        Some(errno)
     }
 
-    pub(super) fn backend_error(&self, req: &Request, e: Error) {
+    pub(super) fn backend_error(&self, req: &Request, e: Error) -> Replied {
         let errno = wire_errno(e.errno);
         // Fast-zero refusals are routine (clients probe with them); everything else is worth a line.
         if errno == ENOTSUP && req.kind == CMD_WRITE_ZEROES {
@@ -391,10 +405,10 @@ impl Transmission {
         } else {
             error!("{}: {}", command_name(req.kind), e.message);
         }
-        self.send_error(req, errno, &e.message);
+        self.send_error(req, errno, &e.message)
     }
 
-    fn dispatch(&self, mut req: Request, refused: Option<Refusal>, buf: &mut Vec<u8>) {
+    fn dispatch(&self, mut req: Request, refused: Option<Refusal>, buf: &mut Vec<u8>) -> Replied {
         if let Some(r) = refused {
             return self.send_error(&req, r.errno, &r.message);
         }
@@ -415,7 +429,7 @@ impl Transmission {
             Err(r) => {
                 debug!("refused: {}", r.message);
                 if req.kind == CMD_DISC {
-                    return;
+                    return None;
                 }
                 return self.send_error(&req, r.errno, &r.message);
             }
@@ -424,7 +438,7 @@ impl Transmission {
         let h = self.handle.as_ref();
         let fua = |fua: bool| if fua { Flags::FUA } else { Flags::NONE };
         let result = match cmd {
-            Command::Disconnect => return,
+            Command::Disconnect => return None,
             Command::Read { offset, length, df } => return self.read(&req, offset, length, df, buf),
             Command::BlockStatus { offset, length, req_one } => {
                 return self.block_status(&req, offset, length, req_one, wanted_ids.as_deref())
@@ -445,7 +459,10 @@ impl Transmission {
             }
         };
         match result {
-            Ok(()) => self.send(&mut [IoSlice::new(self.replies.ok(req.cookie, req.offset).as_bytes())]),
+            Ok(()) => {
+                self.send(&mut [IoSlice::new(self.replies.ok(req.cookie, req.offset).as_bytes())]);
+                None
+            }
             Err(e) => self.backend_error(&req, e),
         }
     }

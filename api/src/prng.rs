@@ -1,11 +1,12 @@
-//! The pseudo-random generator behind the `random` and `sparse-random` plugins: xoshiro256** 1.0
-//! (Blackman and Vigna), its state seeded from one 64-bit number by splitmix64. nbdkit documents the
-//! same pair in its `random.h`; using it exactly is what makes a disk served with `seed=N` the same
-//! bytes here as under nbdkit. Fast, repeatable, and not for cryptography.
+//! The pseudo-random generator of nbdkit's layers that take a seed (the `random` and
+//! `sparse-random` plugins, the `evil` filter): xoshiro256** 1.0 (Blackman and Vigna), its state
+//! seeded from one 64-bit number by splitmix64. nbdkit documents the same pair in its `random.h`;
+//! using it exactly is what makes `seed=N` give the same bytes here as under nbdkit. Fast,
+//! repeatable, and not for cryptography.
 
 /// The generator's state: four 64-bit words, never all zero.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Xoshiro256 {
+pub struct Xoshiro256 {
     s: [u64; 4],
 }
 
@@ -20,13 +21,13 @@ fn splitmix64(seed: &mut u64) -> u64 {
 
 impl Xoshiro256 {
     /// A generator whose state is the first four outputs of splitmix64 started at `seed`.
-    pub(crate) fn seeded(mut seed: u64) -> Self {
+    pub fn seeded(mut seed: u64) -> Self {
         let s = [splitmix64(&mut seed), splitmix64(&mut seed), splitmix64(&mut seed), splitmix64(&mut seed)];
         Xoshiro256 { s }
     }
 
     /// The next 64 random bits.
-    pub(crate) fn next_u64(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let s = &mut self.s;
         let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
         let t = s[1] << 17;
