@@ -16,6 +16,7 @@
 //! - [`split`]: several files concatenated into one disk;
 //! - [`partitioning`]: a partitioned disk made from files, one partition each;
 //! - [`floppy`]: a FAT32 disk made from a directory, read-only;
+//! - [`nbd`]: a proxy to another NBD server (the protocol crate's client side);
 //! - [`data`]: a RAM disk initialized from the command line, in nbdkit's data format;
 //! - [`sh`] and [`eval`]: plugins written as scripts, with nbdkit's calling convention;
 //! - [`iso`]: a CD-ROM image made from directories by xorriso, genisoimage or mkisofs;
@@ -51,6 +52,7 @@ pub mod info;
 pub mod iso;
 pub mod linuxdisk;
 pub mod memory;
+pub mod nbd;
 pub mod null;
 pub mod ondemand;
 pub mod ones;
@@ -74,6 +76,7 @@ use nbdforge_api::Registration;
 pub fn registrations() -> Vec<Registration> {
     vec![
         memory::registration(),
+        nbd::registration(),
         file::registration(),
         null::registration(),
         pattern::registration(),

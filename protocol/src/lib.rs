@@ -7,9 +7,11 @@
 //! - [`consts`]: the numbers of the spec.
 //! - [`negotiation`]: the handshake phase: greeting, options, STARTTLS rules, meta contexts.
 //! - [`transmission`]: request headers, their checks, and reply headers.
+//! - [`client`]: the client side, for proxying: the handshake, requests, and checked reply decoding.
 
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod consts;
 pub mod negotiation;
 pub mod transmission;

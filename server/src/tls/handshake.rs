@@ -22,12 +22,10 @@ use super::transport::{wait, Need, Transport};
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Side {
     Server,
-    #[cfg_attr(not(test), allow(dead_code))]
     Client,
 }
 
-/// Runs a handshake on a fresh `SSL` (the client side only in tests, to drive our I/O code from
-/// both ends).
+/// Runs a handshake on a fresh `SSL`, as the server or (the nbd plugin, and tests) the client.
 pub(super) fn handshake(
     ssl: Ssl,
     transport: Transport,
@@ -50,7 +48,7 @@ pub(super) fn handshake(
             Ok(()) => break,
             Err(e) if e.code() == ErrorCode::WANT_READ => Need::Read,
             Err(e) if e.code() == ErrorCode::WANT_WRITE => Need::Write,
-            Err(e) => return Err(handshake_error(&e, stream.ssl(), psk)),
+            Err(e) => return Err(handshake_error(&e, stream.ssl(), side, psk)),
         };
         let (fd, events, each) = match need {
             Need::Read => (&read_fd, PollFlags::POLLIN, read_timeout),
@@ -87,7 +85,10 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 }
 
 /// Says why a handshake failed in the user's terms where we can tell, then OpenSSL's reasons.
-fn handshake_error(e: &ssl::Error, ssl: &ssl::SslRef, psk: bool) -> io::Error {
+fn handshake_error(e: &ssl::Error, ssl: &ssl::SslRef, side: Side, psk: bool) -> io::Error {
+    if side == Side::Client {
+        return client_handshake_error(e, ssl);
+    }
     let openssl = if e.code() == ErrorCode::SYSCALL || e.code() == ErrorCode::ZERO_RETURN {
         match e.io_error() {
             Some(io) => io.to_string(),
@@ -110,6 +111,22 @@ fn handshake_error(e: &ssl::Error, ssl: &ssl::SslRef, psk: bool) -> io::Error {
             format!("client certificate refused: {} ({openssl})", verify.error_string())
         }
         _ => openssl,
+    };
+    io::Error::new(io::ErrorKind::PermissionDenied, format!("TLS handshake failed: {why}"))
+}
+
+/// The same for the client side: the server's certificate refused, or OpenSSL's reasons.
+fn client_handshake_error(e: &ssl::Error, ssl: &ssl::SslRef) -> io::Error {
+    let verify = ssl.verify_result();
+    let why = if verify != X509VerifyResult::OK {
+        format!("the server's certificate was refused: {}", verify.error_string())
+    } else if let Some(stack) = e.ssl_error() {
+        reasons(stack)
+    } else {
+        match e.io_error() {
+            Some(io) => io.to_string(),
+            None => "the server closed the connection".into(),
+        }
     };
     io::Error::new(io::ErrorKind::PermissionDenied, format!("TLS handshake failed: {why}"))
 }

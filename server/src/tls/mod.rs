@@ -17,6 +17,7 @@
 //!
 //! The files, from the command line down to the socket:
 //! - `options`: the command-line settings and where certificates are looked for by default;
+//! - `client`: [`TlsClient`], the client side for layers that connect to another server;
 //! - `context`: [`TlsContext`], the OpenSSL settings every connection shares, and accepting;
 //! - `x509`: loading a certificate directory (server key and chain, CA, CRL, `--tls-verify-peer`);
 //! - `psk`: the psktool key file, re-read when it changes, and the callback that looks keys up;
@@ -25,6 +26,7 @@
 //! - `transport`: the non-blocking descriptors under OpenSSL, and waiting on them with `poll`;
 //! - `errors`: how OpenSSL's and the system's errors are worded for users.
 
+mod client;
 mod context;
 mod errors;
 mod handshake;
@@ -36,6 +38,7 @@ mod testing;
 mod transport;
 mod x509;
 
+pub use client::{TlsClient, TlsClientOptions};
 pub use context::{TlsContext, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use handshake::TlsPeer;
 pub use options::{

@@ -30,11 +30,16 @@ pub(super) fn psk_note_index() -> Index<Ssl, PskNote> {
     *INDEX.get_or_init(|| Ssl::new_ex_index().expect("OpenSSL: allocating an ex_data index"))
 }
 
-pub(super) fn set_psk(builder: &mut SslContextBuilder, keys: Arc<PskFile>) -> Result<(), ErrorStack> {
-    // TLS 1.3 gives keys from this callback the SHA-256 hash, so only SHA-256 suites can use them.
+/// The suites pre-shared keys work with, for both sides.
+pub(super) fn set_psk_ciphers(builder: &mut SslContextBuilder) -> Result<(), ErrorStack> {
+    // TLS 1.3 gives keys from the callbacks the SHA-256 hash, so only SHA-256 suites can use them.
     builder.set_ciphersuites("TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256")?;
     // TLS 1.2: ECDHE-PSK (forward secrecy) first, then plain PSK (what GnuTLS's NORMAL:+PSK offers).
-    builder.set_cipher_list("ECDHE-PSK-CHACHA20-POLY1305:ECDHE-PSK-AES128-CBC-SHA256:ECDHE-PSK-AES256-CBC-SHA384:PSK-AES128-GCM-SHA256:PSK-AES256-GCM-SHA384:PSK-CHACHA20-POLY1305")?;
+    builder.set_cipher_list("ECDHE-PSK-CHACHA20-POLY1305:ECDHE-PSK-AES128-CBC-SHA256:ECDHE-PSK-AES256-CBC-SHA384:PSK-AES128-GCM-SHA256:PSK-AES256-GCM-SHA384:PSK-CHACHA20-POLY1305")
+}
+
+pub(super) fn set_psk(builder: &mut SslContextBuilder, keys: Arc<PskFile>) -> Result<(), ErrorStack> {
+    set_psk_ciphers(builder)?;
     builder.set_psk_server_callback(move |ssl, identity, out| {
         let identity = String::from_utf8_lossy(identity.unwrap_or_default()).into_owned();
         let (note, len) = match keys.lookup(&identity) {
@@ -92,7 +97,7 @@ impl PskFile {
         Ok(PskFile { path: path.to_path_buf(), state: Mutex::new(PskState { stamp, keys: Ok(keys) }) })
     }
 
-    fn lookup(&self, identity: &str) -> Result<Option<Vec<u8>>, String> {
+    pub(super) fn lookup(&self, identity: &str) -> Result<Option<Vec<u8>>, String> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match fs::metadata(&self.path) {
             Ok(meta) if FileStamp::of(&meta) != state.stamp => match read_psk_file(&self.path) {
