@@ -23,8 +23,8 @@ use imago::format::Format as ImagoFormat;
 use imago::qcow2::Qcow2;
 use imago::raw::Raw;
 use imago::{
-    DenyImplicitOpenGate, FormatAccess, FormatCreateBuilder, FormatDriverBuilder, PermissiveImplicitOpenGate,
-    ShallowMapping, Storage, StorageOpenOptions,
+    FormatAccess, FormatCreateBuilder, FormatDriverBuilder, PermissiveImplicitOpenGate, ShallowMapping, Storage,
+    StorageOpenOptions,
 };
 use nbdforge_storage::{Allocation, FileStorage};
 
@@ -192,8 +192,21 @@ impl Image {
                 Some(_) => Ok(()),
                 None => write_zero_buffers(length, offset, |buf, at| f.write_at(buf, at).map_err(to_io)),
             },
-            Body::Imago(a) if unmap => a.write().unwrap_or_else(|p| p.into_inner()).discard_to_zero(offset, length),
-            Body::Imago(_) => self.access().write_zeroes(offset, length),
+            Body::Imago(a) => {
+                let zeroed = if unmap {
+                    a.write().unwrap_or_else(|p| p.into_inner()).discard_to_zero(offset, length)
+                } else {
+                    self.access().write_zeroes(offset, length)
+                };
+                match zeroed {
+                    // qcow2 v2 has no zero clusters: write zeroes as data.
+                    Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                        let access = self.access();
+                        write_zero_buffers(length, offset, |buf, at| access.write(buf, at))
+                    }
+                    r => r,
+                }
+            }
         }
     }
 
@@ -326,7 +339,7 @@ fn open_imago(path: &Path, format: Format, writable: bool, opts: StorageOpenOpti
             let r = Raw::<File>::builder_path(path)
                 .write(writable)
                 .storage_open_options(opts)
-                .open(DenyImplicitOpenGate::default())?;
+                .open(PermissiveImplicitOpenGate::default())?;
             Ok(FormatAccess::new(r))
         }
     }
@@ -345,7 +358,7 @@ fn overlay(base: FormatAccess<File>, opts: StorageOpenOptions) -> io::Result<For
             .write(true)
             .storage_open_options(opts)
             .backing(Some(base))
-            .open(DenyImplicitOpenGate::default())?;
+            .open(PermissiveImplicitOpenGate::default())?;
         Ok(FormatAccess::new(q))
     })();
     let _ = std::fs::remove_file(&path);
