@@ -100,7 +100,13 @@ pub struct Image {
 
 /// An error naming the file.
 fn err(path: &Path, e: impl std::fmt::Display) -> String {
-    format!("{}: {e}", path.display())
+    let message = e.to_string();
+    let name = path.display().to_string();
+    // imago's messages often start with the file name already.
+    match message.strip_prefix(&name).and_then(|m| m.strip_prefix(": ")) {
+        Some(rest) => format!("{name}: {rest}"),
+        None => format!("{name}: {message}"),
+    }
 }
 
 impl Image {
@@ -167,15 +173,15 @@ impl Image {
     }
 
     /// Writes `buf` at `offset`. A raw image whose format was probed refuses a write that would
-    /// make its first sector look like a qcow2 image (the next open would trust that header).
+    /// make its first sector look like a qcow2 image (magic and version) (the next open would trust that header).
     pub fn write(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        if self.probed_raw && offset < 4 && buf.len() as u64 + offset >= 4 {
-            let mut head = [0u8; 4];
+        if self.probed_raw && offset < 8 {
+            let mut head = [0u8; 8];
             self.read(&mut head, 0)?;
             let start = offset as usize;
-            let n = (4 - start).min(buf.len());
+            let n = (8 - start).min(buf.len());
             head[start..start + n].copy_from_slice(&buf[..n]);
-            if &head == QCOW2_MAGIC {
+            if looks_like_qcow2(&head) {
                 return Err(io::Error::from_raw_os_error(libc::EPERM));
             }
         }
@@ -310,10 +316,15 @@ impl Image {
     }
 }
 
+/// A qcow2 header: the magic, then version 2 or 3.
+fn looks_like_qcow2(head: &[u8; 8]) -> bool {
+    &head[..4] == QCOW2_MAGIC && matches!(u32::from_be_bytes([head[4], head[5], head[6], head[7]]), 2 | 3)
+}
+
 /// The format from the image's first bytes: qcow2 by its magic, raw otherwise.
 fn probe(path: &Path) -> io::Result<Format> {
     use std::io::Read;
-    let mut head = [0u8; 4];
+    let mut head = [0u8; 8];
     let mut f = std::fs::File::open(path)?;
     let mut got = 0;
     while got < head.len() {
@@ -322,7 +333,7 @@ fn probe(path: &Path) -> io::Result<Format> {
             n => got += n,
         }
     }
-    Ok(if got == 4 && &head == QCOW2_MAGIC { Format::Qcow2 } else { Format::Raw })
+    Ok(if got == head.len() && looks_like_qcow2(&head) { Format::Qcow2 } else { Format::Raw })
 }
 
 /// Opens a raw or qcow2 image (with its backing chain) through imago.

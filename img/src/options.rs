@@ -69,7 +69,13 @@ pub fn parse(args: Vec<OsString>) -> Result<Options, Usage> {
             Short('L') | Long("list") => o.list = true,
             Short('p') | Long("port") => o.port = Some(string(p.value()?)?),
             Short('b') | Long("bind") => o.bind = Some(string(p.value()?)?),
-            Short('k') | Long("socket") => o.socket = Some(p.value()?.into()),
+            Short('k') | Long("socket") => {
+                let v = p.value()?;
+                if v.is_empty() {
+                    return Err(Usage("-k: the socket path is empty".into()));
+                }
+                o.socket = Some(v.into());
+            }
             Short('e') | Long("shared") => {
                 let v = string(p.value()?)?;
                 o.shared = v.parse().map_err(|_| Usage(format!("Invalid shared device number '{v}'")))?;
@@ -183,10 +189,8 @@ pub fn parse(args: Vec<OsString>) -> Result<Options, Usage> {
     if files.len() != 1 {
         return Err(Usage("Invalid number of arguments".into()));
     }
+    // With -k, -p and -b are ignored, as qemu-nbd does.
     o.file = files.pop();
-    if o.socket.is_some() && (o.port.is_some() || o.bind.is_some()) {
-        return Err(Usage("-k cannot be used with -p or -b".into()));
-    }
     Ok(o)
 }
 
