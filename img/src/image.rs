@@ -26,7 +26,7 @@ use imago::{
     FormatAccess, FormatCreateBuilder, FormatDriverBuilder, PermissiveImplicitOpenGate, ShallowMapping, Storage,
     StorageOpenOptions,
 };
-use nbdforge_storage::{Allocation, FileStorage};
+use nbdforge_storage::{Allocation, FileStorage, PageCache};
 
 /// The magic at the start of a qcow2 image.
 const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
@@ -133,6 +133,9 @@ impl Image {
             if image_writable && !file.is_writable() {
                 return Err(err(path, "Permission denied: cannot open it for writing (use -r to serve it read-only)"));
             }
+            // Raw files take -n the file plugin's way (cache=none): data is dropped from the page
+            // cache after each request, which works on every file system (tmpfs has no O_DIRECT).
+            let file = if opts.direct { file.with_page_cache(PageCache::Evict) } else { file };
             let size = file.size();
             return Ok(Image { body: Body::Raw(file), size, format, probed_raw, raw_files: Mutex::default() });
         }
