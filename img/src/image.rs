@@ -394,3 +394,96 @@ fn write_zero_buffers(length: u64, offset: u64, mut write: impl FnMut(&[u8], u64
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scratch directory removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let dir = std::env::temp_dir().join(format!("nbdforge-img-{name}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn qcow2(path: &Path, size: u64) {
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(path).unwrap();
+        let storage = File::from_open_file(file, StorageOpenOptions::new().write(true)).unwrap();
+        Qcow2::<File>::create_builder(storage).size(size).create().unwrap();
+    }
+
+    #[test]
+    fn qcow2_headers_are_told_by_magic_and_version() {
+        assert!(looks_like_qcow2(b"QFI\xfb\0\0\0\x03"));
+        assert!(looks_like_qcow2(b"QFI\xfb\0\0\0\x02"));
+        assert!(!looks_like_qcow2(b"QFI\xfb\0\0\0\x00"));
+        assert!(!looks_like_qcow2(b"QFI\xfa\0\0\0\x03"));
+    }
+
+    #[test]
+    fn a_probed_raw_image_refuses_a_qcow2_header() {
+        let dir = Scratch::new("probe");
+        let path = dir.0.join("disk.raw");
+        std::fs::write(&path, vec![0u8; 65536]).unwrap();
+        let image = Image::open(&path, &ImageOptions { writable: true, ..Default::default() }).unwrap();
+        assert_eq!(image.format(), Format::Raw);
+        let e = image.write(b"QFI\xfb\0\0\0\x03", 0).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+        // Split over two writes: the version completes the header.
+        image.write(b"QFI\xfb", 0).unwrap();
+        assert_eq!(image.write(b"\0\0\0\x02", 4).unwrap_err().raw_os_error(), Some(libc::EPERM));
+        image.write(b"\0\0\0\x09", 4).unwrap();
+        let forced = ImageOptions { writable: true, format: Some(Format::Raw), ..Default::default() };
+        Image::open(&path, &forced).unwrap().write(b"QFI\xfb\0\0\0\x03", 0).unwrap();
+        // Now it probes as qcow2 (and is not a valid one).
+        assert!(Image::open(&path, &ImageOptions::default()).is_err());
+    }
+
+    #[test]
+    fn qcow2_status_depth_and_snapshot() {
+        let dir = Scratch::new("qcow2");
+        let path = dir.0.join("disk.qcow2");
+        qcow2(&path, 4 << 20);
+        let rw = ImageOptions { writable: true, ..Default::default() };
+        {
+            let image = Image::open(&path, &rw).unwrap();
+            assert_eq!(image.format(), Format::Qcow2);
+            assert_eq!(image.size(), 4 << 20);
+            image.write(&[7u8; 65536], 1 << 20).unwrap();
+            image.zero(2 << 20, 65536, false).unwrap();
+            image.flush().unwrap();
+            assert_eq!(image.status(0, 4 << 20).unwrap(), (Status::Hole, 1 << 20));
+            assert_eq!(image.status(1 << 20, 4 << 20).unwrap(), (Status::Data, 65536));
+            assert_eq!(image.status(2 << 20, 65536).unwrap().0, Status::Hole);
+            assert_eq!(image.depth(0, 4 << 20).unwrap(), (0, 1 << 20));
+            assert_eq!(image.depth(1 << 20, 4 << 20).unwrap(), (1, 65536));
+            // A zero cluster is allocated in the image.
+            assert_eq!(image.depth(2 << 20, 65536).unwrap(), (1, 65536));
+        }
+        let before = std::fs::read(&path).unwrap();
+        {
+            let snap = ImageOptions { writable: true, snapshot: true, ..Default::default() };
+            let image = Image::open(&path, &snap).unwrap();
+            image.write(&[9u8; 4096], 0).unwrap();
+            let mut buf = [0u8; 4096];
+            image.read(&mut buf, 0).unwrap();
+            assert_eq!(buf, [9u8; 4096]);
+            image.read(&mut buf, 1 << 20).unwrap();
+            assert_eq!(buf, [7u8; 4096]);
+            // Data in the image under the overlay is one layer down.
+            assert_eq!(image.depth(1 << 20, 65536).unwrap(), (2, 65536));
+            image.flush().unwrap();
+        }
+        assert!(std::fs::read(&path).unwrap() == before, "-s changed the image");
+    }
+}
