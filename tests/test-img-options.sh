@@ -4,7 +4,7 @@
 #   refused;
 # - probing: a qcow2 image is found without -f; a probed raw image refuses a write that would
 #   put a qcow2 header at its start (EPERM), and accepts it with -f raw;
-# - -r refuses writes; -o past the end of the image is an error before listening;
+# - -r refuses writes; -o past the end of the image is an error before listening; -b and -p;
 # - --fork and --pid-file: the parent exits 0 once the server listens, the pid file names the
 #   server; socket activation (LISTEN_PID/LISTEN_FDS) serves on the inherited socket.
 source "$(dirname "$0")/lib/functions.sh"
@@ -48,6 +48,19 @@ status=0
 "$NBDFORGE_IMG" -k "$tmp/o.sock" -f raw -o 2000000 disk.raw 2>err.out || status=$?
 [ "$status" -eq 1 ] && grep -q -- '-o 2000000' err.out || fail "-o past the end: status $status: $(cat err.out)"
 [ ! -e "$tmp/o.sock" ] || fail "-o past the end: the socket was created"
+
+# TCP: -b and -p.
+port=$(free_tcp_port)
+"$NBDFORGE_IMG" -b 127.0.0.1 -p "$port" -f qcow2 disk.qcow2 2>tcp.err &
+tcp_pid=$!
+server_pids+=("$tcp_pid")
+for ((i = 0; i < 50; i++)); do
+    size=$(nbdinfo --size "nbd://127.0.0.1:$port" 2>/dev/null) && break
+    sleep 0.1
+done
+[ "${size:-}" = 2097152 ] || fail "-b 127.0.0.1 -p $port: not serving: $(cat tcp.err)"
+wait "$tcp_pid" || fail "-b -p: exit status $? after its client left"
+echo "-b and -p"
 
 # --fork and --pid-file.
 "$NBDFORGE_IMG" --fork --pid-file="$tmp/pid" -t -k "$tmp/fork.sock" -f qcow2 disk.qcow2 ||
