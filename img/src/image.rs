@@ -3,7 +3,8 @@
 //! A raw image is the file itself, through `nbdforge-storage`'s [`FileStorage`] (positional I/O,
 //! holes, zeroing by `fallocate`). A qcow2 image (v2 or v3, with its backing chain of any depth,
 //! raw or qcow2, and zlib-compressed clusters) is read and written by the `imago` crate, built
-//! with its blocking (`sync`) API so that the SDK's blocking handles call it directly.
+//! with its blocking (`sync`) API so that the SDK's blocking handles call it directly, on files
+//! opened through the same engine ([`ImageFile`]).
 //!
 //! One [`Image`] is opened per server and shared by every connection, as qemu-nbd does: qcow2
 //! metadata caches must not be duplicated between writers. Requests take a read lock; discards,
@@ -12,21 +13,21 @@
 //! `-s` puts a temporary qcow2 overlay (deleted as soon as it is open) over the image, which is
 //! then opened read-only: every write lands in the overlay.
 
-use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
+use std::sync::RwLock;
 
-use imago::file::File;
 use imago::format::Format as ImagoFormat;
 use imago::qcow2::Qcow2;
 use imago::raw::Raw;
 use imago::{
-    FormatAccess, FormatCreateBuilder, FormatDriverBuilder, PermissiveImplicitOpenGate, ShallowMapping, Storage,
+    FormatAccess, FormatCreateBuilder, FormatDriverBuilder, PermissiveImplicitOpenGate, ShallowMapping,
     StorageOpenOptions,
 };
 use nbdforge_storage::{Allocation, FileStorage, PageCache};
+
+use crate::file::{storage_error, ImageFile};
 
 /// The magic at the start of a qcow2 image.
 const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
@@ -84,7 +85,7 @@ pub enum Status {
 /// The image's data, by format.
 enum Body {
     Raw(FileStorage),
-    Imago(RwLock<FormatAccess<File>>),
+    Imago(RwLock<FormatAccess<ImageFile>>),
 }
 
 /// An open image.
@@ -94,8 +95,6 @@ pub struct Image {
     format: Format,
     /// The format was guessed as raw: writes must not make it look like another format.
     probed_raw: bool,
-    /// The files under raw layers of a qcow2 chain, opened to ask for their holes.
-    raw_files: Mutex<HashMap<PathBuf, FileStorage>>,
 }
 
 /// An error naming the file.
@@ -137,7 +136,7 @@ impl Image {
             // cache after each request, which works on every file system (tmpfs has no O_DIRECT).
             let file = if opts.direct { file.with_page_cache(PageCache::Evict) } else { file };
             let size = file.size();
-            return Ok(Image { body: Body::Raw(file), size, format, probed_raw, raw_files: Mutex::default() });
+            return Ok(Image { body: Body::Raw(file), size, format, probed_raw });
         }
         let storage_opts = StorageOpenOptions::new().direct(opts.direct);
         let base = open_imago(path, format, image_writable, storage_opts.clone()).map_err(|e| err(path, e))?;
@@ -147,7 +146,7 @@ impl Image {
             base
         };
         let size = access.size();
-        Ok(Image { body: Body::Imago(RwLock::new(access)), size, format, probed_raw, raw_files: Mutex::default() })
+        Ok(Image { body: Body::Imago(RwLock::new(access)), size, format, probed_raw })
     }
 
     /// The disk's size in bytes.
@@ -160,7 +159,7 @@ impl Image {
         self.format
     }
 
-    fn access(&self) -> std::sync::RwLockReadGuard<'_, FormatAccess<File>> {
+    fn access(&self) -> std::sync::RwLockReadGuard<'_, FormatAccess<ImageFile>> {
         match &self.body {
             Body::Imago(a) => a.read().unwrap_or_else(|p| p.into_inner()),
             Body::Raw(_) => unreachable!("raw images have no imago access"),
@@ -170,7 +169,7 @@ impl Image {
     /// Reads `buf.len()` bytes at `offset`.
     pub fn read(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         match &self.body {
-            Body::Raw(f) => f.read_at(buf, offset).map_err(to_io),
+            Body::Raw(f) => f.read_at(buf, offset).map_err(storage_error),
             Body::Imago(_) => self.access().read(buf, offset),
         }
     }
@@ -189,7 +188,7 @@ impl Image {
             }
         }
         match &self.body {
-            Body::Raw(f) => f.write_at(buf, offset).map_err(to_io),
+            Body::Raw(f) => f.write_at(buf, offset).map_err(storage_error),
             Body::Imago(_) => self.access().write(buf, offset),
         }
     }
@@ -197,9 +196,9 @@ impl Image {
     /// Makes `length` bytes at `offset` read as zeroes; `unmap` lets it free the space.
     pub fn zero(&self, offset: u64, length: u64, unmap: bool) -> io::Result<()> {
         match &self.body {
-            Body::Raw(f) => match f.zero(offset, length, unmap, false).map_err(to_io)? {
+            Body::Raw(f) => match f.zero(offset, length, unmap, false).map_err(storage_error)? {
                 Some(_) => Ok(()),
-                None => write_zero_buffers(length, offset, |buf, at| f.write_at(buf, at).map_err(to_io)),
+                None => write_zero_buffers(length, offset, |buf, at| f.write_at(buf, at).map_err(storage_error)),
             },
             Body::Imago(a) => {
                 let zeroed = if unmap {
@@ -222,7 +221,7 @@ impl Image {
     /// Discards `length` bytes at `offset` (what they read afterwards is unspecified).
     pub fn discard(&self, offset: u64, length: u64) -> io::Result<()> {
         match &self.body {
-            Body::Raw(f) => f.trim(offset, length).map_err(to_io),
+            Body::Raw(f) => f.trim(offset, length).map_err(storage_error),
             Body::Imago(a) => match a.write().unwrap_or_else(|p| p.into_inner()).discard_to_any(offset, length) {
                 Err(e) if e.kind() == io::ErrorKind::Unsupported => Ok(()),
                 r => r,
@@ -233,7 +232,7 @@ impl Image {
     /// Writes cached metadata and data out and syncs them.
     pub fn flush(&self) -> io::Result<()> {
         match &self.body {
-            Body::Raw(f) => f.flush().map_err(to_io),
+            Body::Raw(f) => f.flush().map_err(storage_error),
             Body::Imago(_) => {
                 let a = self.access();
                 a.flush()?;
@@ -247,7 +246,7 @@ impl Image {
         match &self.body {
             Body::Raw(f) => match f.allocation(offset, length).next() {
                 Some(run) => {
-                    let run = run.map_err(to_io)?;
+                    let run = run.map_err(storage_error)?;
                     let status = if run.allocation == Allocation::Data { Status::Data } else { Status::Hole };
                     Ok((status, run.length.min(length)))
                 }
@@ -255,7 +254,7 @@ impl Image {
             },
             Body::Imago(_) => {
                 let top = self.access();
-                let mut layer: &FormatAccess<File> = &top;
+                let mut layer: &FormatAccess<ImageFile> = &top;
                 let (mut at, mut max) = (offset, length);
                 loop {
                     let (mapping, len) = layer.get_shallow_mapping(at, max)?;
@@ -279,15 +278,9 @@ impl Image {
         }
     }
 
-    /// Holes in the file under a raw layer, through `nbdforge-storage` (imago does not report
-    /// them); `None` when the file cannot be asked.
-    fn file_status(&self, storage: &File, offset: u64, length: u64) -> Option<(Status, u64)> {
-        let path = storage.get_filename()?;
-        let mut files = self.raw_files.lock().unwrap_or_else(|p| p.into_inner());
-        if !files.contains_key(&path) {
-            files.insert(path.clone(), FileStorage::open_read_only(&path).ok()?);
-        }
-        let run = files.get(&path)?.allocation(offset, length).next()?.ok()?;
+    /// Holes in the file under a raw layer (imago does not report them).
+    fn file_status(&self, file: &ImageFile, offset: u64, length: u64) -> Option<(Status, u64)> {
+        let run = file.storage().allocation(offset, length).next()?.ok()?;
         let status = if run.allocation == Allocation::Data { Status::Data } else { Status::Hole };
         Some((status, run.length.clamp(1, length)))
     }
@@ -299,7 +292,7 @@ impl Image {
             return Ok((1, length));
         }
         let top = self.access();
-        let mut layer: &FormatAccess<File> = &top;
+        let mut layer: &FormatAccess<ImageFile> = &top;
         let (mut at, mut max, mut depth) = (offset, length, 1u32);
         loop {
             let (mapping, len) = layer.get_shallow_mapping(at, max)?;
@@ -340,17 +333,22 @@ fn probe(path: &Path) -> io::Result<Format> {
 }
 
 /// Opens a raw or qcow2 image (with its backing chain) through imago.
-fn open_imago(path: &Path, format: Format, writable: bool, opts: StorageOpenOptions) -> io::Result<FormatAccess<File>> {
+fn open_imago(
+    path: &Path,
+    format: Format,
+    writable: bool,
+    opts: StorageOpenOptions,
+) -> io::Result<FormatAccess<ImageFile>> {
     match format {
         Format::Qcow2 => {
-            let q = Qcow2::<File>::builder_path(path)
+            let q = Qcow2::<ImageFile>::builder_path(path)
                 .write(writable)
                 .storage_open_options(opts)
                 .open(PermissiveImplicitOpenGate::default())?;
             Ok(FormatAccess::new(q))
         }
         Format::Raw => {
-            let r = Raw::<File>::builder_path(path)
+            let r = Raw::<ImageFile>::builder_path(path)
                 .write(writable)
                 .storage_open_options(opts)
                 .open(PermissiveImplicitOpenGate::default())?;
@@ -361,14 +359,14 @@ fn open_imago(path: &Path, format: Format, writable: bool, opts: StorageOpenOpti
 
 /// A temporary qcow2 overlay over `base`, in `$TMPDIR` (or /var/tmp, as qemu uses), unlinked
 /// once open.
-fn overlay(base: FormatAccess<File>, opts: StorageOpenOptions) -> io::Result<FormatAccess<File>> {
+fn overlay(base: FormatAccess<ImageFile>, opts: StorageOpenOptions) -> io::Result<FormatAccess<ImageFile>> {
     let dir = std::env::var_os("TMPDIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp"));
     let path = dir.join(format!("nbdforge-img-snapshot-{}.qcow2", std::process::id()));
-    let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+    OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
     let result = (|| {
-        let storage = File::from_open_file(file, StorageOpenOptions::new().write(true))?;
-        Qcow2::<File>::create_builder(storage).size(base.size()).create()?;
-        let q = Qcow2::<File>::builder_path(&path)
+        let storage = ImageFile::open(&path, true, false)?;
+        Qcow2::<ImageFile>::create_builder(storage).size(base.size()).create()?;
+        let q = Qcow2::<ImageFile>::builder_path(&path)
             .write(true)
             .storage_open_options(opts)
             .backing(Some(base))
@@ -377,10 +375,6 @@ fn overlay(base: FormatAccess<File>, opts: StorageOpenOptions) -> io::Result<For
     })();
     let _ = std::fs::remove_file(&path);
     result
-}
-
-fn to_io(e: nbdforge_storage::Error) -> io::Error {
-    io::Error::new(io::Error::from_raw_os_error(e.errno()).kind(), e.to_string())
 }
 
 /// Writes zeroes a buffer at a time, where the file system cannot zero a range.
@@ -417,9 +411,9 @@ mod tests {
     }
 
     fn qcow2(path: &Path, size: u64) {
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(path).unwrap();
-        let storage = File::from_open_file(file, StorageOpenOptions::new().write(true)).unwrap();
-        Qcow2::<File>::create_builder(storage).size(size).create().unwrap();
+        OpenOptions::new().read(true).write(true).create_new(true).open(path).unwrap();
+        let storage = ImageFile::open(path, true, false).unwrap();
+        Qcow2::<ImageFile>::create_builder(storage).size(size).create().unwrap();
     }
 
     #[test]

@@ -5,5 +5,6 @@
 //! qemu-nbd's policies ([`plugin`]). The `nbdforge-img` binary parses the command line and runs
 //! the server with the `nbdforge-process` library.
 
+pub mod file;
 pub mod image;
 pub mod plugin;
