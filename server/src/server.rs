@@ -6,7 +6,7 @@
 //! requests already read still go out.
 
 use std::collections::HashMap;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,6 +43,11 @@ pub struct ServerConfig {
     pub mask_handshake: u16,
     /// `--keepalive`: SO_KEEPALIVE on TCP connections.
     pub keepalive: bool,
+    /// qemu-nbd's `-e N`: at most this many clients at once (0: no limit). Further clients wait
+    /// in the listen backlog until one leaves.
+    pub max_clients: usize,
+    /// qemu-nbd without `-t`: stop once the last client has left (after the first one came).
+    pub exit_when_idle: bool,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +63,8 @@ impl Default for ServerConfig {
             meta_contexts: true,
             mask_handshake: u16::MAX,
             keepalive: false,
+            max_clients: 0,
+            exit_when_idle: false,
         }
     }
 }
@@ -150,7 +157,26 @@ impl Shared {
         let mut conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
         conns.sockets.remove(&id);
         conns.live -= 1;
+        let last = conns.live == 0;
         self.idle.notify_all();
+        // The accept loop may be waiting for a free place (max_clients) in poll.
+        let _ = (&self.wake.0).write_all(&[0]);
+        drop(conns);
+        if last && self.config.exit_when_idle {
+            self.stop();
+        }
+    }
+
+    /// Empties the wake-up socket (non-blocking), so that poll does not spin on old wake-ups.
+    fn drain_wake(&self) {
+        let mut buf = [0u8; 64];
+        while matches!((&self.wake.1).read(&mut buf), Ok(n) if n > 0) {}
+    }
+
+    /// Whether another client may be accepted now (`max_clients`).
+    fn has_room(&self) -> bool {
+        let max = self.config.max_clients;
+        max == 0 || self.connections.lock().unwrap_or_else(|p| p.into_inner()).live < max
     }
 
     /// Connections open now, and accepted since the start.
@@ -214,6 +240,10 @@ impl Server {
     pub fn new(backend: Arc<dyn Backend>, config: ServerConfig) -> Self {
         let thread_model = backend.thread_model();
         let wake = UnixStream::pair().expect("socketpair for the shutdown wake-up");
+        // Neither end may block: wake-ups are written from connection threads and drained by
+        // the accept loop; a full buffer already means a wake-up is pending.
+        let _ = wake.0.set_nonblocking(true);
+        let _ = wake.1.set_nonblocking(true);
         let shared = Shared {
             serialize_all: (thread_model <= ThreadModel::SerializeAllRequests).then(|| Mutex::new(())),
             budget: crate::connection::total_budget(),
@@ -287,15 +317,24 @@ impl Server {
         }
         let serialize_connections = shared.thread_model == ThreadModel::SerializeConnections;
         while !shared.stopping() {
-            let mut fds: Vec<PollFd> = listeners.iter().map(|l| PollFd::new(l.fd(), PollFlags::POLLIN)).collect();
+            // At the client limit only the wake-up is watched: a leaving client writes to it.
+            let room = shared.has_room();
+            let mut fds: Vec<PollFd> = if room {
+                listeners.iter().map(|l| PollFd::new(l.fd(), PollFlags::POLLIN)).collect()
+            } else {
+                Vec::new()
+            };
             fds.push(PollFd::new(shared.wake.1.as_fd(), PollFlags::POLLIN));
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
             }
-            let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
+            let mut ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
             drop(fds);
+            if ready.pop() == Some(true) {
+                shared.drain_wake();
+            }
             for (listener, _) in listeners.iter().zip(ready).filter(|(_, r)| *r) {
                 if shared.stopping() {
                     break;

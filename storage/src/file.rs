@@ -196,8 +196,9 @@ impl FileStorage {
         self.hole_search != HoleSearch::Unsupported
     }
 
-    /// The length of the file now (a block device keeps its size); 0 if it cannot be read.
-    fn current_len(&self) -> u64 {
+    /// The length of the file now, which writes past the end change (a block device keeps its
+    /// size); 0 if it cannot be read. Image formats that grow their file use it.
+    pub fn current_len(&self) -> u64 {
         if self.is_block_device {
             return self.size;
         }

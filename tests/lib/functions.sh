@@ -126,6 +126,44 @@ free_tcp_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# --- nbdforge-img and qemu-nbd, side by side -------------------------------------------------
+
+: "${NBDFORGE_IMG:=${CARGO_TARGET_DIR:-$repo/target}/release/nbdforge-img}"
+export NBDFORGE_IMG
+
+# start_img [OPTIONS...] FILE: runs $NBDFORGE_IMG -k SOCK OPTIONS... FILE (qemu-nbd's command
+# line) in the background and waits for it. Sets sock, uri, server_pid, server_log.
+start_img() { start_qemu_style "$NBDFORGE_IMG" "$@"; }
+
+# start_qemu_nbd [OPTIONS...] FILE: the same with qemu-nbd, the reference.
+start_qemu_nbd() { start_qemu_style qemu-nbd "$@"; }
+
+start_qemu_style() {
+    local cmd=$1
+    shift
+    server_count=$((server_count + 1))
+    sock="$tmp/nbd$server_count.sock"
+    uri="nbd+unix:///?socket=$sock"
+    server_log="$tmp/server$server_count.log"
+    "$cmd" -k "$sock" "$@" </dev/null >"$server_log" 2>&1 &
+    server_pid=$!
+    server_pids+=("$server_pid")
+    server_logs+=("$server_log")
+    wait_listening "$sock" "$server_pid"
+}
+
+# wait_listening PATH PID: like wait_for_socket, without connecting (a client that comes and goes
+# ends a qemu-nbd without -t): waits for a listening socket at PATH in /proc/net/unix.
+wait_listening() {
+    local i
+    for ((i = 0; i < 300; i++)); do
+        awk -v p="$1" '$8 == p && $4 == "00010000" { found = 1 } END { exit !found }' /proc/net/unix && return 0
+        kill -0 "$2" 2>/dev/null || fail "server (pid $2) exited before listening on $1"
+        sleep 0.1
+    done
+    fail "server (pid $2) did not listen on $1 within 30 s"
+}
+
 # --- TLS credentials, made by the test itself (certtool and psktool, from gnutls-bin) --------
 
 # Keys and certificates in $tmp as NAME-key.pem, NAME-cert.pem. RSA keys: qemu insists that a

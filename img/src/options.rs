@@ -1,0 +1,279 @@
+//! qemu-nbd's command line (qemu-nbd(8)), flag for flag, parsed with lexopt. Errors are worded as
+//! qemu-nbd words them where that helps a user who knows it (`Invalid shared device number 'x'`).
+//! Options of qemu-nbd that are not implemented yet are recognised and refused by name.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use lexopt::prelude::*;
+
+use nbdforge_img::image::Format;
+use nbdforge_img::plugin::DetectZeroes;
+
+/// Everything the command line says.
+#[derive(Debug, Default)]
+pub struct Options {
+    pub help: bool,
+    pub version: bool,
+    pub list: bool,
+    pub port: Option<String>,
+    pub bind: Option<String>,
+    pub socket: Option<PathBuf>,
+    pub shared: usize,
+    pub persistent: bool,
+    pub verbose: u8,
+    pub export_name: Option<String>,
+    pub description: Option<String>,
+    pub handshake_limit: Option<u64>,
+    pub offset: u64,
+    pub allocation_depth: bool,
+    pub format: Option<Format>,
+    pub readonly: bool,
+    pub snapshot: bool,
+    pub nocache: bool,
+    pub discard_unmap: bool,
+    pub detect_zeroes: DetectZeroes,
+    pub fork: bool,
+    pub pid_file: Option<PathBuf>,
+    pub selinux_label: Option<String>,
+    pub file: Option<PathBuf>,
+}
+
+/// A command-line error, printed as `nbdforge-img: MESSAGE`.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl From<lexopt::Error> for Usage {
+    fn from(e: lexopt::Error) -> Self {
+        Usage(match e {
+            lexopt::Error::UnexpectedOption(o) => format!("unrecognized option '{o}'"),
+            lexopt::Error::MissingValue { option: Some(o) } => format!("option '{o}' requires an argument"),
+            other => other.to_string(),
+        })
+    }
+}
+
+fn string(v: OsString) -> Result<String, Usage> {
+    v.into_string().map_err(|v| Usage(format!("'{}' is not valid UTF-8", v.to_string_lossy())))
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(args: Vec<OsString>) -> Result<Options, Usage> {
+    let mut o = Options { shared: 1, ..Options::default() };
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut p = lexopt::Parser::from_args(args);
+    while let Some(arg) = p.next()? {
+        match arg {
+            Short('h') | Long("help") => o.help = true,
+            Short('V') | Long("version") => o.version = true,
+            Short('L') | Long("list") => o.list = true,
+            Short('p') | Long("port") => o.port = Some(string(p.value()?)?),
+            Short('b') | Long("bind") => o.bind = Some(string(p.value()?)?),
+            Short('k') | Long("socket") => {
+                let v = p.value()?;
+                if v.is_empty() {
+                    return Err(Usage("-k: the socket path is empty".into()));
+                }
+                o.socket = Some(v.into());
+            }
+            Short('e') | Long("shared") => {
+                let v = string(p.value()?)?;
+                o.shared = v.parse().map_err(|_| Usage(format!("Invalid shared device number '{v}'")))?;
+            }
+            Short('t') | Long("persistent") => o.persistent = true,
+            Short('v') | Long("verbose") => o.verbose = o.verbose.saturating_add(1),
+            Short('x') | Long("export-name") => {
+                let v = string(p.value()?)?;
+                if v.len() > 4096 {
+                    return Err(Usage(format!("Export name '{v}' is too long (at most 4096 bytes)")));
+                }
+                o.export_name = Some(v);
+            }
+            Short('D') | Long("description") => {
+                let v = string(p.value()?)?;
+                if v.len() > 4096 {
+                    return Err(Usage("Export description is too long (at most 4096 bytes)".into()));
+                }
+                o.description = Some(v);
+            }
+            Long("handshake-limit") => {
+                let v = string(p.value()?)?;
+                o.handshake_limit = Some(v.parse().map_err(|_| Usage(format!("Invalid handshake limit '{v}'")))?);
+            }
+            Short('o') | Long("offset") => {
+                let v = string(p.value()?)?;
+                o.offset = v.parse().map_err(|_| Usage(format!("Invalid offset '{v}'")))?;
+            }
+            Short('A') | Long("allocation-depth") => o.allocation_depth = true,
+            Short('f') | Long("format") => {
+                let v = string(p.value()?)?;
+                o.format =
+                    Some(Format::parse(&v).ok_or_else(|| Usage(format!("Unknown driver '{v}' (known: raw, qcow2)")))?);
+            }
+            Short('r') | Long("read-only") => o.readonly = true,
+            Short('s') | Long("snapshot") => o.snapshot = true,
+            Short('n') | Long("nocache") => o.nocache = true,
+            Long("cache") => {
+                let v = string(p.value()?)?;
+                o.nocache = match v.as_str() {
+                    "none" | "off" | "directsync" => true,
+                    "writeback" | "writethrough" | "unsafe" => false,
+                    _ => return Err(Usage(format!("Invalid cache mode `{v}'"))),
+                };
+            }
+            // Accepted: the I/O path is the same whichever is asked for.
+            Long("aio") => {
+                let v = string(p.value()?)?;
+                if !matches!(v.as_str(), "threads" | "native" | "io_uring") {
+                    return Err(Usage(format!("Invalid aio mode '{v}'")));
+                }
+            }
+            Long("discard") => {
+                let v = string(p.value()?)?;
+                o.discard_unmap = match v.as_str() {
+                    "ignore" | "off" => false,
+                    "unmap" | "on" => true,
+                    _ => return Err(Usage(format!("Invalid discard mode `{v}'"))),
+                };
+            }
+            Long("detect-zeroes") => {
+                let v = string(p.value()?)?;
+                o.detect_zeroes = match v.as_str() {
+                    "off" => DetectZeroes::Off,
+                    "on" => DetectZeroes::On,
+                    "unmap" => DetectZeroes::Unmap,
+                    _ => {
+                        return Err(Usage(format!(
+                            "Failed to parse detect_zeroes mode: invalid parameter value: {v} (off, on or unmap)"
+                        )))
+                    }
+                };
+            }
+            Long("fork") => o.fork = true,
+            Long("pid-file") => o.pid_file = Some(p.value()?.into()),
+            Long("selinux-label") => o.selinux_label = Some(string(p.value()?)?),
+            // Tracing goes through -v's log; the patterns are accepted and not used.
+            Short('T') | Long("trace") => {
+                p.value()?;
+            }
+            Short('B')
+            | Long("bitmap")
+            | Short('l')
+            | Long("load-snapshot")
+            | Long("object")
+            | Long("tls-creds")
+            | Long("tls-authz")
+            | Long("tls-hostname")
+            | Short('c')
+            | Long("connect") => {
+                let name = option_name(&arg);
+                p.value()?;
+                return Err(Usage(format!("{name} is not implemented yet")));
+            }
+            Short('d') | Long("disconnect") | Long("image-opts") => {
+                return Err(Usage(format!("{} is not implemented yet", option_name(&arg))));
+            }
+            Value(v) => files.push(v.into()),
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    if o.help || o.version {
+        return Ok(o);
+    }
+    if o.list {
+        if !files.is_empty() {
+            return Err(Usage("Invalid number of arguments".into()));
+        }
+        return Ok(o);
+    }
+    if files.len() != 1 {
+        return Err(Usage("Invalid number of arguments".into()));
+    }
+    // With -k, -p and -b are ignored, as qemu-nbd does.
+    o.file = files.pop();
+    Ok(o)
+}
+
+fn option_name(arg: &lexopt::Arg<'_>) -> String {
+    match arg {
+        Short(c) => format!("-{c}"),
+        Long(l) => format!("--{l}"),
+        Value(v) => v.to_string_lossy().into_owned(),
+    }
+}
+
+/// `--help`.
+pub const HELP: &str = "\
+Usage: nbdforge-img [OPTIONS] FILE
+  or:  nbdforge-img -L [OPTIONS]
+Serve a disk image (raw or qcow2) over NBD, with qemu-nbd's options.
+
+  -h, --help                 this help, then exit
+  -V, --version              the version, then exit
+
+Serving:
+  -p, --port=PORT            TCP port (default 10809)
+  -b, --bind=ADDRESS         address to listen on (default: every address)
+  -k, --socket=PATH          listen on a Unix socket instead of TCP
+  -e, --shared=N             at most N clients at once (default 1, 0: no limit)
+  -t, --persistent           keep serving when the last client leaves
+  -x, --export-name=NAME     the export's name (default: empty)
+  -D, --description=TEXT     the export's description
+      --handshake-limit=N    drop clients that have not finished the handshake in N s (default 10)
+      --fork                 go into the background once the server is ready
+      --pid-file=PATH        write the server's process id to PATH
+      --selinux-label=LABEL  SELinux label of the listening socket
+  -v, --verbose              debug messages on stderr
+  -T, --trace=PATTERN        accepted for compatibility (use -v)
+
+The disk:
+  -f, --format=FORMAT        raw or qcow2 (default: probed; a probed raw image refuses
+                             writes that would make it look like another format)
+  -o, --offset=OFFSET        the disk starts OFFSET bytes into the image
+  -r, --read-only            serve read-only
+  -s, --snapshot             writes go to a temporary overlay; FILE is not changed
+  -A, --allocation-depth     offer the qemu:allocation-depth meta context
+  -n, --nocache              bypass the host's page cache (--cache=none)
+      --cache=MODE           none, writeback (default), writethrough, directsync, unsafe
+      --aio=MODE             threads, native or io_uring (accepted)
+      --discard=MODE         ignore (default) or unmap
+      --detect-zeroes=MODE   off (default), on or unmap
+
+Not implemented yet: -L, -B, -l, -c, -d, --image-opts, --object, --tls-creds, --tls-authz,
+--tls-hostname.
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn qemu_nbd_command_lines() {
+        let o = parse(args(&["-t", "-e", "0", "-f", "qcow2", "-k", "/s", "disk.qcow2"])).unwrap();
+        assert!(o.persistent);
+        assert_eq!(o.shared, 0);
+        assert_eq!(o.format, Some(Format::Qcow2));
+        assert_eq!(o.file, Some(PathBuf::from("disk.qcow2")));
+        let o = parse(args(&["--discard=unmap", "--detect-zeroes=unmap", "--cache=none", "x"])).unwrap();
+        assert!(o.discard_unmap && o.nocache);
+        assert_eq!(o.detect_zeroes, DetectZeroes::Unmap);
+        assert_eq!(parse(args(&["x"])).unwrap().shared, 1);
+    }
+
+    #[test]
+    fn bad_arguments() {
+        let e = |v: &[&str]| parse(args(v)).unwrap_err().0;
+        assert_eq!(e(&["-e", "x", "f"]), "Invalid shared device number 'x'");
+        assert_eq!(e(&[]), "Invalid number of arguments");
+        assert_eq!(e(&["a", "b"]), "Invalid number of arguments");
+        assert_eq!(e(&["--discard=bad", "f"]), "Invalid discard mode `bad'");
+        assert_eq!(e(&["--cache=x", "f"]), "Invalid cache mode `x'");
+        assert_eq!(e(&["--aio=x", "f"]), "Invalid aio mode 'x'");
+        assert_eq!(e(&["--bogus"]), "unrecognized option '--bogus'");
+        assert!(e(&["-f", "vmdk", "f"]).starts_with("Unknown driver 'vmdk'"));
+    }
+}

@@ -1,0 +1,249 @@
+//! The image plugin: one disk [`Image`] served under one export name, with qemu-nbd's policies
+//! on top of the format layer: `-o` (an offset into the disk), `--discard`, `--detect-zeroes`,
+//! `-x`, `-D`, and `-A` (the `qemu:allocation-depth` meta context).
+//!
+//! It is a plugin in the SDK's sense, built from options rather than `key=value` parameters, so
+//! the front end puts it at the bottom of an ordinary server stack.
+
+use std::io;
+use std::sync::Arc;
+
+use nbdforge_api::extents::{DATA, HOLE, ZERO};
+use nbdforge_api::{
+    BlockSize, Capabilities, Error, Export, Extents, Flags, Handle, Layer, OpenArgs, Plugin, Result, Support,
+};
+
+use crate::image::{Image, Status};
+
+/// The meta context of `-A`.
+pub const ALLOCATION_DEPTH: &str = "qemu:allocation-depth";
+
+/// `--detect-zeroes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DetectZeroes {
+    /// Writes are written as they are.
+    #[default]
+    Off,
+    /// Writes of zeroes become zero requests.
+    On,
+    /// As `On`, and the space may be freed when `--discard=unmap`.
+    Unmap,
+}
+
+/// What the plugin serves and how.
+pub struct Settings {
+    /// The image file as the user named it, for messages.
+    pub name: String,
+    /// `-x`.
+    pub export_name: String,
+    /// `-D`.
+    pub description: Option<String>,
+    /// `-o`: the disk starts this far into the image.
+    pub offset: u64,
+    /// `--discard=unmap`: trims free space; otherwise they are ignored.
+    pub discard_unmap: bool,
+    /// `--detect-zeroes`.
+    pub detect_zeroes: DetectZeroes,
+    /// `-A`.
+    pub allocation_depth: bool,
+    /// `-r`.
+    pub readonly: bool,
+}
+
+/// The plugin: the open image and its settings.
+pub struct ImagePlugin {
+    image: Arc<Image>,
+    settings: Arc<Settings>,
+}
+
+impl ImagePlugin {
+    /// A plugin serving `image`. Fails when `-o` is past the end of the image.
+    pub fn new(image: Image, settings: Settings) -> std::result::Result<Self, String> {
+        if settings.offset > image.size() {
+            return Err(format!(
+                "-o {}: the offset is past the end of {} ({} bytes)",
+                settings.offset,
+                settings.name,
+                image.size()
+            ));
+        }
+        Ok(ImagePlugin { image: Arc::new(image), settings: Arc::new(settings) })
+    }
+}
+
+impl Layer for ImagePlugin {
+    /// The last writes reach the disk when the server stops.
+    fn cleanup(&self) {
+        if !self.settings.readonly {
+            if let Err(e) = self.image.flush() {
+                tracing::error!("{}: flush: {e}", self.settings.name);
+            }
+        }
+    }
+}
+
+impl Plugin for ImagePlugin {
+    fn list_exports(&self, _readonly: bool, _tls: bool) -> Result<Vec<Export>> {
+        Ok(vec![Export { name: self.settings.export_name.clone(), description: self.settings.description.clone() }])
+    }
+
+    /// The empty name is only the export when `-x` did not name it otherwise (qemu-nbd has no
+    /// default export besides).
+    fn default_export(&self, _readonly: bool, _tls: bool) -> Result<String> {
+        Ok(String::new())
+    }
+
+    fn open(&self, args: &OpenArgs) -> Result<Box<dyn Handle>> {
+        if args.export_name != self.settings.export_name {
+            return Err(Error::new(
+                libc::ENOENT,
+                format!("export '{}' not found (this server serves '{}')", args.export_name, self.settings.export_name),
+            ));
+        }
+        Ok(Box::new(ImageHandle {
+            image: Arc::clone(&self.image),
+            settings: Arc::clone(&self.settings),
+            readonly: args.readonly || self.settings.readonly,
+        }))
+    }
+}
+
+/// One connection's view of the shared image.
+struct ImageHandle {
+    image: Arc<Image>,
+    settings: Arc<Settings>,
+    readonly: bool,
+}
+
+impl ImageHandle {
+    fn error(&self, what: &str, e: io::Error) -> Error {
+        let errno = e.raw_os_error().unwrap_or(match e.kind() {
+            io::ErrorKind::PermissionDenied => libc::EPERM,
+            io::ErrorKind::InvalidInput | io::ErrorKind::UnexpectedEof => libc::EINVAL,
+            io::ErrorKind::Unsupported => libc::EOPNOTSUPP,
+            io::ErrorKind::StorageFull => libc::ENOSPC,
+            _ => libc::EIO,
+        });
+        Error::new(errno, format!("{}: {what}: {e}", self.settings.name))
+    }
+
+    /// The image offset of a disk offset.
+    fn at(&self, offset: u64) -> u64 {
+        offset + self.settings.offset
+    }
+
+    fn flush_if_fua(&self, flags: Flags) -> Result<()> {
+        if flags.contains(Flags::FUA) {
+            self.image.flush().map_err(|e| self.error("flush", e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Handle for ImageHandle {
+    fn get_size(&self) -> Result<u64> {
+        Ok(self.image.size() - self.settings.offset)
+    }
+
+    /// As qemu-nbd: byte-sized requests, 4 KiB preferred, 32 MiB at most.
+    fn block_size(&self) -> Result<Option<BlockSize>> {
+        Ok(Some(BlockSize { minimum: 1, preferred: 4096, maximum: 32 << 20 }))
+    }
+
+    fn export_description(&self) -> Result<Option<String>> {
+        Ok(self.settings.description.clone())
+    }
+
+    fn capabilities(&self) -> Result<Capabilities> {
+        Ok(Capabilities {
+            write: !self.readonly,
+            flush: true,
+            rotational: false,
+            trim: true,
+            zero: Support::Native,
+            fast_zero: false,
+            fua: Support::Native,
+            // One image shared by every connection: a flush on one covers the writes of all.
+            multi_conn: true,
+            extents: true,
+            cache: Support::Emulate,
+        })
+    }
+
+    fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {
+        self.image.read(buf, self.at(offset)).map_err(|e| self.error("read", e))
+    }
+
+    fn pwrite(&self, buf: &[u8], offset: u64, flags: Flags) -> Result<()> {
+        if self.settings.detect_zeroes != DetectZeroes::Off && buf.iter().all(|&b| b == 0) {
+            let unmap = self.settings.detect_zeroes == DetectZeroes::Unmap && self.settings.discard_unmap;
+            self.image.zero(self.at(offset), buf.len() as u64, unmap).map_err(|e| self.error("write zeroes", e))?;
+        } else {
+            self.image.write(buf, self.at(offset)).map_err(|e| self.error("write", e))?;
+        }
+        self.flush_if_fua(flags)
+    }
+
+    fn flush(&self, _flags: Flags) -> Result<()> {
+        self.image.flush().map_err(|e| self.error("flush", e))
+    }
+
+    /// `--discard=ignore` (the default) accepts trims and does nothing, as qemu-nbd.
+    fn trim(&self, count: u64, offset: u64, flags: Flags) -> Result<()> {
+        if self.settings.discard_unmap {
+            self.image.discard(self.at(offset), count).map_err(|e| self.error("trim", e))?;
+        }
+        self.flush_if_fua(flags)
+    }
+
+    fn zero(&self, count: u64, offset: u64, flags: Flags) -> Result<()> {
+        let unmap = flags.contains(Flags::MAY_TRIM) && self.settings.discard_unmap;
+        self.image.zero(self.at(offset), count, unmap).map_err(|e| self.error("zero", e))?;
+        self.flush_if_fua(flags)
+    }
+
+    fn extents(&self, count: u64, offset: u64, flags: Flags, extents: &mut Extents) -> Result<()> {
+        let end = offset + count;
+        let mut at = extents.next_offset().max(offset);
+        while at < end && !extents.is_full() {
+            let (status, len) = self.image.status(self.at(at), end - at).map_err(|e| self.error("block status", e))?;
+            let len = len.max(1).min(end - at);
+            let state = match status {
+                Status::Data => DATA,
+                Status::Hole => HOLE | ZERO,
+            };
+            extents.add(at, len, state)?;
+            at += len;
+            if flags.contains(Flags::REQ_ONE) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn meta_contexts(&self) -> Result<Vec<String>> {
+        Ok(if self.settings.allocation_depth { vec![ALLOCATION_DEPTH.to_string()] } else { Vec::new() })
+    }
+
+    fn block_status(&self, context: &str, count: u64, offset: u64, flags: Flags, extents: &mut Extents) -> Result<()> {
+        if context != ALLOCATION_DEPTH || !self.settings.allocation_depth {
+            if context == nbdforge_api::BASE_ALLOCATION {
+                return self.extents(count, offset, flags, extents);
+            }
+            return Err(Error::invalid(format!("unknown meta context '{context}'")));
+        }
+        let end = offset + count;
+        let mut at = extents.next_offset().max(offset);
+        while at < end && !extents.is_full() {
+            let (depth, len) =
+                self.image.depth(self.at(at), end - at).map_err(|e| self.error("allocation depth", e))?;
+            let len = len.max(1).min(end - at);
+            extents.add(at, len, depth)?;
+            at += len;
+            if flags.contains(Flags::REQ_ONE) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}

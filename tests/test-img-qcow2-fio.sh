@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Many requests in flight on one shared qcow2 image: fio's nbd engine writes and verifies (4k
+# random writes at iodepth 16, then two jobs of 64k mixed I/O on two connections at once) on a
+# fresh qcow2 image and on one over a backing file. The data verifies, `qemu-img check` is clean
+# after the server is stopped with SIGTERM, and the backing file is unchanged.
+# timeout: 240
+source "$(dirname "$0")/lib/functions.sh"
+cd "$tmp"
+
+qemu-img create -q -f qcow2 fresh.qcow2 128M
+qemu-img create -q -f raw base.raw 128M
+qemu-io -f raw -c 'write -P 0x77 0 96M' base.raw >/dev/null
+qemu-img create -q -f qcow2 -b base.raw -F raw over.qcow2
+before=$(md5sum base.raw)
+
+for image in fresh.qcow2 over.qcow2; do
+    start_img -t -e 0 -f qcow2 "$image"
+    fio_verify > "fio-$image.out" || { cat "fio-$image.out"; fail "$image: fio"; }
+    stop_server "$server_pid"
+    [ "$stop_status" -eq 0 ] || fail "$image: exit status $stop_status after SIGTERM"
+    qemu-img check -q "$image" || fail "$image: qemu-img check is not clean"
+    echo "fio verified, check clean: $image"
+done
+[ "$(md5sum base.raw)" = "$before" ] || fail "the backing file changed"
