@@ -6,6 +6,15 @@ source "$(dirname "$0")/lib/functions.sh"
 
 # Connections to the server below (Preconnect entries), without start_server's probe of it.
 connects() { echo $(( $(grep -c 'Preconnect id=[0-9]* readonly' "$1") - 1 )); }
+# The log filter writes from a thread of its own: wait (up to 5 s) until the log shows N.
+connects_reach() {
+    local i
+    for ((i = 0; i < 50; i++)); do
+        [ "$(connects "$1")" -ge "$2" ] && break
+        sleep 0.1
+    done
+    connects "$1"
+}
 
 start_server --filter=log memory 64M logfile="$tmp/below.log"
 below=$sock
@@ -30,8 +39,8 @@ n=$(connects "$tmp/below.log")
 
 start_server nbd socket="$below"
 nbdinfo --size "$uri" >/dev/null
-one=$(( $(connects "$tmp/below.log") - 1 ))
+one=$(( $(connects_reach "$tmp/below.log" 2) - 1 ))
 nbdinfo --size "$uri" >/dev/null
-two=$(( $(connects "$tmp/below.log") - 1 ))
+two=$(( $(connects_reach "$tmp/below.log" 3) - 1 ))
 [ "$one" -eq 1 ] && [ "$two" -eq 2 ] || fail "shared=false: $one connections below for one client, $two for two"
 echo OK
