@@ -43,4 +43,11 @@ one=$(( $(connects_reach "$tmp/below.log" 2) - 1 ))
 nbdinfo --size "$uri" >/dev/null
 two=$(( $(connects_reach "$tmp/below.log" 3) - 1 ))
 [ "$one" -eq 1 ] && [ "$two" -eq 2 ] || fail "shared=false: $one connections below for one client, $two for two"
+
+# A client that asks for meta contexts, then GO, opens the layers once, not once per question:
+# one more connection below.
+nbdinfo --map "$uri" >/dev/null
+sleep 1   # nothing more may arrive
+three=$(( $(connects_reach "$tmp/below.log" 4) - 1 ))
+[ "$three" -eq 3 ] || fail "nbdinfo --map made $((three - two)) connections below, want 1"
 echo OK

@@ -55,7 +55,7 @@ fn read_by(stream: &mut Stream, buf: &mut [u8], deadline: Option<Instant>) -> io
 /// Runs the handshake. Returns `None` when the client left (or asked for nothing to serve).
 pub(super) fn negotiate(shared: &Shared, mut stream: Stream, conn: &Arc<Connection>) -> io::Result<Option<Handshake>> {
     let deadline = shared.config.handshake_timeout.map(|t| Instant::now() + t);
-    let mut exports = ConnExports { shared, conn, tls: false, opened: None };
+    let mut exports = ConnExports { shared, conn, tls: false, opened: None, spare: None };
     let negotiated = if shared.config.oldstyle {
         let info = exports.open("", true).map_err(|e| io::Error::other(e.message))?;
         stream.write_all(&oldstyle_greeting(info.size, info.flags))?;
@@ -106,6 +106,8 @@ pub(super) fn negotiate(shared: &Shared, mut stream: Stream, conn: &Arc<Connecti
                     exports.tls = true;
                     conn.set_tls(peer);
                     exports.opened = None;
+                    // Opened without TLS: a client asking again now must get a fresh open.
+                    exports.drop_spare();
                 }
                 Step::Close(bytes, why) => {
                     stream.write_all(&bytes)?;
@@ -144,6 +146,16 @@ struct ConnExports<'a> {
     tls: bool,
     /// The handle opened by GO or EXPORT_NAME, kept for the transmission phase.
     opened: Option<Box<dyn Handle>>,
+    /// A handle opened to answer INFO or a meta-context question, with the name asked for and
+    /// the export's canonical name: kept for the GO that usually follows for the same export,
+    /// so that the layers are not opened twice (a proxy would make two connections below).
+    spare: Option<(String, Box<dyn Handle>, String)>,
+}
+
+impl Drop for ConnExports<'_> {
+    fn drop(&mut self) {
+        self.drop_spare();
+    }
 }
 
 impl ConnExports<'_> {
@@ -155,6 +167,22 @@ impl ConnExports<'_> {
             _ => REP_ERR_UNKNOWN,
         };
         OptionError::new(reply, e.message)
+    }
+
+    fn drop_spare(&mut self) {
+        if let Some((_, handle, _)) = self.spare.take() {
+            finalize(handle.as_ref(), self.conn);
+        }
+    }
+
+    /// The spare handle if it was opened for `name`, or a newly opened one.
+    fn spare_or_open(&mut self, name: &str) -> Result<(Box<dyn Handle>, String), OptionError> {
+        match self.spare.take() {
+            Some((asked, handle, canonical)) if asked == name => return Ok((handle, canonical)),
+            Some((_, handle, _)) => finalize(handle.as_ref(), self.conn),
+            None => {}
+        }
+        self.open_handle(name)
     }
 
     /// Opens the export `name` (`""` is the plugin's default export) for this connection.
@@ -193,20 +221,27 @@ impl Exports for ConnExports<'_> {
     }
 
     fn open(&mut self, name: &str, keep: bool) -> Result<ExportInfo, OptionError> {
-        let (handle, canonical) = self.open_handle(name)?;
-        let info = describe(handle.as_ref(), canonical, self.shared.config.readonly).map_err(Self::option_error)?;
+        let (handle, canonical) = self.spare_or_open(name)?;
+        let info = describe(handle.as_ref(), canonical.clone(), self.shared.config.readonly);
+        let info = match info {
+            Ok(info) => info,
+            Err(e) => {
+                finalize(handle.as_ref(), self.conn);
+                return Err(Self::option_error(e));
+            }
+        };
         if keep {
             self.opened = Some(handle);
         } else {
-            finalize(handle.as_ref(), self.conn);
+            self.spare = Some((name.to_string(), handle, canonical));
         }
         Ok(info)
     }
 
     fn meta_contexts(&mut self, name: &str) -> Result<Vec<String>, OptionError> {
-        let (handle, _) = self.open_handle(name)?;
+        let (handle, canonical) = self.spare_or_open(name)?;
         let contexts = handle.meta_contexts().map_err(Self::option_error);
-        finalize(handle.as_ref(), self.conn);
+        self.spare = Some((name.to_string(), handle, canonical));
         contexts
     }
 }
