@@ -21,7 +21,8 @@
 //! - [`iso`]: a CD-ROM image made from directories by xorriso, genisoimage or mkisofs;
 //! - [`linuxdisk`]: a partitioned disk with an ext2/3/4 file system made from a directory;
 //! - [`tmpdisk`]: a fresh temporary file system (or any disk a command makes) per connection;
-//! - [`ondemand`]: a persistent file system per export name, made the first time it is asked for.
+//! - [`ondemand`]: a persistent file system per export name, made the first time it is asked for;
+//! - [`ssh`]: a disk image on another machine, over SFTP.
 //!
 //! Shared machinery lives beside them: [`sparse_array`] (pages allocated on first write, behind
 //! lock stripes), `flat_buffer` (one mapping for `memory allocator=malloc`), `data_format` (the
@@ -61,6 +62,7 @@ pub mod sh;
 pub mod sparse_array;
 pub mod sparse_random;
 pub mod split;
+pub mod ssh;
 mod sys;
 pub mod tmpdisk;
 mod virtual_disk;
@@ -91,6 +93,7 @@ pub fn registrations() -> Vec<Registration> {
         linuxdisk::registration(),
         tmpdisk::registration(),
         ondemand::registration(),
+        ssh::registration(),
     ]
 }
 
