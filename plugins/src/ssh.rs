@@ -259,9 +259,17 @@ impl Plugin for SshPlugin {
             .open_mode(Path::new(path), flags, mode, OpenType::File)
             .map_err(|e| fail("cannot open the file", &e))?;
         if creating {
-            let size =
-                ssh2::FileStat { size: self.create_size, uid: None, gid: None, perm: None, atime: None, mtime: None };
-            file.setstat(size).map_err(|e| fail("cannot set the size of the created file", &e))?;
+            // The mode too: a file that existed keeps its own through O_TRUNC; nbdkit leaves it
+            // with create-mode.
+            let stat = ssh2::FileStat {
+                size: self.create_size,
+                perm: Some(mode as u32),
+                uid: None,
+                gid: None,
+                atime: None,
+                mtime: None,
+            };
+            file.setstat(stat).map_err(|e| fail("cannot set the size of the created file", &e))?;
             *created = true;
             debug!("created {} of {} bytes", remote.name, self.create_size.unwrap_or(0));
         }
