@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Host verification and authentication of the ssh plugin against a real OpenSSH server: the right
-# host key in known-hosts= (given once or among several) is accepted, a wrong one or none is
-# refused with a message naming the remote and no data served, verify-remote-host=false skips the
-# check; identity= logs in with a key the server knows and not with one it does not; config=
-# reads an ssh_config file (Host alias, HostName, Port, User, IdentityFile, UserKnownHostsFile);
+# host key in known-hosts= (given once or among several, of any of the server's key types, hashed
+# or not) is accepted, a wrong one or none is refused with a message naming the remote and no
+# data served, verify-remote-host=false skips the check; identity= logs in with a key the server
+# knows and not with one it does not, and the default key files are tried; config= reads an
+# ssh_config file (Host alias, HostName, Port, User, IdentityFile, UserKnownHostsFile);
 # a password given as password=+FILE is never logged. Password logins are not tested: sshd would
 # need a password for root. Bad parameters fail before the server listens.
 source "$(dirname "$0")/lib/functions.sh"
@@ -47,6 +48,11 @@ refused "${host[@]}" identity="$ssh_dir/user_key" known-hosts="$tmp/unrelated_ho
 refused "${host[@]}" identity="$ssh_dir/user_key" -- "not in the known hosts" "$HOME/.ssh/known_hosts"
 reads_ok "${host[@]}" identity="$ssh_dir/user_key" known-hosts="$tmp/unrelated_hosts" known-hosts="$ssh_dir/known_hosts"
 reads_ok "${host[@]}" identity="$ssh_dir/user_key" verify-remote-host=false
+# Only the RSA key, hashed as ssh-keygen -H hashes it: the client asks for that type.
+echo "[127.0.0.1]:$ssh_port $(cut -d' ' -f1,2 "$ssh_dir/host_rsa.pub")" > "$tmp/rsa_hosts"
+ssh-keygen -q -H -f "$tmp/rsa_hosts" 2>/dev/null
+grep -q '^|1|' "$tmp/rsa_hosts" || fail "ssh-keygen -H did not hash $tmp/rsa_hosts"
+reads_ok "${host[@]}" identity="$ssh_dir/user_key" known-hosts="$tmp/rsa_hosts"
 # nbdkit refuses the wrong key too.
 start_reference ssh "${host[@]}" identity="$ssh_dir/user_key" known-hosts="$tmp/wrong_hosts" "$tmp/disk.img"
 expect_fail nbdinfo "$uri" 2>/dev/null

@@ -6,6 +6,7 @@
 //! the server has it. A remote failure fails the request with `EIO` and a message naming the
 //! remote file; the connection's session is not reopened (stack `--filter=retry` for that).
 
+mod known_hosts;
 mod ssh_config;
 
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -18,7 +19,7 @@ use nbdforge_api::{
     debug, parse_bool, parse_int, parse_size, read_password, unknown_parameter, Capabilities, Error, Flags, Handle,
     Layer, LayerInfo, OpenArgs, Plugin, Registration, Result, Support, ThreadModel,
 };
-use ssh2::{CheckResult, ErrorCode, KnownHostFileKind, OpenFlags, OpenType, Session, Sftp, TraceFlags};
+use ssh2::{CheckResult, ErrorCode, KnownHostFileKind, MethodType, OpenFlags, OpenType, Session, Sftp, TraceFlags};
 
 use ssh_config::{Expansions, HostConfig};
 
@@ -345,26 +346,33 @@ impl SshPlugin {
             session.set_timeout(t.as_millis().try_into().unwrap_or(u32::MAX));
         }
         session.set_compress(remote.compression);
+        let verify = self.verify_remote_host.unwrap_or(true);
+        let known: Vec<(&Path, String)> = if verify {
+            remote.known_hosts.iter().filter_map(|f| Some((f.as_path(), std::fs::read_to_string(f).ok()?))).collect()
+        } else {
+            Vec::new()
+        };
+        if verify {
+            prefer_recorded_key_types(&session, remote, &known);
+        }
         session.handshake().map_err(|e| fail("SSH handshake", &e))?;
-        if self.verify_remote_host.unwrap_or(true) {
-            self.verify_host_key(&session, remote)?;
+        if verify {
+            self.verify_host_key(&session, remote, &known)?;
         }
         self.authenticate(&session, remote)?;
         Ok(session)
     }
 
     /// Checks the server's key against the known hosts files, as ssh(1) does.
-    fn verify_host_key(&self, session: &Session, remote: &Remote) -> Result<()> {
+    fn verify_host_key(&self, session: &Session, remote: &Remote, known_files: &[(&Path, String)]) -> Result<()> {
         let fail = |what: String| Error::io(format!("ssh: {}: {what}", remote.name));
         let (key, _) = session.host_key().ok_or_else(|| fail("the server sent no host key".into()))?;
         let mut known = session.known_hosts().map_err(|e| fail(format!("known hosts: {e}")))?;
-        for file in &remote.known_hosts {
+        for (file, text) in known_files {
             // Line by line: one entry libssh2 does not understand must not hide the others.
-            if let Ok(text) = std::fs::read_to_string(file) {
-                for line in text.lines().filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')) {
-                    if known.read_str(line, KnownHostFileKind::OpenSSH).is_err() {
-                        debug!("{}: ignoring an entry libssh2 cannot read", file.display());
-                    }
+            for line in text.lines().filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')) {
+                if known.read_str(line, KnownHostFileKind::OpenSSH).is_err() {
+                    debug!("{}: ignoring an entry libssh2 cannot read", file.display());
                 }
             }
         }
@@ -412,6 +420,30 @@ impl SshPlugin {
             }
         }
         Err(fail(format!("authentication failed (the server offers: {methods})")))
+    }
+}
+
+/// Asks the server for the host key types recorded for it first (then the others, so that an
+/// unknown host is still reported as unknown).
+fn prefer_recorded_key_types(session: &Session, remote: &Remote, known: &[(&Path, String)]) {
+    let Ok(supported) = session.supported_algs(MethodType::HostKey) else { return };
+    let mut prefs: Vec<&str> = Vec::new();
+    for (_, text) in known {
+        for key_type in known_hosts::recorded_key_types(text, &remote.address, remote.port) {
+            for alg in known_hosts::algorithms_for(&key_type) {
+                if supported.contains(alg) && !prefs.contains(alg) {
+                    prefs.push(alg);
+                }
+            }
+        }
+    }
+    if prefs.is_empty() {
+        return;
+    }
+    debug!("{}: host key types recorded: {}", remote.name, prefs.join(","));
+    prefs.extend(supported.iter().filter(|a| !prefs.contains(a)).copied().collect::<Vec<_>>());
+    if let Err(e) = session.method_pref(MethodType::HostKey, &prefs.join(",")) {
+        debug!("{}: cannot prefer the recorded host key types: {e}", remote.name);
     }
 }
 

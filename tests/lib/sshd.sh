@@ -14,14 +14,19 @@ ssh_dir="$tmp/ssh"
 mkdir -p "$ssh_dir"
 # sshd refuses to start without its privilege separation directory.
 mkdir -p /run/sshd 2>/dev/null || :
-ssh-keygen -q -t ed25519 -N '' -C host -f "$ssh_dir/host_key"
+# Three host keys, and only the ECDSA one recorded: the client must ask for the type it knows.
+ssh-keygen -q -t ed25519 -N '' -C host -f "$ssh_dir/host_ed25519"
+ssh-keygen -q -t ecdsa -N '' -C host -f "$ssh_dir/host_key"
+ssh-keygen -q -t rsa -b 2048 -N '' -C host -f "$ssh_dir/host_rsa"
 ssh-keygen -q -t ed25519 -N '' -C user -f "$ssh_dir/user_key"
 cp "$ssh_dir/user_key.pub" "$ssh_dir/authorized_keys"
 ssh_port=$(free_tcp_port)
 cat > "$ssh_dir/sshd_config" <<CONF
 Port $ssh_port
 ListenAddress 127.0.0.1
+HostKey $ssh_dir/host_ed25519
 HostKey $ssh_dir/host_key
+HostKey $ssh_dir/host_rsa
 PidFile $ssh_dir/sshd.pid
 AuthorizedKeysFile $ssh_dir/authorized_keys
 PermitRootLogin yes
@@ -31,7 +36,7 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 Subsystem sftp internal-sftp
 CONF
-# The host key as a client records it for a non-default port.
+# The ECDSA host key as a client records it for a non-default port.
 echo "[127.0.0.1]:$ssh_port $(cut -d' ' -f1,2 "$ssh_dir/host_key.pub")" > "$ssh_dir/known_hosts"
 ssh_user=$(id -un)
 ssh_args=(host=127.0.0.1 port="$ssh_port" user="$ssh_user"

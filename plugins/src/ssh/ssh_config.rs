@@ -80,7 +80,7 @@ fn host_matches(patterns: &[String], host: &str) -> bool {
 }
 
 /// ssh_config's patterns: `*` any run of characters, `?` one character, case-insensitive.
-fn glob(pattern: &str, text: &str) -> bool {
+pub(super) fn glob(pattern: &str, text: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) =
         (pattern.to_lowercase().chars().collect(), text.to_lowercase().chars().collect());
     let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
