@@ -2,7 +2,7 @@
 # The ssh plugin reads a file through a real OpenSSH server (started here on a loopback port with
 # throwaway keys): the disk is the file byte for byte, the same disk nbdkit serves for the same
 # command line, with nbdkit's capabilities (flush, FUA and multi-conn from fsync@openssh.com);
-# under -r it is read-only.
+# under -r it is read-only; a relative path is opened where the SFTP server starts.
 source "$(dirname "$0")/lib/functions.sh"
 source "$(dirname "$0")/lib/sshd.sh"
 start_sshd
@@ -13,6 +13,9 @@ printf 'an odd tail' >> "$tmp/disk.img"       # a size that is no multiple of an
 same_as_nbdkit ssh "${ssh_args[@]}" "$tmp/disk.img"
 same_file "$tmp/ours.img" "$tmp/disk.img"
 same_as_nbdkit ssh "${ssh_args[@]}" path="$tmp/disk.img" compression=true timeout=10
+# A relative path starts where the SFTP server starts (the home directory; $tmp here).
+same_as_nbdkit ssh "${ssh_args[@]}" disk.img
+same_file "$tmp/ours.img" "$tmp/disk.img"
 
 # What the client is told, as nbdkit tells it.
 start_server ssh "${ssh_args[@]}" "$tmp/disk.img"

@@ -8,7 +8,8 @@
 #   kill_sshd                   # sshd and its per-connection children, as if the machine went away
 #
 # The server's private configuration allows root (tests run as root in CI), reads the user key
-# from $ssh_dir/authorized_keys and offers SFTP with sshd's built-in server.
+# from $ssh_dir/authorized_keys and offers SFTP with sshd's built-in server, whose relative paths
+# start in $tmp (as they would in the remote user's home directory).
 
 ssh_dir="$tmp/ssh"
 mkdir -p "$ssh_dir"
@@ -34,7 +35,7 @@ StrictModes no
 UsePAM no
 PasswordAuthentication no
 KbdInteractiveAuthentication no
-Subsystem sftp internal-sftp
+Subsystem sftp internal-sftp -d $tmp
 CONF
 # The ECDSA host key as a client records it for a non-default port.
 echo "[127.0.0.1]:$ssh_port $(cut -d' ' -f1,2 "$ssh_dir/host_key.pub")" > "$ssh_dir/known_hosts"
