@@ -61,6 +61,13 @@ struct Remote {
     timeout: Option<Duration>,
 }
 
+impl Remote {
+    /// A remote failure: `EIO`, and a message naming the remote file and what failed.
+    fn error(&self, what: &str, e: &dyn std::fmt::Display) -> Error {
+        Error::io(format!("ssh: {}: {what}: {e}", self.name))
+    }
+}
+
 /// The plugin's entry in the server's table.
 pub fn registration() -> Registration {
     let info = LayerInfo::new("ssh", "access disk images over the SSH protocol (SFTP)")
@@ -246,9 +253,9 @@ impl Plugin for SshPlugin {
     fn open(&self, args: &OpenArgs) -> Result<Box<dyn Handle>> {
         let remote = self.remote.as_ref().ok_or_else(|| Error::invalid("ssh: not configured"))?;
         let path = self.path.as_deref().unwrap_or_default();
-        let fail = |what: &str, e: &dyn std::fmt::Display| Error::io(format!("ssh: {}: {what}: {e}", remote.name));
+        let fail = |what: &str, e: &dyn std::fmt::Display| remote.error(what, e);
         let session = self.connect(remote)?;
-        let sftp = session.sftp().map_err(|e| fail("cannot start SFTP", &e))?;
+        let sftp = session.sftp().map_err(|e| fail("cannot start SFTP", &Described(&e)))?;
         let mut flags = if args.readonly { OpenFlags::READ } else { OpenFlags::READ | OpenFlags::WRITE };
         let mut created = self.created.lock().unwrap_or_else(|e| e.into_inner());
         let creating = self.create && !*created;
@@ -258,7 +265,7 @@ impl Plugin for SshPlugin {
         let mode = self.create_mode.unwrap_or(0o600);
         let mut file = sftp
             .open_mode(Path::new(path), flags, mode, OpenType::File)
-            .map_err(|e| fail("cannot open the file", &e))?;
+            .map_err(|e| fail("cannot open the file", &Described(&e)))?;
         if creating {
             // The mode too: a file that existed keeps its own through O_TRUNC; nbdkit leaves it
             // with create-mode.
@@ -270,18 +277,18 @@ impl Plugin for SshPlugin {
                 atime: None,
                 mtime: None,
             };
-            file.setstat(stat).map_err(|e| fail("cannot set the size of the created file", &e))?;
+            file.setstat(stat).map_err(|e| fail("cannot set the size of the created file", &Described(&e)))?;
             *created = true;
             debug!("created {} of {} bytes", remote.name, self.create_size.unwrap_or(0));
         }
         drop(created);
-        let size = file.stat().map_err(|e| fail("cannot stat the file", &e))?.size.unwrap_or(0);
+        let size = file.stat().map_err(|e| fail("cannot stat the file", &Described(&e)))?.size.unwrap_or(0);
         // A server without fsync@openssh.com answers "unsupported"; without it there is no flush
         // (nor multi-conn, whose safety this extension is the sign of, as in nbdkit).
         let fsync = match file.fsync() {
             Ok(()) => true,
             Err(e) if e.code() == ErrorCode::SFTP(ssh2_sys_fx::OP_UNSUPPORTED) => false,
-            Err(e) => return Err(fail("fsync", &e)),
+            Err(e) => return Err(fail("fsync", &Described(&e))),
         };
         debug!("opened {}: {size} bytes, fsync@openssh.com {}", remote.name, if fsync { "yes" } else { "no" });
         Ok(Box::new(SshHandle {
@@ -296,6 +303,18 @@ impl Plugin for SshPlugin {
     }
 }
 
+/// An `ssh2::Error` as the log shows it: libssh2's message, then the code it came with.
+struct Described<'a>(&'a ssh2::Error);
+
+impl std::fmt::Display for Described<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.code() {
+            ErrorCode::SFTP(code) => write!(f, "{} (SFTP status {code})", self.0.message()),
+            ErrorCode::Session(code) => write!(f, "{} (libssh2 error {code})", self.0.message()),
+        }
+    }
+}
+
 /// libssh2's SFTP status codes the plugin tells apart.
 mod ssh2_sys_fx {
     pub const OP_UNSUPPORTED: i32 = 8;
@@ -306,7 +325,7 @@ mod ssh2_sys_fx {
 impl SshPlugin {
     /// Connects, checks the host key and logs in.
     fn connect(&self, remote: &Remote) -> Result<Session> {
-        let fail = |what: &str, e: &dyn std::fmt::Display| Error::io(format!("ssh: {}: {what}: {e}", remote.name));
+        let fail = |what: &str, e: &dyn std::fmt::Display| remote.error(what, e);
         let addresses = (remote.address.as_str(), remote.port)
             .to_socket_addrs()
             .map_err(|e| fail("cannot resolve the host", &e))?;
@@ -330,7 +349,7 @@ impl SshPlugin {
             (None, Some(e)) => return Err(fail("cannot connect", &e)),
             (None, None) => return Err(fail("cannot connect", &"the host has no address")),
         };
-        let mut session = Session::new().map_err(|e| fail("cannot make a session", &e))?;
+        let mut session = Session::new().map_err(|e| fail("cannot make a session", &Described(&e)))?;
         if self.log_level > 0 {
             let mut trace = TraceFlags::ERROR;
             if self.log_level >= 2 {
@@ -355,7 +374,7 @@ impl SshPlugin {
         if verify {
             prefer_recorded_key_types(&session, remote, &known);
         }
-        session.handshake().map_err(|e| fail("SSH handshake", &e))?;
+        session.handshake().map_err(|e| fail("SSH handshake", &Described(&e)))?;
         if verify {
             self.verify_host_key(&session, remote, &known)?;
         }
@@ -367,7 +386,7 @@ impl SshPlugin {
     fn verify_host_key(&self, session: &Session, remote: &Remote, known_files: &[(&Path, String)]) -> Result<()> {
         let fail = |what: String| Error::io(format!("ssh: {}: {what}", remote.name));
         let (key, _) = session.host_key().ok_or_else(|| fail("the server sent no host key".into()))?;
-        let mut known = session.known_hosts().map_err(|e| fail(format!("known hosts: {e}")))?;
+        let mut known = session.known_hosts().map_err(|e| fail(format!("known hosts: {}", Described(&e))))?;
         for (file, text) in known_files {
             // Line by line: one entry libssh2 does not understand must not hide the others.
             for line in text.lines().filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')) {
@@ -394,7 +413,8 @@ impl SshPlugin {
     fn authenticate(&self, session: &Session, remote: &Remote) -> Result<()> {
         let user = remote.user.as_str();
         let fail = |what: String| Error::io(format!("ssh: {}: {what}", remote.name));
-        let methods = session.auth_methods(user).map_err(|e| fail(format!("authentication: {e}")))?.to_string();
+        let methods =
+            session.auth_methods(user).map_err(|e| fail(format!("authentication: {}", Described(&e))))?.to_string();
         if session.authenticated() {
             return Ok(());
         }
@@ -407,7 +427,7 @@ impl SshPlugin {
                 let public = public.is_file().then_some(public.as_path());
                 match session.userauth_pubkey_file(user, public, key, None) {
                     Ok(()) => return Ok(()),
-                    Err(e) => debug!("{}: public key {}: {e}", remote.name, key.display()),
+                    Err(e) => debug!("{}: public key {}: {}", remote.name, key.display(), Described(&e)),
                 }
             }
         }
@@ -415,7 +435,7 @@ impl SshPlugin {
             if methods.split(',').any(|m| m == "password") {
                 match session.userauth_password(user, password) {
                     Ok(()) => return Ok(()),
-                    Err(e) => return Err(fail(format!("password authentication refused: {}", e.message()))),
+                    Err(e) => return Err(fail(format!("password authentication refused: {}", Described(&e)))),
                 }
             }
         }
@@ -518,7 +538,7 @@ impl Handle for SshHandle {
                 ErrorCode::SFTP(ssh2_sys_fx::QUOTA_EXCEEDED) => libc::EDQUOT,
                 _ => libc::EIO,
             };
-            Error::new(errno, format!("ssh: {}: fsync: {e}", self.name))
+            Error::new(errno, format!("ssh: {}: fsync: {}", self.name, Described(&e)))
         })
     }
 }
