@@ -3,7 +3,7 @@
 # host key in known-hosts= (given once or among several, of any of the server's key types, hashed
 # or not) is accepted, a wrong one or none is refused with a message naming the remote and no
 # data served, verify-remote-host=false skips the check; identity= logs in with a key the server
-# knows and not with one it does not, and the default key files are tried; config= reads an
+# knows and not with one it does not, the default key files and ssh-agent are tried; config= reads an
 # ssh_config file (Host alias, HostName, Port, User, IdentityFile, UserKnownHostsFile);
 # a password given as password=+FILE is never logged. Password logins are not tested: sshd would
 # need a password for root. Bad parameters fail before the server listens.
@@ -66,6 +66,15 @@ cp "$ssh_dir/known_hosts" "$HOME/.ssh/known_hosts"
 reads_ok "${host[@]}"
 reads_ok "${host[@]}" identity="%d/id_ed25519" known-hosts="%d/known_hosts"
 rm -r "$HOME/.ssh"
+
+# ssh-agent: a key held by the agent, with no key file to read.
+eval "$(ssh-agent -s -a "$tmp/agent.sock")" > /dev/null
+server_pids+=("$SSH_AGENT_PID")
+ssh-add -q "$ssh_dir/user_key" 2>/dev/null
+reads_ok "${host[@]}" known-hosts="$ssh_dir/known_hosts"
+kill "$SSH_AGENT_PID"
+unset SSH_AUTH_SOCK SSH_AGENT_PID
+refused "${host[@]}" known-hosts="$ssh_dir/known_hosts" -- "authentication failed"
 
 # config=: an alias resolved by an ssh_config file; the command line wins over it.
 cat > "$tmp/ssh_config" <<CONF
