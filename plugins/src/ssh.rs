@@ -360,6 +360,8 @@ impl SshPlugin {
             }
             session.trace(trace);
         }
+        // SFTP requests are small packets sent while waiting for answers: Nagle would hold them.
+        let _ = stream.set_nodelay(true);
         session.set_tcp_stream(stream);
         if let Some(t) = remote.timeout {
             session.set_timeout(t.as_millis().try_into().unwrap_or(u32::MAX));
