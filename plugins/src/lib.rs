@@ -24,6 +24,7 @@
 //! - [`tmpdisk`]: a fresh temporary file system (or any disk a command makes) per connection;
 //! - [`ondemand`]: a persistent file system per export name, made the first time it is asked for;
 //! - [`curl`]: a disk image read by ranged requests over HTTP(S), FTP or file:// (libcurl).
+//! - [`ssh`]: a disk image on another machine, over SFTP.
 //!
 //! Shared machinery lives beside them: [`sparse_array`] (pages allocated on first write, behind
 //! lock stripes), `flat_buffer` (one mapping for `memory allocator=malloc`), `data_format` (the
@@ -65,6 +66,7 @@ pub mod sh;
 pub mod sparse_array;
 pub mod sparse_random;
 pub mod split;
+pub mod ssh;
 mod sys;
 pub mod tmpdisk;
 mod virtual_disk;
@@ -97,6 +99,7 @@ pub fn registrations() -> Vec<Registration> {
         tmpdisk::registration(),
         ondemand::registration(),
         curl::registration(),
+        ssh::registration(),
     ]
 }
 
