@@ -86,12 +86,14 @@ impl Layer for PythonPlugin {
             return Ok(true);
         };
         let _ctx = CallContext::enter(None);
-        Python::attach(|py| script.call(py, "config", (key, value), |_| Ok(())))?.ok_or_else(|| {
-            Error::invalid(format!(
-                "{key}={value}: {}: this plugin does not need command line configuration",
-                script.name
-            ))
-        })?;
+        Python::attach(|py| script.call(py, "config", (key, value), |_| Ok(())))
+            .map_err(|e| Error::new(e.errno, format!("{key}={value}: {}", e.message)))?
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "{key}={value}: {}: this plugin does not need command line configuration",
+                    script.name
+                ))
+            })?;
         Ok(true)
     }
 
