@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # nbdkit's own Python example plugins (tests/python-examples/, unchanged) behave under nbdforge's
-# python plugin as under nbdkit's: file.py serves the same bytes and takes writes; ramdisk.py
-# takes writes and zeroes, falling back to writing zeroes when the script asks with
-# set_error(EOPNOTSUPP); error.py fails every other call with EIO and the log has the traceback.
+# python plugin as under nbdkit's: file.py serves the same bytes and takes writes (fio's verified
+# writes too, in parallel); ramdisk.py takes writes and zeroes, falling back to writing zeroes
+# when the script asks with set_error(EOPNOTSUPP); error.py fails every other call with EIO and
+# the log has the traceback.
 source "$(dirname "$0")/lib/functions.sh"
 ex="$repo/tests/python-examples"
 
@@ -13,6 +14,12 @@ random_file "$tmp/new.img" 8M
 nbdcopy "$tmp/new.img" "$uri"
 same_file "$tmp/new.img" "$tmp/disk.img"
 echo "file.py: same bytes as nbdkit, writes reach the file"
+
+# file.py asks for THREAD_MODEL_PARALLEL: fio's verified random writes, 16 in flight, then two
+# connections at once.
+truncate -s 128M "$tmp/fio.img"
+start_server python "$ex/file.py" file="$tmp/fio.img"
+fio_verify
 
 # ramdisk.py, on both servers: a copy in, then zeroes with and without NO_HOLE (the script
 # refuses the second, and the server writes zeroes instead), then a copy out.
