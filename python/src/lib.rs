@@ -475,3 +475,54 @@ impl Drop for PythonHandle {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One test, as one process has one interpreter and one `__main__` for the script.
+    #[test]
+    fn defaults_and_calls_follow_nbdkit() {
+        let path = std::env::temp_dir().join(format!("nbdforge-python-{}.py", std::process::id()));
+        std::fs::write(
+            &path,
+            "import nbdkit\n\
+             API_VERSION = 2\n\
+             disk = bytearray(4096)\n\
+             def open(readonly): return {'ro': readonly, 'name': nbdkit.export_name()}\n\
+             def get_size(h): return len(disk)\n\
+             def pread(h, buf, offset, flags): buf[:] = disk[offset:offset + len(buf)]\n\
+             def pwrite(h, buf, offset, flags): disk[offset:offset + len(buf)] = buf\n\
+             def flush(h, flags): pass\n\
+             def export_description(h): return h['name'] + (' ro' if h['ro'] else '')\n",
+        )
+        .unwrap();
+        let mut plugin = PythonPlugin::default();
+        assert!(plugin.config_complete().is_err(), "no script");
+        assert!(plugin.config("colour", "blue").is_err(), "script= comes first");
+        plugin.config("script", path.to_str().unwrap()).unwrap();
+        assert!(plugin.config("colour", "blue").unwrap_err().message.contains("does not need"));
+        plugin.config_complete().unwrap();
+        assert_eq!(Plugin::thread_model(&plugin), ThreadModel::SerializeAllRequests);
+        assert_eq!(plugin.list_exports(false, false).unwrap(), vec![Export::named("")]);
+
+        let h = plugin.open(&OpenArgs::local("disk", false)).unwrap();
+        assert_eq!(h.get_size().unwrap(), 4096);
+        assert_eq!(h.export_description().unwrap().as_deref(), Some("disk"));
+        let caps = h.capabilities().unwrap();
+        assert!(caps.write && caps.flush && !caps.trim && !caps.extents && !caps.multi_conn);
+        assert_eq!((caps.zero, caps.fast_zero), (Support::Emulate, true));
+        assert_eq!((caps.fua, caps.cache), (Support::Emulate, Support::None));
+        h.pwrite(b"hello", 100, Flags::NONE).unwrap();
+        let mut buf = [0u8; 5];
+        h.pread(&mut buf, 100, Flags::NONE).unwrap();
+        assert_eq!(&buf, b"hello");
+        assert_eq!(h.zero(5, 100, Flags::NONE).unwrap_err().errno, libc::EOPNOTSUPP, "falls back");
+        assert!(h.block_size().unwrap().is_none());
+        drop(h);
+        let h = plugin.open(&OpenArgs::local("other", true)).unwrap();
+        assert_eq!(h.export_description().unwrap().as_deref(), Some("other ro"));
+        assert_eq!(nbdkit_flags(Flags::FUA | Flags::MAY_TRIM | Flags::FAST_ZERO), 11);
+        std::fs::remove_file(&path).unwrap();
+    }
+}
