@@ -86,3 +86,16 @@ cat "$server_log"
 grep -q 'in helper' "$server_log" || fail "the log lacks the traceback"
 grep -q "ZeroDivisionError: offset zero" "$server_log" || fail "the log lacks the exception"
 grep -q "PermissionError: offset 512 is not yours" "$server_log" || fail "the log lacks the second exception"
+
+# block_size answers nbdkit refuses, refused alike (the export does not open, the log says why);
+# and one it accepts.
+for sizes in "(512, 256, 4096)" "(512, 4096, 1000)" "(512, 8192, 4096)" "(1 << 17, 1 << 17, 1 << 17)" \
+             "(2, 4096, 0xffffffff)"; do
+    printf 'API_VERSION = 2\ndef block_size(h):\n    return %s\n' "$sizes" | plugin bs.py
+    ours=0 theirs=0
+    "${server_cmd[@]}" -U - python "$tmp/bs.py" --run 'nbdinfo $uri' >/dev/null 2>"$tmp/err" || ours=$?
+    nbdkit -U - python "$tmp/bs.py" --run 'nbdinfo $uri' >/dev/null 2>&1 || theirs=$?
+    echo "block_size $sizes: nbdforge $ours, nbdkit $theirs"
+    [ "$ours" -eq "$theirs" ] || fail "block_size $sizes: exit $ours, nbdkit $theirs"
+    [ "$ours" -eq 0 ] || grep -q "block_size returned" "$tmp/err" || fail "block_size $sizes: $(cat "$tmp/err")"
+done

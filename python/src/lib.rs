@@ -245,6 +245,25 @@ fn nbdkit_flags(flags: Flags) -> u32 {
         .fold(0, |bits, (_, theirs)| bits | theirs)
 }
 
+/// The block sizes nbdkit accepts from a plugin: a minimum that is a power of two up to 64 KiB,
+/// a preferred size that is a power of two from 512 bytes to 32 MiB, a maximum that is a
+/// multiple of the minimum (or 0xffffffff, no limit), in that order.
+fn check_block_size((minimum, preferred, maximum): (u32, u32, u32)) -> std::result::Result<BlockSize, &'static str> {
+    if !minimum.is_power_of_two() || minimum > 65536 {
+        return Err("the minimum must be a power of two between 1 and 64K");
+    }
+    if !preferred.is_power_of_two() || !(512..=32 << 20).contains(&preferred) {
+        return Err("the preferred size must be a power of two between 512 and 32M");
+    }
+    if maximum != u32::MAX && maximum % minimum != 0 {
+        return Err("the maximum must be a multiple of the minimum, or 0xffffffff");
+    }
+    if minimum > preferred || preferred > maximum {
+        return Err("they must be minimum <= preferred <= maximum");
+    }
+    Ok(BlockSize { minimum, preferred, maximum })
+}
+
 /// One connection: the object the script's `open` returned, passed to every other call.
 struct PythonHandle {
     script: Arc<Script>,
@@ -301,11 +320,15 @@ impl Handle for PythonHandle {
     fn block_size(&self) -> Result<Option<BlockSize>> {
         self.with(|py, h| {
             let sizes = self.script.call(py, "block_size", (h,), |r| r.extract::<(u32, u32, u32)>())?;
-            Ok(sizes.filter(|&s| s != (0, 0, 0)).map(|(minimum, preferred, maximum)| BlockSize {
-                minimum,
-                preferred,
-                maximum,
-            }))
+            match sizes.filter(|&s| s != (0, 0, 0)) {
+                None => Ok(None),
+                Some(s) => check_block_size(s).map(Some).map_err(|e| {
+                    // Logged as nbdkit does: the client only learns that the export cannot open.
+                    let e = format!("{}: block_size returned {s:?}: {e}", self.script.name);
+                    tracing::error!("python: {e}");
+                    Error::io(e)
+                }),
+            }
         })
     }
 
@@ -519,6 +542,9 @@ mod tests {
         assert_eq!(&buf, b"hello");
         assert_eq!(h.zero(5, 100, Flags::NONE).unwrap_err().errno, libc::EOPNOTSUPP, "falls back");
         assert!(h.block_size().unwrap().is_none());
+        assert!(check_block_size((1, 512 << 10, u32::MAX)).is_ok());
+        assert!(check_block_size((1 << 20, 1 << 20, 1 << 20)).is_err(), "minimum over 64K");
+        assert!(check_block_size((512, 4096, 1000)).is_err());
         drop(h);
         let h = plugin.open(&OpenArgs::local("other", true)).unwrap();
         assert_eq!(h.export_description().unwrap().as_deref(), Some("other ro"));
