@@ -27,6 +27,7 @@ pub fn table() -> Vec<Registration> {
     std::hint::black_box(nbdforge_cplugin::exported());
     let mut table = nbdforge_plugins::registrations();
     table.extend(nbdforge_cplugin::registrations());
+    table.extend(nbdforge_python::registrations());
     table.extend(nbdforge_filters::registrations());
     table.extend(nbdforge_examples::registrations());
     table
