@@ -247,12 +247,32 @@ fn is_config_key(key: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
 }
 
+/// A parameter's value as `-v` logs it: secrets are hidden. Values of keys that name one
+/// (passwords, cookies, headers that carry tokens, keys and secrets of remote plugins) are not
+/// shown at all, and a URL keeps its user but not its password (`http://bob:***@host/`).
+fn logged_value<'a>(key: &str, value: &'a str) -> std::borrow::Cow<'a, str> {
+    let key = key.to_ascii_lowercase();
+    if ["password", "cookie", "header", "secret", "token", "credential", "psk"].iter().any(|s| key.contains(s)) {
+        return "<hidden>".into();
+    }
+    if let Some((scheme, rest)) = value.split_once("://") {
+        let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+        if let Some((userinfo, host)) = authority.rsplit_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                let after = &rest[authority.len()..];
+                return format!("{scheme}://{user}:***@{host}{after}").into();
+            }
+        }
+    }
+    value.into()
+}
+
 /// Configures every layer and finishes the stack (config_complete, get_ready).
 fn configure_stack(mut stack: Stack, o: &Options) -> Result<Arc<dyn nbdforge_api::Backend>, String> {
     apply_debug_flags(o, &mut stack);
     let magic = stack.magic_config_key().map(str::to_string);
     for (key, value) in split_params(magic.as_deref(), &o.params)? {
-        tracing::debug!("config {key}={value}");
+        tracing::debug!("config {key}={}", logged_value(key, value));
         stack.config(key, value).map_err(|e| e.message)?;
     }
     stack.finish().map_err(|e| e.message)
@@ -325,6 +345,17 @@ fn serve_single(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn secrets_are_not_logged() {
+        assert_eq!(logged_value("password", "s3cret"), "<hidden>");
+        assert_eq!(logged_value("proxy-password", "+/f"), "<hidden>");
+        assert_eq!(logged_value("cookie", "a=b"), "<hidden>");
+        assert_eq!(logged_value("header-script", "echo x"), "<hidden>");
+        assert_eq!(logged_value("url", "http://bob:pw@h:80/a?b=c"), "http://bob:***@h:80/a?b=c");
+        assert_eq!(logged_value("url", "http://bob@h/a@b"), "http://bob@h/a@b");
+        assert_eq!(logged_value("size", "1G"), "1G");
+    }
     use super::*;
 
     fn strings(v: &[&str]) -> Vec<String> {

@@ -55,6 +55,7 @@ pub mod ones;
 pub mod partitioning;
 pub mod pattern;
 pub mod random;
+pub mod s3;
 mod script;
 pub mod script_plugin;
 pub mod sh;
@@ -91,6 +92,7 @@ pub fn registrations() -> Vec<Registration> {
         linuxdisk::registration(),
         tmpdisk::registration(),
         ondemand::registration(),
+        s3::registration(),
     ]
 }
 
