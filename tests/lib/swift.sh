@@ -10,9 +10,8 @@
 # binary cannot be fetched here, while Swift's s3api middleware is the S3 front end that
 # OpenStack deployments run in production.  Each node is an account, a container and an object
 # server on its own ports with its own device directory; the rings keep 3 replicas, one per node
-# (one zone each), so any single node can die.  One proxy with s3api and tempauth (which needs
-# a memcached, started here too) (S3 access key
-# "test:tester", secret "testing") fronts them.  Every server runs as one process (workers = 0)
+# (one zone each), so any single node can die.  One proxy with s3api and tempauth (S3 access key
+# "test:tester", secret "testing"; tempauth needs a memcached, started here too) fronts them.  Every server runs as one process (workers = 0)
 # to stay small; everything lives under $tmp/swift and is killed by functions.sh's cleanup (the
 # pids are registered as servers).  Needs /usr/bin/python3 with the swift module (python3-swift).
 
@@ -84,6 +83,8 @@ user_test_tester = testing .admin
 [filter:s3api]
 use = egg:swift#s3api
 location = us-east-1
+# Multipart uploads would need the SLO middleware; the plugin never uses them.
+allow_multipart_uploads = false
 [filter:cache]
 use = egg:swift#memcache
 memcache_servers = 127.0.0.1:$swift_memcache_port
