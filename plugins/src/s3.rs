@@ -3,7 +3,8 @@
 //! object's number in 16 hex digits, as nbdkit names them) and is writable; an object that does
 //! not exist reads as zeroes and is a hole in block status. Without them, the single object `KEY`
 //! is served read-only. Reads are ranged GETs, writes PUTs of whole objects (reading the rest of
-//! a partly written object first, under a lock per object), trim and zero delete whole objects.
+//! a partly written object first, under a lock per object), trim and zero delete whole objects (trim those a listing
+//! shows, zero every one by name).
 //! A request covering several objects runs its parts in parallel, at most `connections=` HTTP
 //! requests at a time over all clients. The HTTP and signing live in `s3/client.rs`, the
 //! credential files in `s3/credentials.rs`; this file maps the disk onto objects.
@@ -15,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use client::{Client, Credentials, Location};
-use nbdforge_api::extents::{DATA, HOLE, ZERO};
+use nbdforge_api::extents::{DATA, HOLE};
 use nbdforge_api::{
     debug, parse_delay, parse_int, parse_size, read_password, unknown_parameter, BlockSize, Capabilities, Error,
     Extents, Flags, Handle, Layer, LayerInfo, OpenArgs, Plugin, Registration, Result, Support,
@@ -135,7 +136,7 @@ impl Layer for S3Plugin {
             }
             (None, None) => match (found.access_key, found.secret_key) {
                 (Some(access_key), Some(secret_key)) => {
-                    debug!("S3: credentials from {}", found.source);
+                    debug!("credentials from {}", found.source);
                     Credentials { access_key, secret_key, session_token: found.session_token }
                 }
                 _ => {
@@ -257,7 +258,7 @@ impl Store {
         if !exists && data.iter().all(|&b| b == 0) {
             return Ok(());
         }
-        debug!("S3: {name}: rewriting for {} bytes at {offset}", data.len());
+        debug!("{name}: rewriting for {} bytes at {offset}", data.len());
         whole[offset as usize..offset as usize + data.len()].copy_from_slice(data);
         self.client.put(&name, &whole)
     }
@@ -295,7 +296,7 @@ impl Store {
             return Ok(());
         }
         let numbers = self.existing(first, end)?;
-        debug!("S3: deleting {} objects from {first} to {end}", numbers.len());
+        debug!("deleting {} objects from {first} to {end}", numbers.len());
         self.parallel(numbers, |n| {
             let _guard = self.lock(n);
             self.client.delete(&self.object_name(n))
@@ -387,10 +388,19 @@ impl Handle for S3Handle {
             .collect();
         let zeroes = vec![0u8; partial.iter().map(|p| p.range.len()).max().unwrap_or(0)];
         store.parallel(partial, |p| store.write_part(p.number, p.offset, &zeroes[..p.range.len()]))?;
-        store.delete_objects(whole_first, whole_end)
+        // Every whole object is deleted by name, not from a listing: a store whose listings lag
+        // behind its writes (Swift's are eventually consistent) must not keep old data here.
+        store.parallel((whole_first..whole_end).collect(), |n| {
+            let _guard = store.lock(n);
+            store.client.delete(&store.object_name(n))
+        })
     }
 
     fn extents(&self, count: u64, offset: u64, _flags: Flags, extents: &mut Extents) -> Result<()> {
+        // Objects missing from the listing are holes, but not promised to read as zeroes: a
+        // listing may lag behind writes (Swift's container listings are eventually consistent),
+        // and a client that skipped reading "zero" ranges would lose data. Reads of them are
+        // still zeroes when the object really is missing.
         let store = &*self.store;
         let object = store.object_size();
         let (first, end) = (offset / object, (offset + count).div_ceil(object));
@@ -398,7 +408,7 @@ impl Handle for S3Handle {
         let mut at = first;
         for n in existing.into_iter().chain(std::iter::once(end)) {
             if n > at {
-                extents.add(at * object, (n - at) * object, HOLE | ZERO)?;
+                extents.add(at * object, (n - at) * object, HOLE)?;
             }
             if n < end {
                 extents.add(n * object, object, DATA)?;

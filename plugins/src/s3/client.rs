@@ -373,7 +373,7 @@ impl Client {
             }
             if pool.made < pool.limit {
                 pool.made += 1;
-                debug!("S3: opening HTTP handle {} of {}", pool.made, pool.limit);
+                debug!("opening HTTP handle {} of {}", pool.made, pool.limit);
                 return Easy::new();
             }
             pool = self.returned.wait(pool).unwrap_or_else(|e| e.into_inner());
