@@ -11,7 +11,8 @@
 # OpenStack deployments run in production.  Each node is an account, a container and an object
 # server on its own ports with its own device directory; the rings keep 3 replicas, one per node
 # (one zone each), so any single node can die.  One proxy with s3api and tempauth (S3 access key
-# "test:tester", secret "testing"; tempauth needs a memcached, started here too) fronts them.  Every server runs as one process (workers = 0)
+# "test:tester", secret "Zq9-s3cr3t"; tempauth needs a memcached, started here too) fronts
+# them.  Every server runs as one process (workers = 0)
 # to stay small; everything lives under $tmp/swift and is killed by functions.sh's cleanup (the
 # pids are registered as servers).  Needs /usr/bin/python3 with the swift module (python3-swift).
 
@@ -79,7 +80,7 @@ node_timeout = 10
 error_suppression_limit = 1
 [filter:tempauth]
 use = egg:swift#tempauth
-user_test_tester = testing .admin
+user_test_tester = Zq9-s3cr3t .admin
 [filter:s3api]
 use = egg:swift#s3api
 location = us-east-1
@@ -122,7 +123,7 @@ EOF
     swift_proxy_pid=$!
     s3_endpoint="http://127.0.0.1:$swift_proxy_port"
     s3_access_key="test:tester"
-    s3_secret_key="testing"
+    s3_secret_key="Zq9-s3cr3t"
     export s3_endpoint s3_access_key s3_secret_key
     # Up when an authenticated S3 call works: the proxy and enough of every ring answer.
     local t
