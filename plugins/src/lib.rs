@@ -60,6 +60,7 @@ pub mod ones;
 pub mod partitioning;
 pub mod pattern;
 pub mod random;
+pub mod s3;
 mod script;
 pub mod script_plugin;
 pub mod sh;
@@ -100,6 +101,7 @@ pub fn registrations() -> Vec<Registration> {
         ondemand::registration(),
         curl::registration(),
         ssh::registration(),
+        s3::registration(),
     ]
 }
 
