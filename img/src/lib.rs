@@ -5,6 +5,9 @@
 //! qemu-nbd's policies ([`plugin`]). The `nbdforge-img` binary parses the command line and runs
 //! the server with the `nbdforge-process` library.
 
+pub mod authz;
 pub mod file;
 pub mod image;
+pub mod list;
+pub mod objects;
 pub mod plugin;

@@ -13,11 +13,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use nbdforge_api::LayerInfo;
+use nbdforge_img::authz::Authz;
 use nbdforge_img::image::{Image, ImageOptions};
+use nbdforge_img::list::{self, Address};
+use nbdforge_img::objects::{Endpoint, Object, Objects};
 use nbdforge_img::plugin::{ImagePlugin, Settings};
 use nbdforge_process::sockets::{self, ListenOn};
 use nbdforge_process::{activation, daemon, logging, pidfile, Error, LogDest, Setting, Target};
-use nbdforge_server::{Server, ServerConfig, Stack};
+use nbdforge_server::tls::{TlsClient, TlsClientOptions, TlsContext};
+use nbdforge_server::{Server, ServerConfig, Stack, TlsMode, TlsOptions};
 
 const PROG: &str = "nbdforge-img";
 
@@ -42,8 +46,12 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
         println!("{PROG} {}", env!("CARGO_PKG_VERSION"));
         return Ok(());
     }
+    let mut objects = Objects::default();
+    for value in &o.objects {
+        objects.add(value)?;
+    }
     if o.list {
-        return Err("-L: listing another server's exports is not implemented yet".into());
+        return list(&o, &objects);
     }
     let file = o.file.clone().expect("options::parse requires FILE");
 
@@ -55,6 +63,12 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
     let ready = if o.fork { Some(daemon::fork_into_background(PROG).map_err(qemu_nbd_says)?) } else { None };
 
     let image_opts = ImageOptions { format: o.format, writable: !o.readonly, snapshot: o.snapshot, direct: o.nocache };
+    // Credentials are loaded before anything listens, so their errors exit 1 first.
+    let tls = match &o.tls_creds {
+        Some(id) => Some(std::sync::Arc::new(server_tls(&objects, id)?)),
+        None => None,
+    };
+    let authz = o.tls_authz.as_deref().map(|id| Authz::load(&objects, id)).transpose()?;
     let image = Image::open(&file, &image_opts)?;
     let settings = Settings {
         name: file.display().to_string(),
@@ -65,6 +79,7 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
         detect_zeroes: o.detect_zeroes,
         allocation_depth: o.allocation_depth,
         readonly: o.readonly,
+        authz,
     };
     let plugin = ImagePlugin::new(image, settings)?;
     let info = LayerInfo::new("image", "a raw or qcow2 disk image");
@@ -75,6 +90,8 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
         handshake_timeout: Some(Duration::from_secs(o.handshake_limit.unwrap_or(10))).filter(|d| !d.is_zero()),
         max_clients: o.shared,
         exit_when_idle: !o.persistent,
+        tls_mode: if tls.is_some() { TlsMode::Require } else { TlsMode::Off },
+        tls,
         ..ServerConfig::default()
     };
     let target = match inherited {
@@ -109,6 +126,78 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
         }
     }
     .map_err(|e| format!("server: {e}"))
+}
+
+/// The TLS credentials object `id`, which must be for the `want` side.
+fn tls_object<'a>(objects: &'a Objects, id: &str, want: Endpoint) -> Result<&'a Object, String> {
+    let object =
+        objects.get(id).ok_or_else(|| format!("Failed to get TLS creds: No TLS credentials with id '{id}'"))?;
+    let endpoint = match object {
+        Object::TlsX509 { endpoint, .. } | Object::TlsPsk { endpoint, .. } => *endpoint,
+        _ => return Err(format!("Failed to get TLS creds: Object with id '{id}' is not TLS credentials")),
+    };
+    if endpoint != want {
+        let side = if want == Endpoint::Server { "server" } else { "client" };
+        return Err(format!("Failed to get TLS creds: Expected TLS credentials for a {side} endpoint"));
+    }
+    Ok(object)
+}
+
+/// `--tls-creds` when serving: qemu's file names in `dir=` (server-cert.pem, server-key.pem,
+/// ca-cert.pem; keys.psk), loaded by the server's TLS code.
+fn server_tls(objects: &Objects, id: &str) -> Result<TlsContext, String> {
+    let options = match tls_object(objects, id, Endpoint::Server)? {
+        Object::TlsX509 { dir, verify_peer, .. } => TlsOptions {
+            mode: TlsMode::Require,
+            certificates: Some(dir.clone()),
+            psk_file: None,
+            verify_peer: *verify_peer,
+        },
+        Object::TlsPsk { dir, .. } => TlsOptions {
+            mode: TlsMode::Require,
+            certificates: None,
+            psk_file: Some(dir.join("keys.psk")),
+            verify_peer: false,
+        },
+        _ => unreachable!("tls_object returns credentials"),
+    };
+    TlsContext::new(&options).map_err(|e| format!("--tls-creds {id}: {e}"))
+}
+
+/// `-L`: list the exports of the server at `-k` or `-b`/`-p`, in qemu-nbd's layout.
+fn list(o: &options::Options, objects: &Objects) -> Result<(), String> {
+    let address = match &o.socket {
+        Some(path) => Address::Unix(path.clone()),
+        None => Address::Tcp(
+            o.bind.clone().unwrap_or_else(|| "0.0.0.0".into()),
+            o.port.clone().unwrap_or_else(|| "10809".into()),
+        ),
+    };
+    let client = match &o.tls_creds {
+        Some(id) => {
+            let options = match tls_object(objects, id, Endpoint::Client)? {
+                Object::TlsX509 { dir, verify_peer, .. } => {
+                    TlsClientOptions { certificates: Some(dir.clone()), verify: *verify_peer, ..Default::default() }
+                }
+                Object::TlsPsk { dir, username, .. } => TlsClientOptions {
+                    psk_file: Some(dir.join("keys.psk")),
+                    // qemu's default PSK identity.
+                    username: Some(username.clone().unwrap_or_else(|| "qemu".into())),
+                    ..Default::default()
+                },
+                _ => unreachable!("tls_object returns credentials"),
+            };
+            Some(TlsClient::new(&options).map_err(|e| format!("--tls-creds {id}: {e}"))?)
+        }
+        None => None,
+    };
+    let hostname = o.tls_hostname.clone().or_else(|| match &address {
+        Address::Tcp(host, _) => Some(host.clone()),
+        Address::Unix(_) => None,
+    });
+    let exports = list::list(&address, client.as_ref().map(|c| (c, hostname.as_deref())))?;
+    print!("{}", list::format(&exports));
+    Ok(())
 }
 
 /// An error of the process library naming qemu-nbd's option.

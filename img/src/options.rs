@@ -37,6 +37,11 @@ pub struct Options {
     pub pid_file: Option<PathBuf>,
     pub selinux_label: Option<String>,
     pub file: Option<PathBuf>,
+    /// `--object`, in order.
+    pub objects: Vec<String>,
+    pub tls_creds: Option<String>,
+    pub tls_authz: Option<String>,
+    pub tls_hostname: Option<String>,
 }
 
 /// A command-line error, printed as `nbdforge-img: MESSAGE`.
@@ -156,16 +161,11 @@ pub fn parse(args: Vec<OsString>) -> Result<Options, Usage> {
             Short('T') | Long("trace") => {
                 p.value()?;
             }
-            Short('B')
-            | Long("bitmap")
-            | Short('l')
-            | Long("load-snapshot")
-            | Long("object")
-            | Long("tls-creds")
-            | Long("tls-authz")
-            | Long("tls-hostname")
-            | Short('c')
-            | Long("connect") => {
+            Long("object") => o.objects.push(string(p.value()?)?),
+            Long("tls-creds") => o.tls_creds = Some(string(p.value()?)?),
+            Long("tls-authz") => o.tls_authz = Some(string(p.value()?)?),
+            Long("tls-hostname") => o.tls_hostname = Some(string(p.value()?)?),
+            Short('B') | Long("bitmap") | Short('l') | Long("load-snapshot") | Short('c') | Long("connect") => {
                 let name = option_name(&arg);
                 p.value()?;
                 return Err(Usage(format!("{name} is not implemented yet")));
@@ -180,11 +180,23 @@ pub fn parse(args: Vec<OsString>) -> Result<Options, Usage> {
     if o.help || o.version {
         return Ok(o);
     }
+    if o.tls_authz.is_some() && o.tls_creds.is_none() {
+        return Err(Usage("--tls-authz is not permitted without --tls-creds".into()));
+    }
+    if o.tls_hostname.is_some() && o.tls_creds.is_none() {
+        return Err(Usage("--tls-hostname is not permitted without --tls-creds".into()));
+    }
     if o.list {
+        if o.tls_authz.is_some() {
+            return Err(Usage("--tls-authz is not permitted when using --list".into()));
+        }
         if !files.is_empty() {
             return Err(Usage("Invalid number of arguments".into()));
         }
         return Ok(o);
+    }
+    if o.tls_hostname.is_some() {
+        return Err(Usage("--tls-hostname is only permitted with --list".into()));
     }
     if files.len() != 1 {
         return Err(Usage("Invalid number of arguments".into()));
@@ -239,8 +251,17 @@ The disk:
       --discard=MODE         ignore (default) or unmap
       --detect-zeroes=MODE   off (default), on or unmap
 
-Not implemented yet: -L, -B, -l, -c, -d, --image-opts, --object, --tls-creds, --tls-authz,
---tls-hostname.
+TLS and objects:
+      --object TYPE,id=ID,...  define an object: secret, tls-creds-x509, tls-creds-psk,
+                             authz-simple, authz-list-file
+      --tls-creds=ID         require TLS with the credentials of object ID
+      --tls-authz=ID         allow only the TLS clients authz object ID accepts
+      --tls-hostname=NAME    with -L: the name the server's certificate must carry
+
+As a client:
+  -L, --list                 list the exports of the server at -b/-p or -k, then exit
+
+Not implemented yet: -B, -l, -c, -d, --image-opts.
 ";
 
 #[cfg(test)]
@@ -275,5 +296,12 @@ mod tests {
         assert_eq!(e(&["--aio=x", "f"]), "Invalid aio mode 'x'");
         assert_eq!(e(&["--bogus"]), "unrecognized option '--bogus'");
         assert!(e(&["-f", "vmdk", "f"]).starts_with("Unknown driver 'vmdk'"));
+        assert_eq!(e(&["--tls-authz", "a", "f"]), "--tls-authz is not permitted without --tls-creds");
+        assert_eq!(e(&["--tls-hostname", "h", "f"]), "--tls-hostname is not permitted without --tls-creds");
+        assert_eq!(
+            e(&["--tls-creds", "t", "--tls-hostname", "h", "f"]),
+            "--tls-hostname is only permitted with --list"
+        );
+        assert_eq!(e(&["-L", "f"]), "Invalid number of arguments");
     }
 }

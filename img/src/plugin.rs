@@ -48,6 +48,8 @@ pub struct Settings {
     pub allocation_depth: bool,
     /// `-r`.
     pub readonly: bool,
+    /// `--tls-authz`: which TLS clients may open the export.
+    pub authz: Option<crate::authz::Authz>,
 }
 
 /// The plugin: the open image and its settings.
@@ -99,6 +101,20 @@ impl Plugin for ImagePlugin {
                 libc::ENOENT,
                 format!("export '{}' not found (this server serves '{}')", args.export_name, self.settings.export_name),
             ));
+        }
+        if let Some(authz) = &self.settings.authz {
+            let tls = args.conn.client().tls.clone().unwrap_or_default();
+            let identity = tls.dn.as_deref().map(crate::authz::qemu_dn).or(tls.identity);
+            let allowed = authz.allows(identity.as_deref()).map_err(|e| Error::new(libc::EIO, e))?;
+            if !allowed {
+                return Err(Error::new(
+                    libc::EPERM,
+                    format!(
+                        "--tls-authz: client {} is not authorized",
+                        identity.as_deref().unwrap_or("without identity")
+                    ),
+                ));
+            }
         }
         Ok(Box::new(ImageHandle {
             image: Arc::clone(&self.image),

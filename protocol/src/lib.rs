@@ -8,6 +8,7 @@
 //! - [`negotiation`]: the handshake phase: greeting, options, STARTTLS rules, meta contexts.
 //! - [`transmission`]: request headers, their checks, and reply headers.
 //! - [`client`]: the client side, for proxying: the handshake, requests, and checked reply decoding.
+//! - [`wire`]: reading big-endian fields out of received bytes without panicking.
 
 #![warn(missing_docs)]
 
@@ -15,7 +16,7 @@ pub mod client;
 pub mod consts;
 pub mod negotiation;
 pub mod transmission;
-mod wire;
+pub mod wire;
 
 pub use negotiation::{
     oldstyle_greeting, ExportInfo, Exports, MetaContext, Negotiated, Negotiation, NegotiationConfig, OptionError,
