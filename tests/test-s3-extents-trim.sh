@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# timeout: 240
 # The S3 plugin's block status and deletions, checked against the bucket's listing (boto3):
 # objects never written are holes; trim deletes the objects it covers whole and leaves the ones
 # it covers in part; zero deletes whole objects and zeroes the parts of the others; FUA and

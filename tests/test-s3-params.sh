@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# timeout: 240
 # The S3 plugin's parameters: --help and --dump-plugin, bad values refused before listening with
 # the parameter and value named, and credentials from each place boto3 looks (parameters, a
 # file given as +FILE, the environment, a credentials file with profile=) against a Swift
