@@ -28,6 +28,7 @@ pub fn table() -> Vec<Registration> {
     let mut table = nbdforge_plugins::registrations();
     table.extend(nbdforge_cplugin::registrations());
     table.extend(nbdforge_filters::registrations());
+    table.extend(nbdforge_decoders::registrations());
     table.extend(nbdforge_examples::registrations());
     table
 }
