@@ -8,17 +8,18 @@ decoders_image() {
     { cat "$tmp/random.bin"; head -c 2M /dev/zero; head -c 1000001 "$tmp/random.bin"; } > "$1"
 }
 
-# served_is FILE: the running server ($uri) serves exactly FILE: copied whole with nbdcopy, and
-# read at random offsets and lengths with nbdsh (each read may start and end mid-block).
+# served_is FILE [writable]: the running server ($uri) serves exactly FILE: copied whole with
+# nbdcopy, and read at random offsets and lengths with nbdsh (each read may start and end
+# mid-block); read-only unless "writable" is given.
 served_is() {
     rm -f "$tmp/served.out"
     nbdcopy "$uri" "$tmp/served.out"
     same_file "$1" "$tmp/served.out"
-    ORIG="$1" nbdsh -u "$uri" -c '
+    ORIG="$1" WRITABLE="${2:-}" nbdsh -u "$uri" -c '
 import os, random
 data = open(os.environ["ORIG"], "rb").read()
 assert h.get_size() == len(data), (h.get_size(), len(data))
-assert h.is_read_only()
+assert h.is_read_only() == (os.environ["WRITABLE"] != "writable")
 rng = random.Random(7)
 for _ in range(200):
     off = rng.randrange(len(data))
