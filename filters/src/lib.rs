@@ -25,6 +25,7 @@
 //!   or remove what the export offers (zeroing, block status, cache, parallelism, the rotational
 //!   flag, FUA and flush).
 //! - [`swab`]: swap the bytes of every word.
+//! - [`tar`]: serve one file inside a tar archive, in place.
 //! - [`blocksize`]: serve unaligned and oversized requests to a layer that cannot;
 //!   [`blocksize_policy`]: set the advertised block sizes, and refuse requests that ignore them.
 //! - [`cow`]: make a read-only layer writable, the changes kept in a temporary overlay;
@@ -91,6 +92,7 @@ pub mod rotational;
 pub mod scan;
 pub mod swab;
 pub mod switch;
+pub mod tar;
 pub mod tempfile;
 pub mod truncate;
 pub mod window;
@@ -147,6 +149,7 @@ pub fn registrations() -> Vec<Registration> {
         rotational::registration(),
         scan::registration(),
         swab::registration(),
+        tar::registration(),
         truncate::registration(),
         log::registration(),
         stats::registration(),
