@@ -171,19 +171,9 @@ impl Handle for ImageHandle {
     }
 
     fn capabilities(&self) -> Result<Capabilities> {
-        Ok(Capabilities {
-            write: !self.readonly,
-            flush: true,
-            rotational: false,
-            trim: true,
-            zero: Support::Native,
-            fast_zero: false,
-            fua: Support::Native,
-            // One image shared by every connection: a flush on one covers the writes of all.
-            multi_conn: true,
-            extents: true,
-            cache: Support::Emulate,
-        })
+        // One image shared by every connection: a flush on one covers the writes of all, so
+        // multi-conn stays on with the rest of ALL.
+        Ok(Capabilities { write: !self.readonly, fast_zero: false, cache: Support::Emulate, ..Capabilities::ALL })
     }
 
     fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {

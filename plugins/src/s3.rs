@@ -314,18 +314,7 @@ impl Handle for S3Handle {
             return Ok(Capabilities { multi_conn: true, ..Capabilities::READ_ONLY });
         }
         // Every PUT and DELETE is durable when it returns: flush and FUA have nothing to do.
-        Ok(Capabilities {
-            write: !self.readonly,
-            flush: true,
-            rotational: false,
-            trim: true,
-            zero: Support::Native,
-            fast_zero: true,
-            fua: Support::Native,
-            multi_conn: true,
-            extents: true,
-            cache: Support::None,
-        })
+        Ok(Capabilities { write: !self.readonly, cache: Support::None, ..Capabilities::ALL })
     }
 
     fn block_size(&self) -> Result<Option<BlockSize>> {
