@@ -125,14 +125,33 @@ EOF
     s3_access_key="test:tester"
     s3_secret_key="Zq9-s3cr3t"
     export s3_endpoint s3_access_key s3_secret_key
-    # Up when an authenticated S3 call works: the proxy and enough of every ring answer.
-    local t
+    # Up when every server listens (a bucket made while a container server is still starting
+    # gets a 503) and an authenticated S3 call works.
+    local t ports=("$swift_memcache_port" "$swift_proxy_port")
+    for i in 1 2 3; do
+        ports+=($((base + i * 3)) $((base + i * 3 + 1)) $((base + i * 3 + 2)))
+    done
+    for port in "${ports[@]}"; do
+        wait_tcp_listening "$port"
+    done
     for ((t = 0; t < 300; t++)); do
         s3 ls >/dev/null 2>&1 && return 0
         sleep 0.2
     done
     cat "$swift_root"/log/*.log >&2
     fail "swift: the cluster did not come up in 60 s"
+}
+
+# wait_tcp_listening PORT: waits (30 s at most) for a listening socket on 127.0.0.1:PORT.
+wait_tcp_listening() {
+    local hex i
+    hex=$(printf '0100007F:%04X' "$1")
+    for ((i = 0; i < 300; i++)); do
+        awk -v a="$hex" '$2 == a && $4 == "0A" { found = 1 } END { exit !found }' /proc/net/tcp && return 0
+        sleep 0.1
+    done
+    cat "$swift_root"/log/*.log >&2
+    fail "swift: nothing listens on port $1 after 30 s"
 }
 
 # start_swift_server KIND NAME: one server in the background, its log in $swift_root/log/NAME.log.
