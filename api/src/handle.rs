@@ -44,6 +44,16 @@ pub trait ReadSink {
     /// to the network but never waits for the client.
     fn borrowed(&mut self, parts: &[&[u8]]) -> Result<()>;
 
+    /// [`borrowed`](Self::borrowed), from memory whose pages are never recycled for other data:
+    /// when freed they go back to the kernel (`munmap`, `MADV_DONTNEED`), never to a heap
+    /// allocator. The server may then send them without copying them (`vmsplice`): the kernel
+    /// keeps the pages until the client has read them, so a write that lands on them meanwhile
+    /// may show in this reply, as it may for any read and write of the same bytes in flight
+    /// together. The default sends them as `borrowed` does.
+    fn borrowed_pages(&mut self, parts: &[&[u8]]) -> Result<()> {
+        self.borrowed(parts)
+    }
+
     /// The data in a file: the read's length at `offset` of `file`, which is at least that long.
     /// The server may send it with `sendfile`, kernel to kernel. `holes` are the ranges of the
     /// file known to read as zeroes, as `(start, length)` relative to the start of the read

@@ -99,6 +99,11 @@ impl ReadSink for WatchedSink<'_> {
         self.sink.borrowed(parts)
     }
 
+    fn borrowed_pages(&mut self, parts: &[&[u8]]) -> Result<()> {
+        self.delivered = true;
+        self.sink.borrowed_pages(parts)
+    }
+
     fn file(&mut self, file: BorrowedFd<'_>, offset: u64, holes: &[(u64, u64)]) -> Result<()> {
         self.delivered = true;
         self.sink.file(file, offset, holes)

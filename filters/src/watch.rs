@@ -59,6 +59,11 @@ impl<F: FnOnce()> ReadSink for WhenReady<'_, F> {
         self.inner.borrowed(parts)
     }
 
+    fn borrowed_pages(&mut self, parts: &[&[u8]]) -> Result<()> {
+        self.fire();
+        self.inner.borrowed_pages(parts)
+    }
+
     fn file(&mut self, file: BorrowedFd<'_>, offset: u64, holes: &[(u64, u64)]) -> Result<()> {
         self.fire();
         let before = DELIVERING.with(|d| d.replace(true));

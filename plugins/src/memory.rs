@@ -167,10 +167,11 @@ impl Handle for MemoryHandle {
     }
 
     /// Reads lend the pages themselves, read-locked, so the server sends them without a copy.
+    /// Freed pages go back to the kernel, never to the heap, so they may be lent by reference.
     fn read(&self, count: u64, offset: u64, flags: Flags, sink: &mut dyn ReadSink) -> Result<()> {
         if let Storage::Sparse(array) = &*self.storage {
             let mut result = Ok(());
-            if array.read_borrowed(offset, count, &mut |parts| result = sink.borrowed(parts)) {
+            if array.read_borrowed(offset, count, &mut |parts| result = sink.borrowed_pages(parts)) {
                 return result;
             }
         }

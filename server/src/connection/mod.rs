@@ -3,6 +3,7 @@
 //! - [`handshake`]: the negotiation under its deadline, and the exports as the backend sees them;
 //! - [`transmission`]: the workers that read requests, run them against the backend and reply;
 //! - [`reply`]: how a read's data and a block status become reply chunks, and reach the socket;
+//! - [`splice`]: large reads from a backend's pages sent by reference, without a copy;
 //! - [`budget`]: the bound on the memory clients can make the server hold for request data;
 //! - [`parking`]: where idle connections wait without a thread.
 //!
@@ -13,6 +14,7 @@ mod budget;
 mod handshake;
 mod parking;
 mod reply;
+mod splice;
 mod transmission;
 
 use std::sync::Arc;

@@ -18,14 +18,15 @@ use nix::sys::socket::MsgFlags;
 use tracing::warn;
 
 use super::budget::Reservation;
-use super::transmission::{lock, Replied, Transmission};
+use super::splice::{ReplyPipe, SPLICE_MIN};
+use super::transmission::{lock, Output, Replied, Transmission, HOLD_LIMIT};
 use crate::transport::write_all_vectored;
 
 /// How long one BLOCK_STATUS reply may spend collecting extents before it is cut short.
 const BLOCK_STATUS_TIME: Duration = Duration::from_secs(2);
 
 /// The connection's write half, locked.
-type Writer<'t> = MutexGuard<'t, Box<dyn Write + Send>>;
+type Writer<'t> = MutexGuard<'t, Output>;
 
 /// How a read's reply went out, as the sink saw it.
 enum Outcome {
@@ -50,6 +51,8 @@ struct ReplySink<'t, 'b> {
     /// The write lock and the part of a borrowed reply the socket did not take at once, sent once
     /// the backend has let go of its memory.
     rest: Option<(Writer<'t>, Vec<u8>)>,
+    /// The bytes of a reply waiting in this thread's pipe, sent once the backend has let go.
+    spliced: Option<usize>,
 }
 
 impl<'t> ReadSink for ReplySink<'t, '_> {
@@ -76,10 +79,21 @@ impl<'t> ReadSink for ReplySink<'t, '_> {
         // reply goes out only if the write lock is free, without blocking; what the socket does
         // not take at once is copied and sent after the backend lets go (in `finish`).
         let t: &'t Transmission = self.t;
-        if let (Some(socket), Ok(writer)) = (&t.socket, t.writer.try_lock()) {
+        if let (Some(socket), Ok(mut writer)) = (&t.socket, t.writer.try_lock()) {
             let reply = t.read_reply(self.req, self.offset, self.df, parts);
             let mut iov = reply.iov();
             let total: usize = iov.iter().map(|s| s.len()).sum();
+            if t.corked.load(Ordering::Relaxed) && writer.held.len() + total <= HOLD_LIMIT {
+                // Another request is waiting: this reply goes out with the next ones.
+                iov.iter().for_each(|s| writer.held.extend_from_slice(s));
+                self.outcome = Outcome::Sent;
+                return Ok(());
+            }
+            let held = std::mem::take(&mut writer.held);
+            if !held.is_empty() {
+                iov.insert(0, IoSlice::new(&held));
+            }
+            let total = total + held.len();
             let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
             let sent = match nix::sys::socket::sendmsg::<()>(socket.as_raw_fd(), &iov, &[], flags, None) {
                 Ok(n) => n,
@@ -89,21 +103,26 @@ impl<'t> ReadSink for ReplySink<'t, '_> {
                     total
                 }
             };
+            let mut unsent = None;
             if sent < total {
                 let mut rest: &mut [IoSlice<'_>] = &mut iov;
                 IoSlice::advance_slices(&mut rest, sent);
                 let mut bytes = Vec::new();
                 if bytes.try_reserve_exact(total - sent).is_ok() {
                     rest.iter().for_each(|s| bytes.extend_from_slice(s));
-                    self.rest = Some((writer, bytes));
-                } else {
-                    // No memory for a copy: send the rest from the backend's memory, waiting for
-                    // the client while its pages are held (only under memory pressure).
-                    let mut writer = writer;
-                    if let Err(e) = write_all_vectored(writer.as_mut(), rest) {
-                        t.reply_failed(e);
-                    }
+                    unsent = Some(bytes);
+                } else if let Err(e) = write_all_vectored(writer.w.as_mut(), rest) {
+                    // No memory for a copy: the rest was sent from the backend's memory, waiting
+                    // for the client while its pages are held (only under memory pressure).
+                    t.reply_failed(e);
                 }
+            }
+            drop(iov);
+            // The held replies went out first (or are in `unsent`); keep the buffer for the next.
+            writer.held = held;
+            writer.held.clear();
+            if let Some(bytes) = unsent {
+                self.rest = Some((writer, bytes));
             }
             self.outcome = Outcome::Sent;
             return Ok(());
@@ -116,6 +135,19 @@ impl<'t> ReadSink for ReplySink<'t, '_> {
         parts.iter().for_each(|p| self.buf.extend_from_slice(p));
         self.outcome = Outcome::Buffered;
         Ok(())
+    }
+
+    fn borrowed_pages(&mut self, parts: &[&[u8]]) -> Result<()> {
+        let t: &'t Transmission = self.t;
+        if t.socket.is_some() && self.length as usize >= SPLICE_MIN {
+            let reply = t.read_reply(self.req, self.offset, self.df, parts);
+            if let Some(n) = ReplyPipe::load(&reply.pieces()) {
+                self.spliced = Some(n);
+                self.outcome = Outcome::Sent;
+                return Ok(());
+            }
+        }
+        self.borrowed(parts)
     }
 
     fn file(&mut self, file: BorrowedFd<'_>, at: u64, holes: &[(u64, u64)]) -> Result<()> {
@@ -140,10 +172,16 @@ impl Transmission {
         buf: &mut Vec<u8>,
     ) -> Replied {
         let held = Reservation::new(&self.budget, &self.shared.budget);
-        let mut sink = ReplySink { t: self, req, offset, length, df, buf, held, outcome: Outcome::Pending, rest: None };
-        let result = self.handle.read(u64::from(length), offset, Flags::NONE, &mut sink);
+        let mut sink = ReplySink { t: self, req, offset, length, df, buf, held, outcome: Outcome::Pending, rest: None, spliced: None };
+        let result = self.timed(|| self.handle.read(u64::from(length), offset, Flags::NONE, &mut sink));
         if let Some((mut writer, rest)) = sink.rest.take() {
-            if let Err(e) = writer.write_all(&rest) {
+            if let Err(e) = writer.w.write_all(&rest) {
+                self.reply_failed(e);
+            }
+        }
+        if let (Some(n), Some(socket)) = (sink.spliced.take(), &self.socket) {
+            let mut out = lock(&self.writer);
+            if let Err(e) = out.flush_held().and_then(|()| ReplyPipe::send(socket, n)) {
                 self.reply_failed(e);
             }
         }
@@ -187,7 +225,9 @@ impl Transmission {
             vec![(offset, length, false)]
         };
         let last = runs.len() - 1;
-        let mut writer = lock(&self.writer);
+        let mut out = lock(&self.writer);
+        let mut sent = out.flush_held();
+        let writer = &mut out.w;
         for (i, &(start, n, zero)) in runs.iter().enumerate() {
             let header = if zero {
                 // A run of a read is at most the read's length, which is 32 bits.
@@ -195,7 +235,9 @@ impl Transmission {
             } else {
                 self.replies.read_data(req.cookie, offset, start, n, i == last)
             };
-            let mut sent = writer.write_all(header.as_bytes());
+            if sent.is_ok() {
+                sent = writer.write_all(header.as_bytes());
+            }
             if !zero && sent.is_ok() {
                 sent = send_file(socket, file, at + (start - offset), n);
             }
@@ -363,13 +405,19 @@ struct ReadReply<'a> {
 }
 
 impl ReadReply<'_> {
-    fn iov(&self) -> Vec<IoSlice<'_>> {
-        let mut iov = Vec::with_capacity(self.runs.len() + self.data.len());
+    /// The reply's pieces, each marked `true` if it is a header (server memory, to be copied
+    /// by a pipe) and `false` if it is the backend's data.
+    fn pieces(&self) -> Vec<(IoSlice<'_>, bool)> {
+        let mut pieces = Vec::with_capacity(self.runs.len() + self.data.len());
         for (h, r) in self.headers.iter().zip(&self.runs) {
-            iov.push(IoSlice::new(h.as_bytes()));
-            iov.extend(self.data[r.first..r.first + r.count].iter().map(|d| IoSlice::new(d)));
+            pieces.push((IoSlice::new(h.as_bytes()), true));
+            pieces.extend(self.data[r.first..r.first + r.count].iter().map(|d| (IoSlice::new(d), false)));
         }
-        iov
+        pieces
+    }
+
+    fn iov(&self) -> Vec<IoSlice<'_>> {
+        self.pieces().into_iter().map(|(piece, _)| piece).collect()
     }
 }
 

@@ -7,8 +7,11 @@
 //! go out in whatever order the backend finishes.
 //!
 //! A connection starts with one worker (its own thread) and adds one, up to `-t`, whenever a
-//! worker takes a request and no other is left waiting to read: a busy client gets the
-//! concurrency it uses. A client idle for a second, with nothing in flight, costs no thread at all:
+//! worker takes a request and no other is left waiting to read, as long as requests take long
+//! (see [`FAST_SERVICE`]): a busy client gets the concurrency it uses. When the backend answers
+//! fast, one worker serves the connection alone: threads handing the reader to each other would
+//! cost more than the requests, and the lone worker sends the replies to requests that were
+//! already waiting behind each other together, in one system call ([`Output`]). A client idle for a second, with nothing in flight, costs no thread at all:
 //! its connection is parked in the server's poller (see `parking`) until it sends again.
 //!
 //! The connection's state is shared by its workers (an `Arc`), so it outlives any one thread;
@@ -16,9 +19,9 @@
 
 use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nbdforge_api::{Connection, Error, Flags, Handle, ThreadModel};
 use nbdforge_protocol::consts::*;
@@ -44,6 +47,13 @@ const READ_BUFFER: usize = 16 << 10;
 const DRAIN_LIMIT: u64 = 2 * super::MAX_REQUEST as u64;
 /// Payload bytes are taken (and memory reserved for them) this many at a time, as they arrive.
 const PAYLOAD_STEP: usize = 1 << 20;
+/// Requests that take less than this on average (memory, files in the page cache) are served by
+/// one worker alone; slower ones (disks, the network, scripts) get more workers, which wait in
+/// parallel. Set between a 4 KiB read of memory or of a cached file (1-3 µs) and a read from
+/// an NVMe disk (over 10 µs), whose queue depth is what the workers are for.
+const FAST_SERVICE: Duration = Duration::from_micros(10);
+/// Replies held back for one system call, at most (see [`Output`]).
+pub(super) const HOLD_LIMIT: usize = 64 << 10;
 
 /// Serves the transmission phase on this thread (and the workers it starts) until the client
 /// leaves or its connection is parked; what remains of it then belongs to its workers or to the
@@ -72,7 +82,9 @@ pub(super) fn run(
         session: Session::new(negotiated),
         replies: Replies { structured: negotiated.structured, extended: negotiated.extended },
         reader: Mutex::new(Reader { input: BufReader::with_capacity(READ_BUFFER, read), done: false, parked: false }),
-        writer: Mutex::new(write),
+        writer: Mutex::new(Output { w: write, held: Vec::new() }),
+        corked: AtomicBool::new(false),
+        service_ns: AtomicU64::new(0),
         failed: AtomicBool::new(false),
         buffers: Mutex::new(Vec::new()),
         // Only plain sockets park: a TLS session may hold decrypted bytes the socket does not show.
@@ -122,7 +134,12 @@ pub(super) struct Transmission {
     pub session: Session,
     pub replies: Replies,
     reader: Mutex<Reader>,
-    pub writer: Mutex<Box<dyn Write + Send>>,
+    pub writer: Mutex<Output>,
+    /// The lone worker's current request has another one waiting behind it: its reply may be
+    /// held back in [`Output::held`].
+    pub corked: AtomicBool,
+    /// The backend's recent time per request (a moving average), in nanoseconds.
+    service_ns: AtomicU64,
     pub failed: AtomicBool,
     /// The socket, for replies sent on it directly (borrowed reads, `sendfile`) and for waiting
     /// on it; `None` for TLS and pipes.
@@ -147,12 +164,47 @@ pub(super) struct Transmission {
     _live: LiveGuard,
 }
 
+/// The connection's write half, and the replies held back to go out with the next ones.
+///
+/// Only a worker serving alone holds replies back, and only while the next request is already
+/// in the read buffer: it flushes them before it could wait for the client (see
+/// `next_request`), so a client never waits for a reply that sits here.
+pub(super) struct Output {
+    pub w: Box<dyn Write + Send>,
+    /// Whole replies, at most [`HOLD_LIMIT`] bytes.
+    pub held: Vec<u8>,
+}
+
+impl Output {
+    /// Sends the held replies and then `parts`, in one vectored write.
+    pub fn send(&mut self, parts: &mut [IoSlice<'_>]) -> io::Result<()> {
+        if self.held.is_empty() {
+            return write_all_vectored(self.w.as_mut(), parts);
+        }
+        let held = std::mem::take(&mut self.held);
+        let mut iov = Vec::with_capacity(parts.len() + 1);
+        iov.push(IoSlice::new(&held));
+        iov.extend(parts.iter().map(|p| IoSlice::new(p)));
+        let sent = write_all_vectored(self.w.as_mut(), &mut iov);
+        drop(iov);
+        self.held = held;
+        self.held.clear();
+        sent
+    }
+
+    /// Sends the held replies.
+    pub fn flush_held(&mut self) -> io::Result<()> {
+        self.send(&mut [])
+    }
+}
+
 /// The error a request was answered with (a protocol errno), or `None` for success.
 pub(super) type Replied = Option<u32>;
 
 /// What a worker gets when it asks for the next request.
 enum Next<'r> {
-    Request(Incoming<'r>, Vec<u8>),
+    /// A request, its buffer, and whether another request is already read behind it.
+    Request(Incoming<'r>, Vec<u8>, bool),
     /// The connection is over.
     End,
     /// The connection was parked: this worker leaves, the connection goes on.
@@ -176,8 +228,9 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Transmission {
     fn worker(self: Arc<Self>) {
-        while let Next::Request(incoming, mut buf) = self.next_request() {
+        while let Next::Request(incoming, mut buf, more) = self.next_request() {
             self.maybe_add_worker();
+            self.corked.store(more && self.workers.load(Ordering::SeqCst) == 1, Ordering::Relaxed);
             let Incoming { req, refused, close, held } = incoming;
             let started = self.metrics.as_ref().map(|_| Instant::now());
             // A panicking plugin fails its request, not the connection (which would leave the
@@ -187,9 +240,9 @@ impl Transmission {
                 error!("{}: the backend panicked", command_name(req.kind));
                 self.send_error(&req, EIO, "internal error in the backend")
             });
-            if let (Some(metrics), Some(started)) = (&self.metrics, started) {
+            if let Some(metrics) = &self.metrics {
                 if req.kind != CMD_DISC {
-                    metrics.record(req.kind, req.length, replied, started.elapsed());
+                    metrics.record(req.kind, req.length, replied, started.map(|s| s.elapsed()).unwrap_or_default());
                 }
             }
             drop(held);
@@ -208,8 +261,44 @@ impl Transmission {
             if req.kind == CMD_DISC {
                 break;
             }
+            if self.retire() {
+                return;
+            }
         }
         self.workers.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Runs a backend call, folding its time into the moving average (an eighth of it). Only the
+    /// backend's time counts: waiting for the client to take a reply is not work more workers do
+    /// faster, since they would wait for the same socket.
+    pub(super) fn timed<R>(&self, call: impl FnOnce() -> R) -> R {
+        let started = Instant::now();
+        let result = call();
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let old = self.service_ns.load(Ordering::Relaxed);
+        self.service_ns.store(old - old / 8 + took / 8, Ordering::Relaxed);
+        result
+    }
+
+    /// Whether the backend has been answering fast enough for one worker to serve alone.
+    fn fast(&self) -> bool {
+        self.service_ns.load(Ordering::Relaxed) < FAST_SERVICE.as_nanos() as u64
+    }
+
+    /// A worker leaves, giving up its count, when the backend has become fast and another worker
+    /// stays: true if this worker is to stop.
+    fn retire(&self) -> bool {
+        if !self.fast() {
+            return false;
+        }
+        let mut n = self.workers.load(Ordering::SeqCst);
+        while n > 1 {
+            match self.workers.compare_exchange(n, n - 1, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => return true,
+                Err(now) => n = now,
+            }
+        }
+        false
     }
 
     /// Starts one more worker for this connection; false if the system refused the thread.
@@ -226,7 +315,7 @@ impl Transmission {
 
     /// Adds a worker when this one took the last waiting reader's place, up to the limit.
     fn maybe_add_worker(self: &Arc<Self>) {
-        if self.reading.load(Ordering::SeqCst) > 0 {
+        if self.reading.load(Ordering::SeqCst) > 0 || self.fast() {
             return;
         }
         let count = self.workers.load(Ordering::Relaxed);
@@ -272,7 +361,12 @@ impl Transmission {
     fn next_request(self: &Arc<Self>) -> Next<'_> {
         self.reading.fetch_add(1, Ordering::SeqCst);
         let mut rd = lock(&self.reader);
+        let header_len = if self.session.extended { 32 } else { 28 };
         let result = loop {
+            if rd.input.buffer().len() < header_len {
+                // The next read may wait for the client: what was held back goes out first.
+                self.flush_held();
+            }
             if rd.done || self.failed.load(Ordering::Relaxed) {
                 break Next::End;
             }
@@ -299,7 +393,8 @@ impl Transmission {
                     }
                     rd.done |= incoming.req.kind == CMD_DISC || incoming.close;
                     self.in_flight.fetch_add(1, Ordering::SeqCst);
-                    break Next::Request(incoming, buf);
+                    let more = !rd.done && rd.input.buffer().len() >= header_len;
+                    break Next::Request(incoming, buf, more);
                 }
                 Err(e) => {
                     rd.done = true;
@@ -321,6 +416,7 @@ impl Transmission {
         let Some(parking) = self.shared.parking() else { return false };
         rd.parked = true;
         lock(&self.buffers).clear();
+        lock(&self.writer).held = Vec::new();
         let this: Arc<dyn Parked> = Arc::clone(self) as Arc<dyn Parked>;
         if let Err(e) = parking.park(this) {
             debug!("{}: cannot park the idle connection: {e}", self.peer);
@@ -330,7 +426,7 @@ impl Transmission {
         true
     }
 
-    fn read_request(&self, input: &mut dyn Read, buf: &mut Vec<u8>) -> io::Result<Incoming<'_>> {
+    fn read_request(&self, input: &mut BufReader<Box<dyn Read + Send>>, buf: &mut Vec<u8>) -> io::Result<Incoming<'_>> {
         let mut header = [0u8; EXTENDED_REQUEST_LEN];
         let header = &mut header[..if self.session.extended { 32 } else { 28 }];
         read_exact_patiently(input, header)?;
@@ -353,6 +449,9 @@ impl Transmission {
             return Ok(refuse(EINVAL, message, false));
         }
         let len = usize::try_from(len).map_err(|_| io::Error::other("payload length out of range"))?;
+        if input.buffer().len() < len {
+            self.flush_held();
+        }
         let mut have = 0;
         while have < len {
             let step = (len - have).min(PAYLOAD_STEP);
@@ -376,10 +475,26 @@ impl Transmission {
         Ok(Incoming { req, refused: None, close: false, held })
     }
 
+    /// Sends a whole reply; or holds it back while the connection is corked.
     pub(super) fn send(&self, parts: &mut [IoSlice<'_>]) {
-        let mut w = lock(&self.writer);
-        if let Err(e) = write_all_vectored(w.as_mut(), parts) {
+        let mut out = lock(&self.writer);
+        let size: usize = parts.iter().map(|p| p.len()).sum();
+        if self.corked.load(Ordering::Relaxed) && out.held.len() + size <= HOLD_LIMIT {
+            parts.iter().for_each(|p| out.held.extend_from_slice(p));
+            return;
+        }
+        if let Err(e) = out.send(parts) {
             self.reply_failed(e);
+        }
+    }
+
+    /// Sends the replies held back.
+    pub(super) fn flush_held(&self) {
+        let mut out = lock(&self.writer);
+        if !out.held.is_empty() {
+            if let Err(e) = out.flush_held() {
+                self.reply_failed(e);
+            }
         }
     }
 
@@ -435,14 +550,19 @@ impl Transmission {
             }
         };
         let _serialized = self.shared.serialize_all.as_ref().map(lock);
-        let h = self.handle.as_ref();
-        let fua = |fua: bool| if fua { Flags::FUA } else { Flags::NONE };
-        let result = match cmd {
+        match cmd {
             Command::Disconnect => return None,
             Command::Read { offset, length, df } => return self.read(&req, offset, length, df, buf),
             Command::BlockStatus { offset, length, req_one } => {
                 return self.block_status(&req, offset, length, req_one, wanted_ids.as_deref())
             }
+            _ => {}
+        }
+        let h = self.handle.as_ref();
+        let fua = |fua: bool| if fua { Flags::FUA } else { Flags::NONE };
+        let result = self.timed(|| match cmd {
+            Command::Disconnect => Ok(()),
+            Command::Read { .. } | Command::BlockStatus { .. } => Ok(()),
             Command::Write { offset, length, fua: f } => h.pwrite(&buf[..length as usize], offset, fua(f)),
             Command::Flush => h.flush(Flags::NONE),
             Command::Trim { offset, length, fua: f } => h.trim(length, offset, fua(f)),
@@ -457,7 +577,7 @@ impl Transmission {
                 }
                 h.zero(length, offset, flags)
             }
-        };
+        });
         match result {
             Ok(()) => {
                 self.send(&mut [IoSlice::new(self.replies.ok(req.cookie, req.offset).as_bytes())]);
@@ -486,7 +606,9 @@ impl Parked for Transmission {
 
 impl Drop for Transmission {
     fn drop(&mut self) {
-        let _ = lock(&self.writer).flush();
+        let mut out = lock(&self.writer);
+        let _ = out.flush_held();
+        let _ = out.w.flush();
         super::handshake::finalize(self.handle.as_ref(), &self.conn);
         debug!("{}: connection closed", self.peer);
     }
