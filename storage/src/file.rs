@@ -17,6 +17,8 @@ use crate::allocation::{Allocation, HoleSearch, Runs};
 use crate::sys::{sync_file_range, to_off, Writeback};
 use crate::{Error, Result};
 
+/// Reads at least this long may be sent with `sendfile` (see [`FileStorage::can_sendfile`]).
+pub const SENDFILE_MIN: u64 = 64 << 10;
 /// Whether the page cache keeps the file's data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PageCache {
@@ -226,9 +228,12 @@ impl FileStorage {
     /// ([`AsFd`]) with `sendfile`, instead of [`read_at`](Self::read_at). Not with
     /// [`PageCache::Evict`], whose reads drop pages (sendfile would bypass that), and not past the
     /// current end of a file that shrank since it was opened: sendfile would stop short, which a
-    /// server cannot report cleanly once the reply has started.
+    /// server cannot report cleanly once the reply has started. Not for reads under
+    /// [`SENDFILE_MIN`] either: there one copy costs less than the system calls sendfile needs
+    /// (the size check, the holes, the header and the data each apart), and a copied reply can
+    /// go out together with others.
     pub fn can_sendfile(&self, offset: u64, length: u64) -> bool {
-        self.recent_writes.is_none() && offset.saturating_add(length) <= self.current_len()
+        length >= SENDFILE_MIN && self.recent_writes.is_none() && offset.saturating_add(length) <= self.current_len()
     }
 
     /// Writes `buf` at `offset`. Not durable until [`sync_data`](Self::sync_data) or
@@ -418,15 +423,16 @@ mod tests {
         storage.prefetch(0, 4096).unwrap();
         assert!(storage.can_sendfile(0, 1 << 20));
         assert!(!storage.can_sendfile(1, 1 << 20), "past the end");
+        assert!(!storage.can_sendfile(0, 4096), "a small read is copied");
     }
 
     #[test]
     fn short_read_says_the_file_shrank() {
         let dir = TempDir::new();
-        let path = dir.file("short.img", 4096);
+        let path = dir.file("short.img", 1 << 20);
         let storage = FileStorage::open(&path).unwrap();
         std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(100).unwrap();
-        assert!(!storage.can_sendfile(0, 512), "sendfile would stop short");
+        assert!(!storage.can_sendfile(0, SENDFILE_MIN), "sendfile would stop short");
         let err = storage.read_at(&mut [0u8; 512], 0).unwrap_err();
         assert_eq!(err.errno(), libc::EIO);
         assert_eq!(err.to_string(), "read of 512 bytes at offset 0 ran past the end of the file (did it shrink?)");
@@ -510,7 +516,7 @@ mod tests {
         let path = dir.file("nocache.img", 1 << 20);
         let storage = FileStorage::open(&path).unwrap().with_page_cache(PageCache::Evict);
         storage.advise(AccessPattern::Sequential);
-        assert!(!storage.can_sendfile(0, 4096), "sendfile would bypass the eviction");
+        assert!(!storage.can_sendfile(0, SENDFILE_MIN), "sendfile would bypass the eviction");
         for i in 0..(RecentWrites::KEEP as u64 + 10) {
             storage.write_at(&[i as u8 + 1; 4096], i * 4096).unwrap();
         }
