@@ -2,7 +2,8 @@
 # Running out of threads refuses connections, it does not kill the server.  RLIMIT_NPROC is not
 # enforced for root, so the server runs as nobody (setpriv --reuid=65534 --regid=65534
 # --clear-groups, on a socket in a directory nobody may write) under `prlimit --nproc=64`, with
-# `-t 16` (16 worker threads per connection): a handful of connections use up the threads.  Then
+# `-t 16` (16 worker threads per connection, which reads slowed by the delay filter make it use):
+# a handful of connections use up the threads.  Then
 # 20 libnbd clients in one process connect at once, each with 8 reads in flight:
 # - every client is either served (its reads return the data) or refused or disconnected with an
 #   error it sees; none hangs (each finishes within 20 s);
@@ -73,7 +74,9 @@ def main():
     os.chown(sockdir, NOBODY, NOBODY)
     wrapper = ["prlimit", "--nproc=%d" % NPROC, "setpriv", "--reuid=%d" % NOBODY,
                "--regid=%d" % NOBODY, "--clear-groups", "--"]
-    with Server(["memory", "64M"], options=["-t", "16"], wrapper=wrapper,
+    # Reads slowed to 20 ms each, so that each connection grows to its 16 workers (a fast backend
+    # is served by one worker per connection).
+    with Server(["--filter=delay", "memory", "64M", "delay-read=20ms"], options=["-t", "16"], wrapper=wrapper,
                 socket_path=os.path.join(sockdir, "nbd.sock")) as srv:
         h = nbd.NBD()
         h.connect_uri(srv.uri)

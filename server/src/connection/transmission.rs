@@ -229,7 +229,7 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Transmission {
     fn worker(self: Arc<Self>) {
         while let Next::Request(incoming, mut buf, more) = self.next_request() {
-            self.maybe_add_worker();
+            self.maybe_add_worker(&incoming.req);
             self.corked.store(more && self.workers.load(Ordering::SeqCst) == 1, Ordering::Relaxed);
             let Incoming { req, refused, close, held } = incoming;
             let started = self.metrics.as_ref().map(|_| Instant::now());
@@ -286,9 +286,10 @@ impl Transmission {
     }
 
     /// A worker leaves, giving up its count, when the backend has become fast and another worker
-    /// stays: true if this worker is to stop.
+    /// is waiting to read (one busy with a long request would leave the requests behind it
+    /// waiting): true if this worker is to stop.
     fn retire(&self) -> bool {
-        if !self.fast() {
+        if !self.fast() || self.reading.load(Ordering::SeqCst) == 0 {
             return false;
         }
         let mut n = self.workers.load(Ordering::SeqCst);
@@ -313,9 +314,13 @@ impl Transmission {
         }
     }
 
-    /// Adds a worker when this one took the last waiting reader's place, up to the limit.
-    fn maybe_add_worker(self: &Arc<Self>) {
-        if self.reading.load(Ordering::SeqCst) > 0 || self.fast() {
+    /// Adds a worker when this one took the last waiting reader's place, up to the limit, if
+    /// the backend is slow or this request may be: a flush, or a write that must be durable, may
+    /// wait on the disk however fast the backend is otherwise, and another worker then serves
+    /// the requests behind it.
+    fn maybe_add_worker(self: &Arc<Self>, req: &Request) {
+        let durable = req.kind == CMD_FLUSH || req.flags & CMD_FLAG_FUA != 0;
+        if self.reading.load(Ordering::SeqCst) > 0 || (self.fast() && !durable) {
             return;
         }
         let count = self.workers.load(Ordering::Relaxed);
