@@ -5,8 +5,9 @@
 # +FILE and -FD) read through nbdforge as the plaintext qemu-img wrote into them, whole and at
 # random offsets, and as nbdkit --filter=luks serves them (for the ciphers nbdkit has); writes
 # through nbdforge (nbdcopy, unaligned qemu-io writes, fio with verify) read back by qemu-img
-# convert and by nbdkit; a wrong passphrase, a LUKSv2 disk and a plain disk are refused as
-# nbdkit refuses them, with a message naming the filter; bad parameters stop the server.
+# convert and by nbdkit; a wrong passphrase, a corrupt header, a LUKSv2 disk and a plain disk are
+# refused as nbdkit refuses them, with a message naming the filter; bad parameters stop the
+# server.
 # timeout: 300
 source "$(dirname "$0")/lib/functions.sh"
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -85,6 +86,11 @@ for name in cs-xts cs-essiv; do
 done
 same_served_as_nbdkit --filter=luks file "$tmp/cs-xts.img" "passphrase=+$tmp/pw2"
 
+# The key is derived once for all the connections to a disk whose header does not change.
+start_server -v --filter=luks file "$tmp/cs-xts.img" "passphrase=+$tmp/pw2"
+for i in 1 2 3; do nbdinfo --size "$uri" >/dev/null; done
+[ "$(grep -c 'luks: key slot 1 unlocked' "$server_log")" -eq 1 ] || fail "the key was not derived exactly once"
+
 # --- Writes through nbdforge, read back by qemu-img and nbdkit. ---
 img="$tmp/xts256.img"
 random_file "$tmp/new.plain" 4M
@@ -138,13 +144,19 @@ start_server --filter=luks file "$tmp/cs-192.img" "passphrase=+$tmp/pw2"
 served_is "$tmp/192.plain" writable
 echo "aes-192-cbc-essiv (cryptsetup): written and read back"
 
-# --- Refused: a wrong passphrase, LUKSv2, a disk that is not LUKS. ---
+# --- Refused: a wrong passphrase, a corrupt header, LUKSv2, a disk that is not LUKS. ---
 # (nbdkit 1.32 refuses each by crashing after its message; what is compared is that neither
 # serves the disk.)
 truncate -s 20M "$tmp/v2.img"
 cryptsetup luksFormat --type luks2 --batch-mode --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
     --key-file "$tmp/pw" "$tmp/v2.img"
-for bad in "xts256.img passphrase=wrong wrong.passphrase" "cs-xts.img passphrase=+$tmp/pw key.slot" \
+# Corrupt headers: the payload, or key slot 0's key material, past the end of the disk.
+cp "$tmp/xts256.img" "$tmp/far-payload.img"
+printf '\x7f\xff\xff\xff' | dd of="$tmp/far-payload.img" bs=1 seek=104 conv=notrunc status=none
+cp "$tmp/xts256.img" "$tmp/far-slot.img"
+printf '\x7f\xff\xff\xff' | dd of="$tmp/far-slot.img" bs=1 seek=248 conv=notrunc status=none
+for bad in "xts256.img passphrase=wrong wrong.passphrase" "far-payload.img passphrase=s3cret payload.starts" \
+    "far-slot.img passphrase=s3cret key.material.of.slot.0" "cs-xts.img passphrase=+$tmp/pw key.slot" \
     "v2.img passphrase=s3cret version.2" "xts256.plain passphrase=s3cret no.LUKS.header"; do
     read -r file pass why <<< "$bad"
     start_nbdkit --filter=luks file "$tmp/$file" "$pass"

@@ -91,7 +91,7 @@ impl LuksFilter {
             }
         }
         let header = Header::parse(&bytes, size).map_err(|e| Error::new(e.errno, format!("luks: {}", e.message)))?;
-        debug!("luks: {}, payload at byte {}", header.spec.describe(), header.payload);
+        debug!("{}, payload at byte {}", header.spec.describe(), header.payload);
         let passphrase = self.passphrase.as_deref().unwrap_or_default();
         let mut read = |offset: u64, buf: &mut [u8]| below.pread(buf, offset, Flags::NONE);
         let Some((mut key, slot)) = header.unlock(passphrase.as_bytes(), &mut read)? else {
@@ -103,7 +103,7 @@ impl LuksFilter {
                 ),
             ));
         };
-        debug!("luks: key slot {slot} unlocked");
+        debug!("key slot {slot} unlocked");
         let cipher = header.spec.keyed(&key)?;
         key.fill(0);
         let unlocked = Arc::new(Unlocked { payload: header.payload, cipher });

@@ -287,6 +287,9 @@ impl Header {
             return Err(Error::io(format!("the disk has a LUKS version {version} header; only LUKSv1 is supported")));
         }
         let payload = u64::from(be32(b, 104)) * SECTOR;
+        if payload < HEADER_SIZE as u64 {
+            return Err(corrupt(format!("the payload starts at byte {payload}, inside the header")));
+        }
         if payload >= disk_size {
             return Err(corrupt(format!(
                 "the payload starts at byte {payload}, past the end of the disk ({disk_size})"
@@ -318,6 +321,13 @@ impl Header {
             if end > disk_size {
                 return Err(corrupt(format!(
                     "the key material of slot {i} ends at byte {end}, past the end of the disk ({disk_size})"
+                )));
+            }
+            // Writes to the payload must never reach the header or a key slot.
+            if slot.material * SECTOR < HEADER_SIZE as u64 || (slot.material * SECTOR < payload && end > payload) {
+                return Err(corrupt(format!(
+                    "the key material of slot {i} (bytes {} to {end}) overlaps the header or the payload (from byte {payload})",
+                    slot.material * SECTOR
                 )));
             }
             slots.push((i, slot));
@@ -479,6 +489,8 @@ mod tests {
         b[252..256].copy_from_slice(&4000u32.to_be_bytes());
         let e = Header::parse(&b, 4 << 20).err().unwrap();
         assert!(e.message.contains("past the end of the disk"), "{}", e.message);
+        b[248..252].copy_from_slice(&4090u32.to_be_bytes());
+        assert!(Header::parse(&b, 4 << 20).err().unwrap().message.contains("overlaps"));
         b[248..252].copy_from_slice(&8u32.to_be_bytes());
         assert_eq!(Header::parse(&b, 4 << 20).unwrap().active_slots(), 1);
         b[252..256].copy_from_slice(&u32::MAX.to_be_bytes());
