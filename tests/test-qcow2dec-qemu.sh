@@ -38,4 +38,7 @@ for bad in "$tmp/over.qcow2" "$tmp/short.qcow2" "$tmp/disk.img"; do
     grep -q 'qcow2dec' "$server_log" || fail "$bad: no message naming the filter"
     kill -0 "$server_pid" || fail "$bad: the server died"
 done
+"${server_cmd[@]}" null --filter=qcow2dec --dump-plugin > "$tmp/dump"
+grep -qx 'qcow2dec_deflate=yes' "$tmp/dump" || fail "--dump-plugin: no qcow2dec_deflate=yes"
+grep -q 'qcow2dec_zstd' "$tmp/dump" && fail "--dump-plugin: zstd claimed"
 echo OK

@@ -27,7 +27,12 @@ pub fn registration() -> Registration {
 /// The `qcow2dec` filter.
 pub struct Qcow2Dec;
 
-impl Layer for Qcow2Dec {}
+impl Layer for Qcow2Dec {
+    /// The compression types it decodes, as nbdkit lists them (imago has no zstd).
+    fn dump_plugin(&self) -> Vec<(String, String)> {
+        vec![("qcow2dec_deflate".into(), "yes".into())]
+    }
+}
 
 /// An imago error as the filter's: the errno it carries, or `EIO`.
 fn error(what: &str, e: &std::io::Error) -> Error {
