@@ -26,6 +26,7 @@
 //!   flag, FUA and flush).
 //! - [`swab`]: swap the bytes of every word.
 //! - [`tar`]: serve one file inside a tar archive, in place.
+//! - [`luks`]: read and write a LUKSv1-encrypted disk (its format in `luks_header`).
 //! - [`blocksize`]: serve unaligned and oversized requests to a layer that cannot;
 //!   [`blocksize_policy`]: set the advertised block sizes, and refuse requests that ignore them.
 //! - [`cow`]: make a read-only layer writable, the changes kept in a temporary overlay;
@@ -55,6 +56,8 @@ pub mod exitlast;
 pub mod exitwhen;
 pub mod ip;
 pub mod limit;
+pub mod luks;
+mod luks_header;
 pub mod nofilter;
 pub mod openonce;
 pub mod pause;
@@ -137,6 +140,7 @@ pub fn registrations() -> Vec<Registration> {
         fua::registration(),
         map::registration(),
         multi_conn::registration(),
+        luks::registration(),
         nocache::registration(),
         noextents::registration(),
         noparallel::registration(),

@@ -71,7 +71,7 @@ fn run(id: &Identity, args: Vec<OsString>) -> Result<u8, String> {
                 id.prog
             ));
         };
-        return stdout(probe::print_dump_plugin(id, plugin));
+        return stdout(probe::print_dump_plugin(id, plugin, &filters));
     }
     let Some(plugin) = plugin else {
         return Err(format!("no plugins given on the command line.\n{hint}"));

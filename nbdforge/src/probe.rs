@@ -192,8 +192,8 @@ pub fn print_dump_config(id: &Identity) -> io::Result<()> {
 }
 
 /// `PLUGIN --dump-plugin`: what nbdkit prints that applies to a built-in plugin, then the
-/// plugin's own lines.
-pub fn print_dump_plugin(id: &Identity, entry: &Registration) -> io::Result<()> {
+/// plugin's own lines, then each filter's (`qcow2dec_deflate=yes`), as nbdkit adds them.
+pub fn print_dump_plugin(id: &Identity, entry: &Registration, filters: &[&Registration]) -> io::Result<()> {
     let Some(plugin) = entry.new_plugin() else {
         return Err(io::Error::other(format!("{} is a filter", entry.info.name)));
     };
@@ -221,7 +221,8 @@ pub fn print_dump_plugin(id: &Identity, entry: &Registration) -> io::Result<()> 
     writeln!(out, "has_get_ready=1")?;
     writeln!(out, "has_open=1")?;
     let _ = id;
-    for (k, v) in plugin.dump_plugin() {
+    let filters = filters.iter().filter_map(|f| f.new_filter()).map(|f| f.dump_plugin());
+    for (k, v) in plugin.dump_plugin().into_iter().chain(filters.flatten()) {
         writeln!(out, "{k}={v}")?;
     }
     out.flush()

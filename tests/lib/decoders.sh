@@ -1,31 +1,11 @@
 # Helpers of the decoding filters' tests (gzip, bzip2, xz, lzip): a disk image to compress, and
-# checks that what a server serves is that image.
+# checks of how corrupt input and the filters' parameters are handled (served_is is in functions.sh).
 
 # decoders_image FILE: an image of data, zeroes and data again, 6 MiB and a few bytes (not a
 # multiple of any block size), so that compressed blocks differ in size and some are all zero.
 decoders_image() {
     random_file "$tmp/random.bin" 3M
     { cat "$tmp/random.bin"; head -c 2M /dev/zero; head -c 1000001 "$tmp/random.bin"; } > "$1"
-}
-
-# served_is FILE [writable]: the running server ($uri) serves exactly FILE: copied whole with
-# nbdcopy, and read at random offsets and lengths with nbdsh (each read may start and end
-# mid-block); read-only unless "writable" is given.
-served_is() {
-    rm -f "$tmp/served.out"
-    nbdcopy "$uri" "$tmp/served.out"
-    same_file "$1" "$tmp/served.out"
-    ORIG="$1" WRITABLE="${2:-}" nbdsh -u "$uri" -c '
-import os, random
-data = open(os.environ["ORIG"], "rb").read()
-assert h.get_size() == len(data), (h.get_size(), len(data))
-assert h.is_read_only() == (os.environ["WRITABLE"] != "writable")
-rng = random.Random(7)
-for _ in range(200):
-    off = rng.randrange(len(data))
-    n = rng.randint(1, min(len(data) - off, 3 << 20))
-    assert h.pread(n, off) == data[off:off + n], (off, n)
-'
 }
 
 # files_fail FILTER FILES...: served through FILTER, each file fails (read_fails).
