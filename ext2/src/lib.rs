@@ -24,3 +24,6 @@ use nbdforge_api::Registration;
 pub fn registrations() -> Vec<Registration> {
     vec![filter::registration()]
 }
+
+#[cfg(test)]
+mod tests;
