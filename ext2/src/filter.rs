@@ -49,7 +49,8 @@ pub struct Ext2Filter {
     target: Option<Target>,
 }
 
-/// Block status looks at most this many blocks per request; the client asks again for more.
+/// Block status looks up at most this many mappings (a block, or an extent) per request; the
+/// client asks again for more.
 const MAX_MAPPED_BLOCKS: u64 = 16384;
 
 impl Layer for Ext2Filter {
@@ -183,6 +184,22 @@ impl Ext2Handle {
         op(open).map_err(|e| failure(&self.device, &self.path, what, e))
     }
 
+    /// Fills `part`, the file from byte `at`, whose first block maps to `mapping` and the rest
+    /// follow it.
+    fn read_run(&self, part: &mut [u8], at: u64, mapping: Mapping) -> Result<()> {
+        match mapping {
+            Mapping::Data(block) => {
+                let from = block.checked_mul(self.block_size).and_then(|b| b.checked_add(at % self.block_size));
+                let from = from.ok_or_else(|| Error::io(format!("ext2: {}: block {block} out of range", self.path)))?;
+                self.device.read(from, part, false)
+            }
+            Mapping::Hole | Mapping::Unwritten => {
+                part.fill(0);
+                Ok(())
+            }
+        }
+    }
+
     /// The blocks of `[offset, offset + len)`, as block numbers.
     fn blocks(&self, offset: u64, len: u64) -> std::ops::Range<u64> {
         offset / self.block_size..(offset + len).div_ceil(self.block_size)
@@ -217,8 +234,46 @@ impl Handle for Ext2Handle {
         })
     }
 
+    // Runs of blocks contiguous on the disk are read with one request below, holes filled
+    // here; libext2fs's own reading (a block at a time) is kept for files without a block map
+    // (inline data). Every write is flushed out of libext2fs's file buffer, so the disk is
+    // up to date.
     fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {
-        self.with("read", |o| o.fs.read_at(buf, offset))
+        let mut guard = self.lock();
+        let open = guard.as_mut().ok_or_else(|| Error::io(format!("ext2: {}: already closed", self.path)))?;
+        let fail = |e| failure(&self.device, &self.path, "read", e);
+        let bs = self.block_size;
+        let end = offset + buf.len() as u64;
+        let mut pos = offset;
+        // The run being gathered: where it starts in the file, and its mapping there.
+        let mut run: Option<(u64, Mapping)> = None;
+        while pos < end {
+            let (mapping, blocks) = match open.fs.map_run(pos / bs) {
+                Ok(m) => m,
+                Err(_) if pos == offset => {
+                    self.device.take_error();
+                    return open.fs.read_at(buf, offset).map_err(fail);
+                }
+                Err(e) => return Err(fail(e)),
+            };
+            let follows = match (run, mapping) {
+                (None, _) => false,
+                (Some((at, Mapping::Data(a))), Mapping::Data(b)) => Some(b) == a.checked_add(pos / bs - at / bs),
+                (Some((_, Mapping::Data(_))), _) | (_, Mapping::Data(_)) => false,
+                _ => true,
+            };
+            if !follows {
+                if let Some((at, m)) = run {
+                    self.read_run(&mut buf[(at - offset) as usize..(pos - offset) as usize], at, m)?;
+                }
+                run = Some((pos, mapping));
+            }
+            pos = ((pos / bs).saturating_add(blocks).saturating_mul(bs)).min(end);
+        }
+        if let Some((at, m)) = run {
+            self.read_run(&mut buf[(at - offset) as usize..], at, m)?;
+        }
+        Ok(())
     }
 
     fn pwrite(&self, buf: &[u8], offset: u64, _flags: Flags) -> Result<()> {
@@ -265,10 +320,10 @@ impl Handle for Ext2Handle {
         let mut budget = MAX_MAPPED_BLOCKS;
         while pos < end && budget > 0 {
             let block = pos / self.block_size;
-            let kind = match open.fs.map(block) {
-                Ok(Mapping::Hole) => HOLE | ZERO,
-                Ok(Mapping::Unwritten) => ZERO,
-                Ok(Mapping::Data(_)) => DATA,
+            let (kind, blocks) = match open.fs.map_run(block) {
+                Ok((Mapping::Hole, n)) => (HOLE | ZERO, n),
+                Ok((Mapping::Unwritten, n)) => (ZERO, n),
+                Ok((Mapping::Data(_), n)) => (DATA, n),
                 // Files without a block map (inline data) are data.
                 Err(_) if pos == start => {
                     self.device.take_error();
@@ -284,7 +339,7 @@ impl Handle for Ext2Handle {
                 run_start = pos;
             }
             run_flags = Some(kind);
-            pos = ((block + 1) * self.block_size).min(end);
+            pos = (block.saturating_add(blocks).saturating_mul(self.block_size)).min(end);
             budget -= 1;
         }
         if let Some(kind) = run_flags {

@@ -36,6 +36,8 @@ const EXT2_FILE_WRITE: c_int = 0x0001;
 const EXT2_SEEK_SET: c_int = 0;
 const BMAP_RET_UNINIT: c_int = 0x0001;
 const EXT2_ROOT_INO: u32 = 2;
+const EXT2_EXTENT_CURRENT: c_int = 0x0000;
+const EXT2_EXTENT_FLAGS_UNINIT: u32 = 0x0002;
 
 /// `struct struct_io_channel` (<ext2fs/ext2_io.h>).
 #[repr(C)]
@@ -132,6 +134,10 @@ extern "C" {
         ret_flags: *mut c_int,
         phys_blk: *mut u64,
     ) -> Errcode;
+    fn ext2fs_extent_open2(fs: Filsys, ino: u32, inode: *mut Inode, handle: *mut *mut c_void) -> Errcode;
+    fn ext2fs_extent_goto2(handle: *mut c_void, leaf_level: c_int, block: u64) -> Errcode;
+    fn ext2fs_extent_get(handle: *mut c_void, flags: c_int, extent: *mut Extent) -> Errcode;
+    fn ext2fs_extent_free(handle: *mut c_void);
     fn ext2fs_file_open2(fs: Filsys, ino: u32, inode: *mut Inode, flags: c_int, ret: *mut FileHandle) -> Errcode;
     fn ext2fs_file_close(file: FileHandle) -> Errcode;
     fn ext2fs_file_flush(file: FileHandle) -> Errcode;
@@ -152,6 +158,16 @@ extern "C" {
 struct Inode {
     mode: u16,
     rest: [u8; 126],
+}
+
+/// `struct ext2fs_extent`.
+#[repr(C)]
+#[derive(Default)]
+struct Extent {
+    pblk: u64,
+    lblk: u64,
+    len: u32,
+    flags: u32,
 }
 
 /// An error from libext2fs: its code (an errno, or one of its own) and its message.
@@ -358,6 +374,42 @@ impl Ext2 {
             (_, true) => Mapping::Unwritten,
             (p, false) => Mapping::Data(p),
         })
+    }
+
+    /// Where logical block `block` of the open file is, and for how many blocks from there the
+    /// mapping goes on alike (contiguous data, or unwritten): the extent holding it for
+    /// extent-mapped files, one block otherwise and in holes.
+    pub fn map_run(&mut self, block: u64) -> Result<(Mapping, u64), Ext2Error> {
+        if let Some(run) = self.extent_at(block) {
+            return Ok(run);
+        }
+        Ok((self.map(block)?, 1))
+    }
+
+    /// The extent holding `block`, or `None` (not an extent-mapped file, a hole, an error).
+    fn extent_at(&mut self, block: u64) -> Option<(Mapping, u64)> {
+        let mut handle: *mut c_void = ptr::null_mut();
+        // SAFETY: fs is open; a null inode asks the library to read it; handle is an out-pointer.
+        if unsafe { ext2fs_extent_open2(self.fs, self.ino, ptr::null_mut(), &mut handle) } != 0 {
+            return None;
+        }
+        let mut extent = Extent::default();
+        // SAFETY: handle is open until freed below; extent is a valid out-pointer.
+        let found = unsafe {
+            ext2fs_extent_goto2(handle, 0, block) == 0
+                && ext2fs_extent_get(handle, EXT2_EXTENT_CURRENT, &mut extent) == 0
+        };
+        // SAFETY: handle was opened above and is freed once.
+        unsafe { ext2fs_extent_free(handle) };
+        let end = extent.lblk.checked_add(u64::from(extent.len))?;
+        if !found || extent.lblk > block || block >= end || extent.pblk == 0 {
+            return None;
+        }
+        let run = end - block;
+        if extent.flags & EXT2_EXTENT_FLAGS_UNINIT != 0 {
+            return Some((Mapping::Unwritten, run));
+        }
+        Some((Mapping::Data(extent.pblk.checked_add(block - extent.lblk)?), run))
     }
 
     /// Closes the file and the filesystem, writing out what is dirty.
