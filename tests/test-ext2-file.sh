@@ -3,8 +3,8 @@
 # a sparse file, a file in a subdirectory, through a symlinked directory) are served byte for byte
 # as the originals and as nbdkit --filter=ext2 serves them, holes reported as holes; under
 # ext2file=exportname the client's export name picks the file (nothing is listed, "" is refused,
-# as in nbdkit); writes through qemu-io and nbdcopy (into holes too) land in the file, as
-# debugfs dumps it, the same as nbdkit's, and e2fsck -fn finds the filesystem clean; a missing
+# as in nbdkit); writes and zeroes through qemu-io and nbdcopy (into holes too) land in the file,
+# as debugfs dumps it, the same as nbdkit's, and e2fsck -fn finds the filesystem clean; a missing
 # file, a directory and a symlink are refused as nbdkit refuses them; a filesystem whose journal
 # needs recovery is served read-only; bad parameters stop the server before it listens.
 # timeout: 300
@@ -72,19 +72,24 @@ assert h.pread(65536, 1000000) == want[1000000:1065536]
 done
 grep -q 'default export' "$server_log" || fail "no message for the default export"
 
-# Writes in place, into holes and over data, through qemu-io and nbdcopy; the same through nbdkit.
+# Writes in place, into holes and over data, and zeroes over a hole and data, through qemu-io and
+# nbdcopy; the same through nbdkit.
 random_file "$tmp/new-inner" 100K
 for kind in ext2 ext4; do
     for server in start_nbdkit start_server; do
         cp "$tmp/$kind.img" "$tmp/w.img"
         $server --filter=ext2 file "$tmp/w.img" ext2file=/sparse
         qemu-io -f raw "$uri" -c 'write -P 0x55 4096 65536' -c 'write -P 0xaa 1999998 4' \
-            -c 'write -P 0x11 7000000 1M' -c flush >/dev/null
+            -c 'write -P 0x11 7000000 1M' -c 'write -z 5990000 18192' -c flush >/dev/null
         stop_server "$server_pid"
         $server --filter=ext2 file "$tmp/w.img" ext2file=/dir/inner
         nbdcopy "$tmp/new-inner" "$uri"
         stop_server "$server_pid"
-        e2fsck -fn "$tmp/w.img" > "$tmp/fsck" 2>&1 || { cat "$tmp/fsck"; fail "$kind $server: e2fsck"; }
+        # Only ours is checked: nbdkit writes the bitmaps of blocks it allocated only when the
+        # connection closes, and not always before it exits (e2fsck then finds differences).
+        if [ $server = start_server ]; then
+            e2fsck -fn "$tmp/w.img" > "$tmp/fsck" 2>&1 || { cat "$tmp/fsck"; fail "$kind: e2fsck"; }
+        fi
         debugfs -R "dump /sparse $tmp/sparse.$server" "$tmp/w.img" 2>/dev/null
         debugfs -R "dump /sub/inner $tmp/inner.$server" "$tmp/w.img" 2>/dev/null
         same_file "$tmp/new-inner" "$tmp/inner.$server"
@@ -95,6 +100,7 @@ d = bytearray(open(sys.argv[1], "rb").read())
 d[4096:4096 + 65536] = b"\x55" * 65536
 d[1999998:2000002] = b"\xaa" * 4
 d[7000000:7000000 + (1 << 20)] = b"\x11" * (1 << 20)
+d[5990000:6008192] = bytes(18192)
 open(sys.argv[2], "wb").write(d)
 PY
     same_file "$tmp/sparse.expect" "$tmp/sparse.start_server"

@@ -7,7 +7,8 @@
 //! writing one disk would corrupt it); symbolic links are followed in the directories of the
 //! path but not in its last component, and anything but a regular file is refused.
 //!
-//! Writes go through libext2fs, which allocates blocks for holes. A flush makes the filesystem's
+//! Writes go through libext2fs, which allocates blocks for holes; reads go straight to the
+//! disk by runs of contiguous blocks, and zeroing writes only over data (holes stay holes). A flush makes the filesystem's
 //! metadata durable too when a write allocated (the block bitmaps, group descriptors and
 //! superblock), so a flushed filesystem is clean for e2fsck. Where nbdkit serves a filesystem
 //! whose journal needs recovery read-write without replaying it, this filter serves it
@@ -226,7 +227,7 @@ impl Handle for Ext2Handle {
             write: self.write,
             flush: true,
             rotational,
-            zero: if self.write { Support::Emulate } else { Support::None },
+            zero: if self.write { Support::Native } else { Support::None },
             fua: if self.write { Support::Emulate } else { Support::None },
             extents: true,
             cache: Support::Emulate,
@@ -288,6 +289,39 @@ impl Handle for Ext2Handle {
                 }
             }
             o.fs.write_at(buf, offset)?;
+            o.fs.flush_file()
+        })
+    }
+
+    // Holes and unwritten extents already read as zeroes: only blocks with data are written,
+    // so zeroing never allocates (the core's emulation, writing zeroes, would fill the holes).
+    fn zero(&self, count: u64, offset: u64, _flags: Flags) -> Result<()> {
+        const ZEROES: [u8; 65536] = [0; 65536];
+        let bs = self.block_size;
+        let end = offset + count;
+        self.with("zero", |o| {
+            let mut pos = offset;
+            while pos < end {
+                let (mapping, blocks) = match o.fs.map_run(pos / bs) {
+                    Ok(m) => m,
+                    // No block map (inline data): the core writes zeroes instead.
+                    Err(_) if pos == offset => {
+                        self.device.take_error();
+                        return Err(Ext2Error { code: libc::EOPNOTSUPP.into(), message: "no block map".into() });
+                    }
+                    Err(e) => return Err(e),
+                };
+                let next = (pos / bs).saturating_add(blocks).saturating_mul(bs).min(end);
+                if let Mapping::Data(_) = mapping {
+                    let mut at = pos;
+                    while at < next {
+                        let n = (next - at).min(ZEROES.len() as u64) as usize;
+                        o.fs.write_at(&ZEROES[..n], at)?;
+                        at += n as u64;
+                    }
+                }
+                pos = next;
+            }
             o.fs.flush_file()
         })
     }

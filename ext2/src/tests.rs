@@ -225,6 +225,18 @@ fn writes_fill_holes_and_survive_a_reopen() {
         assert_eq!(&back[5000..15000], &[7u8; 10000][..], "{kind}");
         assert_eq!(&back[1 << 20..(1 << 20) + 9], b"hin place", "{kind}");
         assert_eq!(back.iter().filter(|&&b| b != 0).count(), 10009, "{kind}");
+        // Zeroing a range over data and holes writes the data and leaves the holes unallocated.
+        let h = open(&d, "/sparse", false).unwrap();
+        assert_eq!(h.capabilities().unwrap().zero, nbdforge_api::Support::Native);
+        h.zero(2 << 20, 10000, Flags::NONE).unwrap();
+        let back = read_all(&*h).unwrap();
+        assert_eq!(back.iter().filter(|&&b| b != 0).count(), 5000, "{kind}: zeroed");
+        let mut e = Extents::new(0, 3 << 20);
+        h.extents(3 << 20, 0, Flags::NONE, &mut e).unwrap();
+        let hole_at =
+            |at: u64| e.as_slice().iter().any(|x| x.offset <= at && at < x.offset + x.length && x.flags == HOLE | ZERO);
+        assert!(hole_at(2 << 20) && !hole_at(5000), "{kind}: {:?}", e.as_slice());
+        h.finalize().unwrap();
         // e2fsck agrees that the filesystem is consistent.
         let dir = Scratch(std::env::temp_dir().join(format!("nbdforge-ext2-fsck-{}-{kind}", std::process::id())));
         std::fs::create_dir_all(&dir.0).unwrap();
