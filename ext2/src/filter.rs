@@ -296,7 +296,7 @@ impl Handle for Ext2Handle {
     // Holes and unwritten extents already read as zeroes: only blocks with data are written,
     // so zeroing never allocates (the core's emulation, writing zeroes, would fill the holes).
     fn zero(&self, count: u64, offset: u64, _flags: Flags) -> Result<()> {
-        const ZEROES: [u8; 65536] = [0; 65536];
+        static ZEROES: [u8; 65536] = [0; 65536];
         let bs = self.block_size;
         let end = offset + count;
         self.with("zero", |o| {
