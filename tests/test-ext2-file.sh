@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The ext2 filter: files inside ext2, ext3 and ext4 filesystems made by mke2fs -d (a random file,
-# a sparse file, a file in a subdirectory, through a symlinked directory) are served byte for byte
-# as the originals and as nbdkit --filter=ext2 serves them, holes reported as holes; under
+# a sparse file, a file in a subdirectory, through a symlinked directory; one in a partition under
+# the partition filter) are served byte for byte as the originals and as nbdkit --filter=ext2 serves them, holes reported as holes; under
 # ext2file=exportname the client's export name picks the file (nothing is listed, "" is refused,
 # as in nbdkit); writes and zeroes through qemu-io and nbdcopy (into holes too) land in the file,
 # as debugfs dumps it, the same as nbdkit's, and e2fsck -fn finds the filesystem clean; a missing
@@ -52,6 +52,13 @@ for kind in ext2 ext3 ext4; do
         fail "$kind: /sparse does not start with a hole"
     grep -Eq '^ +[0-9]+ +[0-9]+ +0 +data' "$tmp/map" || fail "$kind: no data in /sparse"
 done
+
+# Under the partition filter: an ext4 filesystem in the first partition of a disk.
+truncate -s 40M "$tmp/disk.img"
+echo 'start=2048, type=83' | sfdisk -q "$tmp/disk.img"
+mke2fs -q -F -t ext4 -E offset=1048576 -d "$tmp/tree" "$tmp/disk.img" 30M
+served_like_nbdkit -r --filter=ext2 --filter=partition file "$tmp/disk.img" partition=1 ext2file=/dir/inner
+same_file "$tmp/tree/sub/inner" "$tmp/ours.out"
 
 # ext2file=exportname: the client names the file; nothing is listed; "" is refused.
 for server in start_nbdkit start_server; do
