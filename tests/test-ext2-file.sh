@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The ext2 filter: files inside ext2, ext3 and ext4 filesystems made by mke2fs -d (a random file,
 # a sparse file, a file in a subdirectory, through a symlinked directory; one in a partition under
-# the partition filter) are served byte for byte as the originals and as nbdkit --filter=ext2 serves them, holes reported as holes; under
-# ext2file=exportname the client's export name picks the file (nothing is listed, "" is refused,
-# as in nbdkit); writes and zeroes through qemu-io and nbdcopy (into holes too) land in the file,
-# as debugfs dumps it, the same as nbdkit's, and e2fsck -fn finds the filesystem clean; a missing
-# file, a directory and a symlink are refused as nbdkit refuses them; a filesystem whose journal
-# needs recovery is served read-only; bad parameters stop the server before it listens.
+# the partition filter) are served byte for byte as the originals and as nbdkit --filter=ext2
+# serves them, holes reported as holes; under ext2file=exportname the client's export name picks
+# the file (nothing is listed, "" is refused, as in nbdkit); writes and zeroes through qemu-io and
+# nbdcopy (into holes too) land in the file, as debugfs dumps it, the same as nbdkit's, and
+# e2fsck -fn finds the filesystem clean; a missing file, a directory and a symlink are refused as
+# nbdkit refuses them; a filesystem whose journal needs recovery is served read-only; bad
+# parameters stop the server before it listens.
 # timeout: 300
 source "$(dirname "$0")/lib/functions.sh"
 
