@@ -319,8 +319,9 @@ impl Ext2 {
         while !buf.is_empty() {
             let want = buf.len().min(1 << 30) as c_uint;
             let mut got: c_uint = 0;
-            // SAFETY: the file is open; buf has at least `want` writable bytes.
+            // SAFETY: the file is open; a null result pointer is allowed.
             check(unsafe { ext2fs_file_llseek(file, offset, EXT2_SEEK_SET, ptr::null_mut()) })?;
+            // SAFETY: the file is open; buf has at least `want` writable bytes; got is ours.
             check(unsafe { ext2fs_file_read(file, buf.as_mut_ptr().cast(), want, &mut got) })?;
             if got == 0 {
                 return Err(Ext2Error::new(libc::EIO as Errcode));
@@ -337,8 +338,9 @@ impl Ext2 {
         while !buf.is_empty() {
             let want = buf.len().min(1 << 30) as c_uint;
             let mut written: c_uint = 0;
-            // SAFETY: the file is open for writing; buf has at least `want` readable bytes.
+            // SAFETY: the file is open; a null result pointer is allowed.
             check(unsafe { ext2fs_file_llseek(file, offset, EXT2_SEEK_SET, ptr::null_mut()) })?;
+            // SAFETY: the file is open for writing; buf has at least `want` readable bytes.
             check(unsafe { ext2fs_file_write(file, buf.as_ptr().cast(), want, &mut written) })?;
             if written == 0 {
                 return Err(Ext2Error::new(libc::EIO as Errcode));
@@ -485,7 +487,7 @@ unsafe fn range(chan: Chan, block: u64, count: c_int) -> Option<(u64, usize)> {
     Some((block.checked_mul(bs)?, usize::try_from(len).ok()?))
 }
 
-unsafe extern "C" fn io_open(_name: *const c_char, flags: c_int, out: *mut Chan) -> Errcode {
+unsafe extern "C" fn io_open(_name: *const c_char, _flags: c_int, out: *mut Chan) -> Errcode {
     guarded(|| {
         let Some(dev) = PENDING.with(|p| p.borrow_mut().take()) else {
             return EXT2_ET_INVALID_ARGUMENT;
@@ -505,7 +507,6 @@ unsafe extern "C" fn io_open(_name: *const c_char, flags: c_int, out: *mut Chan)
             app_data: ptr::null_mut(),
             align: 0,
         });
-        let _ = flags;
         // SAFETY: out is the library's valid out-pointer.
         unsafe { *out = Box::into_raw(chan) };
         0
