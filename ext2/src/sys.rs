@@ -153,12 +153,17 @@ extern "C" {
     fn error_message(code: Errcode) -> *const c_char;
 }
 
-/// `struct ext2_inode`: 128 bytes, of which the filter reads only the mode.
+/// `struct ext2_inode`: 128 bytes, of which the filter reads only the mode and the flags.
 #[repr(C, align(4))]
 struct Inode {
     mode: u16,
-    rest: [u8; 126],
+    before_flags: [u8; 30],
+    flags: u32,
+    rest: [u8; 92],
 }
+
+/// `EXT4_INLINE_DATA_FL`: the file's data is in the inode, not in blocks.
+const EXT4_INLINE_DATA_FL: u32 = 0x10000000;
 
 /// `struct ext2fs_extent`.
 #[repr(C)]
@@ -278,12 +283,12 @@ impl Ext2 {
         Ok(ino)
     }
 
-    /// The mode (type and permissions) of inode `ino`.
-    pub fn mode(&mut self, ino: u32) -> Result<u16, Ext2Error> {
-        let mut inode = Inode { mode: 0, rest: [0; 126] };
+    /// The mode (type and permissions) of inode `ino`, and whether its data is inline.
+    pub fn mode(&mut self, ino: u32) -> Result<(u16, bool), Ext2Error> {
+        let mut inode = Inode { mode: 0, before_flags: [0; 30], flags: 0, rest: [0; 92] };
         // SAFETY: inode is a writable buffer of the size of struct ext2_inode.
         check(unsafe { ext2fs_read_inode(self.fs, ino, &mut inode) })?;
-        Ok(inode.mode)
+        Ok((inode.mode, inode.flags & EXT4_INLINE_DATA_FL != 0))
     }
 
     /// Opens inode `ino` as the file to serve.
@@ -312,8 +317,8 @@ impl Ext2 {
         Ok(size)
     }
 
-    /// Reads the open file at `offset` into `buf`; holes read as zeroes. Fails rather than
-    /// return less than asked.
+    /// Reads the open file at `offset` into `buf`; holes, and what lies past inline data, read
+    /// as zeroes.
     pub fn read_at(&mut self, mut buf: &mut [u8], mut offset: u64) -> Result<(), Ext2Error> {
         let file = self.file()?;
         while !buf.is_empty() {
@@ -324,7 +329,8 @@ impl Ext2 {
             // SAFETY: the file is open; buf has at least `want` writable bytes; got is ours.
             check(unsafe { ext2fs_file_read(file, buf.as_mut_ptr().cast(), want, &mut got) })?;
             if got == 0 {
-                return Err(Ext2Error::new(libc::EIO as Errcode));
+                buf.fill(0);
+                break;
             }
             buf = &mut buf[got as usize..];
             offset += u64::from(got);

@@ -98,7 +98,8 @@ impl Drop for Scratch {
 }
 
 /// An image of `size` bytes made by `mke2fs -t kind -d`: /random (with an indirect or extent
-/// map), /sparse (a hole, 5 bytes, a hole), /sub/inner, /link -> random, /dir -> sub.
+/// map), /sparse (a hole, 5 bytes, a hole), /sub/inner, /tiny (32 bytes), /link -> random,
+/// /dir -> sub.
 fn image(kind: &str, size: &str, extra: &[&str]) -> (Vec<u8>, Files) {
     let dir = Scratch(std::env::temp_dir().join(format!(
         "nbdforge-ext2-{}-{kind}-{:?}",
@@ -112,6 +113,7 @@ fn image(kind: &str, size: &str, extra: &[&str]) -> (Vec<u8>, Files) {
     let files = Files { random: bytes(700_000), inner: bytes(50_000) };
     std::fs::write(tree.join("random"), &files.random).unwrap();
     std::fs::write(tree.join("sub/inner"), &files.inner).unwrap();
+    std::fs::write(tree.join("tiny"), b"a file small enough to be inline").unwrap();
     let sparse = std::fs::File::create(tree.join("sparse")).unwrap();
     sparse.set_len(3 << 20).unwrap();
     std::os::unix::fs::FileExt::write_at(&sparse, b"hello", 1 << 20).unwrap();
@@ -191,6 +193,14 @@ fn files_read_back_on_each_kind() {
         assert_eq!(e.as_slice()[0].flags, HOLE | ZERO, "{kind}: the file starts with a hole");
         assert!(e.as_slice()[0].length >= 512 << 10);
     }
+}
+
+#[test]
+fn inline_data_is_read_and_served_read_only() {
+    let (data, _) = image("ext4", "8M", &["-O", "inline_data"]);
+    let h = open(&disk(data), "/tiny", false).unwrap();
+    assert!(!h.capabilities().unwrap().write, "libext2fs cannot write inline data safely");
+    assert_eq!(read_all(&*h).unwrap(), b"a file small enough to be inline");
 }
 
 #[test]
@@ -283,6 +293,7 @@ fn corrupted_filesystems_fail_cleanly() {
         ("ext2", &["-b", "1024"][..]),
         ("ext4", &["-b", "1024", "-O", "^metadata_csum"][..]),
         ("ext4", &["-b", "4096"][..]),
+        ("ext4", &["-b", "1024", "-O", "inline_data,^metadata_csum"][..]),
     ];
     for (kind, extra) in kinds {
         let (clean, _) = image(kind, "4M", extra);
@@ -299,7 +310,7 @@ fn corrupted_filesystems_fail_cleanly() {
             }
             let started = Instant::now();
             let d = disk(data);
-            for path in ["/random", "/sparse", "/dir/inner"] {
+            for path in ["/random", "/sparse", "/dir/inner", "/tiny"] {
                 let Ok(h) = open(&d, path, round % 2 == 0) else { continue };
                 opened += 1;
                 let size = h.get_size().unwrap_or(0).min(8 << 20);
@@ -323,7 +334,7 @@ fn corrupted_filesystems_fail_cleanly() {
             }
             assert!(started.elapsed() < Duration::from_secs(20), "{kind} round {round} took {:?}", started.elapsed());
         }
-        eprintln!("{kind} {extra:?}: {opened} files opened, {read} read to the end, of {}", 3 * ROUNDS);
+        eprintln!("{kind} {extra:?}: {opened} files opened, {read} read to the end, of {}", 4 * ROUNDS);
         // The corruption must leave enough alone for the reading code to be exercised.
         assert!(opened > 20 && read > 20, "{kind} {extra:?}: only {opened} opened, {read} read");
     }
