@@ -6,8 +6,8 @@
 # the file (nothing is listed, "" is refused, as in nbdkit); writes and zeroes through qemu-io and
 # nbdcopy (into holes too) land in the file, as debugfs dumps it, the same as nbdkit's, and
 # e2fsck -fn finds the filesystem clean; a missing file, a directory and a symlink are refused as
-# nbdkit refuses them; a filesystem whose journal needs recovery is served read-only; bad
-# parameters stop the server before it listens.
+# nbdkit refuses them; a filesystem whose journal needs recovery, or with a feature libext2fs
+# cannot write, is served read-only; bad parameters stop the server before it listens.
 # timeout: 300
 source "$(dirname "$0")/lib/functions.sh"
 
@@ -140,6 +140,22 @@ start_server --filter=ext2 file "$tmp/dirty.img" ext2file=/random
 nbdcopy "$uri" "$tmp/dirty.out"
 same_file "$tmp/tree/random" "$tmp/dirty.out"
 grep -q 'journal needs recovery' "$server_log" || fail "no warning about the journal"
+
+# A read-only-compatible feature libext2fs does not know: served read-only (nbdkit refuses).
+cp "$tmp/ext2.img" "$tmp/rocompat.img"
+python3 - "$tmp/rocompat.img" <<'PY'
+import struct, sys
+with open(sys.argv[1], "r+b") as f:
+    f.seek(1024 + 100)
+    flags = struct.unpack("<I", f.read(4))[0]
+    f.seek(1024 + 100)
+    f.write(struct.pack("<I", flags | 0x40000000))
+PY
+start_server --filter=ext2 file "$tmp/rocompat.img" ext2file=/random
+[ "$(nbdsh -u "$uri" -c 'print(h.is_read_only())')" = True ] || fail "an unknown ro_compat feature served writable"
+nbdcopy "$uri" "$tmp/rocompat.out"
+same_file "$tmp/tree/random" "$tmp/rocompat.out"
+grep -q 'unsupported read-only feature.*serving /random read-only' "$server_log" || fail "no warning about the feature"
 
 bad_args --filter=ext2 file "$tmp/ext4.img" -- ext2file
 bad_args --filter=ext2 file "$tmp/ext4.img" ext2file=random -- ext2file=random "absolute path"

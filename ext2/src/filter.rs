@@ -25,7 +25,7 @@ use nbdforge_api::{
 
 use crate::device::Device;
 use crate::superblock::{self, Superblock};
-use crate::sys::{Ext2, Ext2Error, Mapping};
+use crate::sys::{Ext2, Ext2Error, Mapping, EXT2_ET_RO_UNSUPP_FEATURE};
 
 /// The filter's entry in the server's table.
 pub fn registration() -> Registration {
@@ -125,7 +125,15 @@ impl Filter for Ext2Filter {
             write = false;
         }
         let fail = |what: &str, e: Ext2Error| failure(&device, &path, what, e);
-        let mut fs = Ext2::open(device.clone(), write).map_err(|e| fail("opening the filesystem", e))?;
+        let mut fs = match Ext2::open(device.clone(), write) {
+            Err(e) if write && e.code == EXT2_ET_RO_UNSUPP_FEATURE => {
+                tracing::warn!("ext2: {}: serving {path} read-only", e.message);
+                write = false;
+                Ext2::open(device.clone(), false)
+            }
+            opened => opened,
+        }
+        .map_err(|e| fail("opening the filesystem", e))?;
         let ino = fs.lookup(&path).map_err(|e| fail("lookup", e))?;
         let (mode, inline) = fs.mode(ino).map_err(|e| fail("reading its inode", e))?;
         let kind = match mode & 0o170000 {

@@ -27,6 +27,8 @@ const EXT2_ET_MAGIC_IO_CHANNEL: Errcode = 2133571333;
 const EXT2_ET_MAGIC_IO_MANAGER: Errcode = 2133571335;
 const EXT2_ET_RO_FILSYS: Errcode = 2133571349;
 const EXT2_ET_NO_MEMORY: Errcode = 2133571398;
+/// The filesystem has features libext2fs can read but not write.
+pub const EXT2_ET_RO_UNSUPP_FEATURE: Errcode = 2133571396;
 const EXT2_ET_BLOCK_ALLOC_FAIL: Errcode = 2133571400;
 const EXT2_ET_FILE_NOT_FOUND: Errcode = 2133571404;
 const EXT2_ET_INVALID_ARGUMENT: Errcode = 2133571416;
