@@ -8,12 +8,15 @@
 //! path but not in its last component, and anything but a regular file is refused.
 //!
 //! Writes go through libext2fs, which allocates blocks for holes; reads go straight to the
-//! disk by runs of contiguous blocks, and zeroing writes only over data (holes stay holes). A flush makes the filesystem's
-//! metadata durable too when a write allocated (the block bitmaps, group descriptors and
-//! superblock), so a flushed filesystem is clean for e2fsck. Where nbdkit serves a filesystem
-//! whose journal needs recovery read-write without replaying it, this filter serves it
-//! read-only: libext2fs does not replay journals, and writing past an unreplayed journal can
-//! lose the writes or the journal's transactions.
+//! disk by runs of contiguous blocks; zeroing writes only over data (holes stay holes). A flush
+//! makes the filesystem's metadata durable too when a write allocated (the block bitmaps, group
+//! descriptors and superblock), so a flushed filesystem is clean for e2fsck.
+//!
+//! Where nbdkit serves a filesystem whose journal needs recovery read-write without replaying
+//! it, this filter serves it read-only: libext2fs does not replay journals, and writing past an
+//! unreplayed journal can lose the writes or the journal's transactions. So are filesystems
+//! with features libext2fs cannot write (nbdkit refuses them) and files with inline data
+//! (libext2fs cannot write them safely).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
