@@ -5,9 +5,10 @@
 # serves them, holes reported as holes; under ext2file=exportname the client's export name picks
 # the file (nothing is listed, "" is refused, as in nbdkit); writes and zeroes through qemu-io and
 # nbdcopy (into holes too) land in the file, as debugfs dumps it, the same as nbdkit's, and
-# e2fsck -fn finds the filesystem clean; a missing file, a directory and a symlink are refused as
-# nbdkit refuses them; a filesystem whose journal needs recovery, or with a feature libext2fs
-# cannot write, is served read-only; bad parameters stop the server before it listens.
+# e2fsck -fn finds the filesystem clean; trim frees the whole blocks of extent-mapped files; a
+# missing file, a directory and a symlink are refused as nbdkit refuses them; a filesystem whose
+# journal needs recovery, or with a feature libext2fs cannot write, is served read-only; bad
+# parameters stop the server before it listens.
 # timeout: 300
 source "$(dirname "$0")/lib/functions.sh"
 
@@ -115,6 +116,26 @@ PY
     same_file "$tmp/sparse.start_nbdkit" "$tmp/sparse.start_server"
     echo "$kind: writes in place and into holes, as nbdkit writes them; e2fsck clean"
 done
+
+# Trim deallocates the whole blocks of the range in extent-mapped files (nbdkit has no trim);
+# files mapped by indirect blocks do not offer it.
+cp "$tmp/ext4.img" "$tmp/t.img"
+free() { dumpe2fs -h "$1" 2>/dev/null | awk '/^Free blocks:/ { print $3 }'; }
+before=$(free "$tmp/t.img")
+start_server --filter=ext2 file "$tmp/t.img" ext2file=/random
+qemu-io -f raw "$uri" -c 'discard 1000000 1048576' -c flush >/dev/null
+stop_server "$server_pid"
+e2fsck -fn "$tmp/t.img" > "$tmp/fsck" 2>&1 || { cat "$tmp/fsck"; fail "e2fsck after trim"; }
+[ "$(free "$tmp/t.img")" -eq $((before + 255)) ] || fail "trim freed $(($(free "$tmp/t.img") - before)) blocks, want 255"
+debugfs -R "dump /random $tmp/trimmed" "$tmp/t.img" 2>/dev/null
+python3 - "$tmp/tree/random" "$tmp/trimmed" <<'PY'
+import sys
+d = bytearray(open(sys.argv[1], "rb").read())
+d[1003520:1003520 + (255 << 12)] = bytes(255 << 12)   # blocks 245..499, the whole ones
+assert open(sys.argv[2], "rb").read() == d, "trimmed file differs"
+PY
+start_server --filter=ext2 file "$tmp/ext2.img" ext2file=/random
+[ "$(nbdsh -u "$uri" -c 'print(h.can_trim())')" = False ] || fail "trim offered for an indirect-mapped file"
 
 # What is not a regular file is refused when the client connects, by both servers.
 for file in /missing /sub /link /random/x; do

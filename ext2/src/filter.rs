@@ -8,9 +8,11 @@
 //! path but not in its last component, and anything but a regular file is refused.
 //!
 //! Writes go through libext2fs, which allocates blocks for holes; reads go straight to the
-//! disk by runs of contiguous blocks; zeroing writes only over data (holes stay holes). A flush
-//! makes the filesystem's metadata durable too when a write allocated (the block bitmaps, group
-//! descriptors and superblock), so a flushed filesystem is clean for e2fsck.
+//! disk by runs of contiguous blocks; zeroing writes only over data (holes stay holes); trim
+//! deallocates whole blocks (extent-mapped files only: libext2fs 1.47 punches wrong blocks out
+//! of indirect-mapped ones). A flush makes the filesystem's metadata durable too when a write
+//! allocated or a trim freed blocks (the block bitmaps, group descriptors and superblock), so a
+//! flushed filesystem is clean for e2fsck.
 //!
 //! Where nbdkit serves a filesystem whose journal needs recovery read-write without replaying
 //! it, this filter serves it read-only: libext2fs does not replay journals, and writing past an
@@ -138,8 +140,8 @@ impl Filter for Ext2Filter {
         }
         .map_err(|e| fail("opening the filesystem", e))?;
         let ino = fs.lookup(&path).map_err(|e| fail("lookup", e))?;
-        let (mode, inline) = fs.mode(ino).map_err(|e| fail("reading its inode", e))?;
-        let kind = match mode & 0o170000 {
+        let inode = fs.inode(ino).map_err(|e| fail("reading its inode", e))?;
+        let kind = match inode.mode & 0o170000 {
             0o100000 => None,
             0o040000 => Some("a directory"),
             0o120000 => Some("a symbolic link; name its target"),
@@ -150,7 +152,7 @@ impl Filter for Ext2Filter {
         }
         // libext2fs 1.47 overruns a buffer when writing inline data other than from byte 0
         // (nbdkit crashes on it); files that small are no disks.
-        if write && inline {
+        if write && inode.inline {
             tracing::warn!("ext2: {path}: the file's data is inline in its inode: serving it read-only");
             write = false;
         }
@@ -162,6 +164,8 @@ impl Filter for Ext2Filter {
             path,
             size,
             write,
+            // libext2fs 1.47 punches the wrong blocks out of files mapped by indirect blocks.
+            trim: write && inode.extents,
             block_size: sb.block_size,
         }))
     }
@@ -178,7 +182,8 @@ fn failure(device: &Device, path: &str, what: &str, e: Ext2Error) -> Error {
 /// The filesystem of one connection.
 struct Open {
     fs: Ext2,
-    /// A write since the last flush may have allocated blocks: the next flush writes metadata.
+    /// A write or trim since the last flush may have allocated or freed blocks: the next flush
+    /// writes metadata.
     allocated: bool,
 }
 
@@ -189,6 +194,8 @@ struct Ext2Handle {
     path: String,
     size: u64,
     write: bool,
+    /// Trim deallocates blocks (extent-mapped files only).
+    trim: bool,
     block_size: u64,
 }
 
@@ -245,6 +252,7 @@ impl Handle for Ext2Handle {
             write: self.write,
             flush: true,
             rotational,
+            trim: self.trim,
             zero: if self.write { Support::Native } else { Support::None },
             fua: if self.write { Support::Emulate } else { Support::None },
             extents: true,
@@ -339,6 +347,21 @@ impl Handle for Ext2Handle {
                 pos = next;
             }
             o.fs.flush_file()
+        })
+    }
+
+    // The whole blocks of the range are deallocated (and then read as zeroes); the partial
+    // blocks at its ends are left alone, as trim allows.
+    fn trim(&self, count: u64, offset: u64, _flags: Flags) -> Result<()> {
+        let first = offset.div_ceil(self.block_size);
+        let end = (offset + count) / self.block_size;
+        if first >= end {
+            return Ok(());
+        }
+        self.with("trim", |o| {
+            o.fs.flush_file()?;
+            o.allocated = true;
+            o.fs.punch(first, end - 1)
         })
     }
 

@@ -140,6 +140,8 @@ extern "C" {
     fn ext2fs_extent_goto2(handle: *mut c_void, leaf_level: c_int, block: u64) -> Errcode;
     fn ext2fs_extent_get(handle: *mut c_void, flags: c_int, extent: *mut Extent) -> Errcode;
     fn ext2fs_extent_free(handle: *mut c_void);
+    fn ext2fs_read_bitmaps(fs: Filsys) -> Errcode;
+    fn ext2fs_punch(fs: Filsys, ino: u32, inode: *mut Inode, block_buf: *mut c_char, start: u64, end: u64) -> Errcode;
     fn ext2fs_file_open2(fs: Filsys, ino: u32, inode: *mut Inode, flags: c_int, ret: *mut FileHandle) -> Errcode;
     fn ext2fs_file_close(file: FileHandle) -> Errcode;
     fn ext2fs_file_flush(file: FileHandle) -> Errcode;
@@ -166,6 +168,19 @@ struct Inode {
 
 /// `EXT4_INLINE_DATA_FL`: the file's data is in the inode, not in blocks.
 const EXT4_INLINE_DATA_FL: u32 = 0x10000000;
+/// `EXT4_EXTENTS_FL`: the file's blocks are mapped by extents (else by indirect blocks).
+const EXT4_EXTENTS_FL: u32 = 0x80000;
+
+/// What the filter needs to know of an inode.
+#[derive(Debug, Clone, Copy)]
+pub struct InodeInfo {
+    /// Type and permissions.
+    pub mode: u16,
+    /// The data is inline in the inode.
+    pub inline: bool,
+    /// The blocks are mapped by extents.
+    pub extents: bool,
+}
 
 /// `struct ext2fs_extent`.
 #[repr(C)]
@@ -285,12 +300,16 @@ impl Ext2 {
         Ok(ino)
     }
 
-    /// The mode (type and permissions) of inode `ino`, and whether its data is inline.
-    pub fn mode(&mut self, ino: u32) -> Result<(u16, bool), Ext2Error> {
+    /// What inode `ino` is.
+    pub fn inode(&mut self, ino: u32) -> Result<InodeInfo, Ext2Error> {
         let mut inode = Inode { mode: 0, before_flags: [0; 30], flags: 0, rest: [0; 92] };
         // SAFETY: inode is a writable buffer of the size of struct ext2_inode.
         check(unsafe { ext2fs_read_inode(self.fs, ino, &mut inode) })?;
-        Ok((inode.mode, inode.flags & EXT4_INLINE_DATA_FL != 0))
+        Ok(InodeInfo {
+            mode: inode.mode,
+            inline: inode.flags & EXT4_INLINE_DATA_FL != 0,
+            extents: inode.flags & EXT4_EXTENTS_FL != 0,
+        })
     }
 
     /// Opens inode `ino` as the file to serve.
@@ -420,6 +439,24 @@ impl Ext2 {
             return Some((Mapping::Unwritten, run));
         }
         Some((Mapping::Data(extent.pblk.checked_add(block - extent.lblk)?), run))
+    }
+
+    /// Deallocates logical blocks `first..=last` of the open file (they read as zeroes after).
+    /// The file is closed around the call: its handle keeps a copy of the inode, which the
+    /// punch changes.
+    pub fn punch(&mut self, first: u64, last: u64) -> Result<(), Ext2Error> {
+        // Freeing blocks marks them in the block bitmap only if it is loaded (allocating
+        // loads it; freeing does not).
+        // SAFETY: fs is open.
+        check(unsafe { ext2fs_read_bitmaps(self.fs) })?;
+        let file = self.file()?;
+        self.file = ptr::null_mut();
+        // SAFETY: the file is open; it is closed once (the pointer was cleared).
+        check(unsafe { ext2fs_file_close(file) })?;
+        // SAFETY: fs is open; null inode and block buffer ask the library to provide them.
+        let punched = check(unsafe { ext2fs_punch(self.fs, self.ino, ptr::null_mut(), ptr::null_mut(), first, last) });
+        let reopened = self.open_file(self.ino, true);
+        punched.and(reopened)
     }
 
     /// Closes the file and the filesystem, writing out what is dirty.
