@@ -30,6 +30,7 @@ pub fn table() -> Vec<Registration> {
     table.extend(nbdforge_python::registrations());
     table.extend(nbdforge_filters::registrations());
     table.extend(nbdforge_decoders::registrations());
+    table.extend(nbdforge_ext2::registrations());
     table.extend(nbdforge_examples::registrations());
     table
 }
