@@ -8,6 +8,7 @@
 pub mod authz;
 pub mod file;
 pub mod image;
+pub mod imageopts;
 pub mod list;
 pub mod objects;
 pub mod plugin;

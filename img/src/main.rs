@@ -53,7 +53,20 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
     if o.list {
         return list(&o, &objects);
     }
-    let file = o.file.clone().expect("options::parse requires FILE");
+    let mut file = o.file.clone().expect("options::parse requires FILE");
+    let (mut format, mut offset, mut size, mut readonly) = (o.format, o.offset, None, o.readonly);
+    if o.image_opts {
+        let spec = file.to_str().ok_or("--image-opts: the options are not valid UTF-8")?;
+        let opts = nbdforge_img::imageopts::parse(spec)?;
+        file = opts.filename;
+        format = opts.format;
+        readonly |= opts.readonly;
+        // -o counts from the start of raw's window, which size= bounds.
+        if let Some(window) = opts.size {
+            size = Some(window.checked_sub(offset).ok_or_else(|| format!("-o {offset}: past size={window}"))?);
+        }
+        offset += opts.offset;
+    }
 
     let inherited = activation::take_listen_fds().map_err(qemu_nbd_says)?;
     if inherited.is_some() && (o.socket.is_some() || o.port.is_some() || o.bind.is_some()) {
@@ -62,7 +75,7 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
     logging::init(PROG, LogDest::Stderr, o.verbose);
     let ready = if o.fork { Some(daemon::fork_into_background(PROG).map_err(qemu_nbd_says)?) } else { None };
 
-    let image_opts = ImageOptions { format: o.format, writable: !o.readonly, snapshot: o.snapshot, direct: o.nocache };
+    let image_opts = ImageOptions { format, writable: !readonly, snapshot: o.snapshot, direct: o.nocache };
     // Credentials are loaded before anything listens, so their errors exit 1 first.
     let tls = match &o.tls_creds {
         Some(id) => Some(std::sync::Arc::new(server_tls(&objects, id)?)),
@@ -74,11 +87,12 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
         name: file.display().to_string(),
         export_name: o.export_name.clone().unwrap_or_default(),
         description: o.description.clone(),
-        offset: o.offset,
+        offset,
+        size,
         discard_unmap: o.discard_unmap,
         detect_zeroes: o.detect_zeroes,
         allocation_depth: o.allocation_depth,
-        readonly: o.readonly,
+        readonly,
         authz,
     };
     let plugin = ImagePlugin::new(image, settings)?;
@@ -86,7 +100,7 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
     let backend = Stack::new((info, Box::new(plugin)), Vec::new()).finish().map_err(|e| e.message)?;
 
     let config = ServerConfig {
-        readonly: o.readonly,
+        readonly,
         handshake_timeout: Some(Duration::from_secs(o.handshake_limit.unwrap_or(10))).filter(|d| !d.is_zero()),
         max_clients: o.shared,
         exit_when_idle: !o.persistent,

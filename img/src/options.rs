@@ -42,6 +42,8 @@ pub struct Options {
     pub tls_creds: Option<String>,
     pub tls_authz: Option<String>,
     pub tls_hostname: Option<String>,
+    /// `--image-opts`: FILE is qemu block options.
+    pub image_opts: bool,
 }
 
 /// A command-line error, printed as `nbdforge-img: MESSAGE`.
@@ -170,7 +172,8 @@ pub fn parse(args: Vec<OsString>) -> Result<Options, Usage> {
                 p.value()?;
                 return Err(Usage(format!("{name} is not implemented yet")));
             }
-            Short('d') | Long("disconnect") | Long("image-opts") => {
+            Long("image-opts") => o.image_opts = true,
+            Short('d') | Long("disconnect") => {
                 return Err(Usage(format!("{} is not implemented yet", option_name(&arg))));
             }
             Value(v) => files.push(v.into()),
@@ -194,6 +197,9 @@ pub fn parse(args: Vec<OsString>) -> Result<Options, Usage> {
             return Err(Usage("Invalid number of arguments".into()));
         }
         return Ok(o);
+    }
+    if o.image_opts && o.format.is_some() {
+        return Err(Usage("--image-opts and --format are mutually exclusive".into()));
     }
     if o.tls_hostname.is_some() {
         return Err(Usage("--tls-hostname is only permitted with --list".into()));
@@ -261,7 +267,10 @@ TLS and objects:
 As a client:
   -L, --list                 list the exports of the server at -b/-p or -k, then exit
 
-Not implemented yet: -B, -l, -c, -d, --image-opts.
+      --image-opts           FILE is qemu block options: driver=raw|qcow2,
+                             file.driver=file,file.filename=PATH[,offset=,size=]
+
+Not implemented yet: -B, -l, -c, -d.
 ";
 
 #[cfg(test)]

@@ -40,6 +40,8 @@ pub struct Settings {
     pub description: Option<String>,
     /// `-o`: the disk starts this far into the image.
     pub offset: u64,
+    /// `--image-opts`' raw `size=`: the disk ends this far after `offset` (default: at the end).
+    pub size: Option<u64>,
     /// `--discard=unmap`: trims free space; otherwise they are ignored.
     pub discard_unmap: bool,
     /// `--detect-zeroes`.
@@ -68,6 +70,16 @@ impl ImagePlugin {
                 settings.name,
                 image.size()
             ));
+        }
+        if let Some(size) = settings.size {
+            if settings.offset.checked_add(size).is_none_or(|end| end > image.size()) {
+                return Err(format!(
+                    "The sum of offset ({}) and size ({size}) has to be smaller or equal to the actual size of {} ({})",
+                    settings.offset,
+                    settings.name,
+                    image.size()
+                ));
+            }
         }
         Ok(ImagePlugin { image: Arc::new(image), settings: Arc::new(settings) })
     }
@@ -158,7 +170,7 @@ impl ImageHandle {
 
 impl Handle for ImageHandle {
     fn get_size(&self) -> Result<u64> {
-        Ok(self.image.size() - self.settings.offset)
+        Ok(self.settings.size.unwrap_or(self.image.size() - self.settings.offset))
     }
 
     /// As qemu-nbd: byte-sized requests, 4 KiB preferred, 32 MiB at most.
