@@ -8,7 +8,7 @@
 pub mod authz;
 pub mod file;
 pub mod image;
-pub mod imageopts;
+pub mod image_opts;
 pub mod list;
 pub mod objects;
 pub mod plugin;

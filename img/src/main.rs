@@ -9,12 +9,14 @@
 mod options;
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use nbdforge_api::LayerInfo;
 use nbdforge_img::authz::Authz;
-use nbdforge_img::image::{Image, ImageOptions};
+use nbdforge_img::image::{Backing, Image, ImageOptions};
+use nbdforge_img::image_opts;
 use nbdforge_img::list::{self, Address};
 use nbdforge_img::objects::{Endpoint, Object, Objects};
 use nbdforge_img::plugin::{ImagePlugin, Settings};
@@ -53,20 +55,8 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
     if o.list {
         return list(&o, &objects);
     }
-    let mut file = o.file.clone().expect("options::parse requires FILE");
-    let (mut format, mut offset, mut size, mut readonly) = (o.format, o.offset, None, o.readonly);
-    if o.image_opts {
-        let spec = file.to_str().ok_or("--image-opts: the options are not valid UTF-8")?;
-        let opts = nbdforge_img::imageopts::parse(spec)?;
-        file = opts.filename;
-        format = opts.format;
-        readonly |= opts.readonly;
-        // -o counts from the start of raw's window, which size= bounds.
-        if let Some(window) = opts.size {
-            size = Some(window.checked_sub(offset).ok_or_else(|| format!("-o {offset}: past size={window}"))?);
-        }
-        offset += opts.offset;
-    }
+    let mut o = o;
+    let (file, size, backing) = apply_image_opts(&mut o)?;
 
     let inherited = activation::take_listen_fds().map_err(qemu_nbd_says)?;
     if inherited.is_some() && (o.socket.is_some() || o.port.is_some() || o.bind.is_some()) {
@@ -75,24 +65,25 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
     logging::init(PROG, LogDest::Stderr, o.verbose);
     let ready = if o.fork { Some(daemon::fork_into_background(PROG).map_err(qemu_nbd_says)?) } else { None };
 
-    let image_opts = ImageOptions { format, writable: !readonly, snapshot: o.snapshot, direct: o.nocache };
+    let image_opts = ImageOptions { format: o.format, writable: !o.readonly, snapshot: o.snapshot, direct: o.nocache };
     // Credentials are loaded before anything listens, so their errors exit 1 first.
     let tls = match &o.tls_creds {
         Some(id) => Some(std::sync::Arc::new(server_tls(&objects, id)?)),
         None => None,
     };
     let authz = o.tls_authz.as_deref().map(|id| Authz::load(&objects, id)).transpose()?;
-    let image = Image::open(&file, &image_opts)?;
+    let image = Image::open_with_backing(&file, &image_opts, &backing)?;
     let settings = Settings {
         name: file.display().to_string(),
         export_name: o.export_name.clone().unwrap_or_default(),
         description: o.description.clone(),
-        offset,
+        offset: o.offset,
         size,
         discard_unmap: o.discard_unmap,
         detect_zeroes: o.detect_zeroes,
         allocation_depth: o.allocation_depth,
-        readonly,
+        readonly: o.readonly,
+        multi_conn: o.shared != 1,
         authz,
     };
     let plugin = ImagePlugin::new(image, settings)?;
@@ -100,7 +91,7 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
     let backend = Stack::new((info, Box::new(plugin)), Vec::new()).finish().map_err(|e| e.message)?;
 
     let config = ServerConfig {
-        readonly,
+        readonly: o.readonly,
         handshake_timeout: Some(Duration::from_secs(o.handshake_limit.unwrap_or(10))).filter(|d| !d.is_zero()),
         max_clients: o.shared,
         exit_when_idle: !o.persistent,
@@ -140,6 +131,38 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
         }
     }
     .map_err(|e| format!("server: {e}"))
+}
+
+/// FILE under `--image-opts`, or a `json:` FILE: the options' settings are put into `o` (`-o`
+/// counts from the start of raw's `offset=` window); returns the image file, the disk's size when
+/// `size=` bounds it, and the backing image.
+fn apply_image_opts(o: &mut options::Options) -> Result<(PathBuf, Option<u64>, Backing), String> {
+    let file = o.file.clone().expect("options::parse requires FILE");
+    let spec = file.to_str();
+    let given = if o.image_opts {
+        Some(image_opts::parse(spec.ok_or("--image-opts: the options are not valid UTF-8")?)?)
+    } else if let Some(json) = spec.filter(|s| image_opts::is_json(s)) {
+        Some(image_opts::parse_json(json)?)
+    } else {
+        None
+    };
+    let Some(given) = given else { return Ok((file, None, Backing::Header)) };
+    let node = given.node;
+    if given.readonly && !o.readonly {
+        return Err(format!("{}: read-only=on: Block node is read-only (give -r)", node.filename.display()));
+    }
+    o.format = node.format.or(o.format);
+    o.nocache = given.direct.unwrap_or(o.nocache);
+    o.discard_unmap = given.discard_unmap.unwrap_or(o.discard_unmap);
+    o.detect_zeroes = given.detect_zeroes.unwrap_or(o.detect_zeroes);
+    let size = match node.size {
+        Some(window) => Some(
+            window.checked_sub(o.offset).ok_or_else(|| format!("-o {}: past the window's size={window}", o.offset))?,
+        ),
+        None => None,
+    };
+    o.offset += node.offset;
+    Ok((node.filename, size, node.backing))
 }
 
 /// The TLS credentials object `id`, which must be for the `want` side.

@@ -268,7 +268,8 @@ As a client:
   -L, --list                 list the exports of the server at -b/-p or -k, then exit
 
       --image-opts           FILE is qemu block options: driver=raw|qcow2,
-                             file.driver=file,file.filename=PATH[,offset=,size=]
+                             file.driver=file,file.filename=PATH[,offset=,size=][,backing.*]
+                             (a FILE json:{...} is the same options as JSON)
 
 Not implemented yet: -B, -l, -c, -d.
 ";

@@ -50,6 +50,10 @@ pub struct Settings {
     pub allocation_depth: bool,
     /// `-r`.
     pub readonly: bool,
+    /// Advertise multi-conn: only when more than one client may connect (`-e` other than 1), as
+    /// qemu-nbd; a client that opened several connections to a one-client server would wait
+    /// forever for the second.
+    pub multi_conn: bool,
     /// `--tls-authz`: which TLS clients may open the export.
     pub authz: Option<crate::authz::Authz>,
 }
@@ -184,8 +188,14 @@ impl Handle for ImageHandle {
 
     fn capabilities(&self) -> Result<Capabilities> {
         // One image shared by every connection: a flush on one covers the writes of all, so
-        // multi-conn stays on with the rest of ALL.
-        Ok(Capabilities { write: !self.readonly, fast_zero: false, cache: Support::Emulate, ..Capabilities::ALL })
+        // multi-conn is safe whenever several connections are allowed.
+        Ok(Capabilities {
+            write: !self.readonly,
+            fast_zero: false,
+            cache: Support::Emulate,
+            multi_conn: self.settings.multi_conn,
+            ..Capabilities::ALL
+        })
     }
 
     fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {
