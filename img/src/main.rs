@@ -4,26 +4,31 @@
 //! socket activation is taken first, then the process goes into the background (`--fork`; the
 //! parent exits once the child listens), the image is opened (errors exit 1 before anything
 //! listens), the sockets are bound and the pid file written, and the server runs until a signal
-//! or, without `-t`, until the last client has left.
+//! or, without `-t`, until the last client has left. `-d` only disconnects a device; `-c` adds a
+//! thread that binds the kernel's NBD device to the server ([`KernelClient`], over
+//! `nbdforge_img::kernel`) and releases the parent once the device is connected.
 
 mod options;
 
 use std::ffi::OsString;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use nbdforge_api::LayerInfo;
 use nbdforge_img::authz::Authz;
 use nbdforge_img::image::{Backing, Image, ImageOptions};
 use nbdforge_img::image_opts;
+use nbdforge_img::kernel;
 use nbdforge_img::list::{self, Address};
 use nbdforge_img::objects::{Endpoint, Object, Objects};
 use nbdforge_img::plugin::{ImagePlugin, Settings};
 use nbdforge_process::sockets::{self, ListenOn};
 use nbdforge_process::{activation, daemon, logging, pidfile, Error, LogDest, Setting, Target};
 use nbdforge_server::tls::{TlsClient, TlsClientOptions, TlsContext};
-use nbdforge_server::{Server, ServerConfig, Stack, TlsMode, TlsOptions};
+use nbdforge_server::{Server, ServerConfig, ShutdownHandle, Stack, TlsMode, TlsOptions};
 
 const PROG: &str = "nbdforge-img";
 
@@ -55,15 +60,32 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
     if o.list {
         return list(&o, &objects);
     }
+    if o.disconnect {
+        let device = o.file.as_deref().expect("options::parse requires FILE");
+        kernel::disconnect(device)?;
+        println!("{} disconnected", device.display());
+        return Ok(());
+    }
     let mut o = o;
     let (file, size, backing) = apply_image_opts(&mut o)?;
 
     let inherited = activation::take_listen_fds().map_err(qemu_nbd_says)?;
+    if inherited.is_some() && o.connect.is_some() {
+        return Err("NBD device can't be set when using socket activation".into());
+    }
     if inherited.is_some() && (o.socket.is_some() || o.port.is_some() || o.bind.is_some()) {
         return Err("socket activation cannot be combined with -k, -p or -b".into());
     }
+    // -c serves the kernel on a Unix socket (qemu-nbd's path unless -k), which others may use too.
+    if let (Some(device), None) = (&o.connect, &o.socket) {
+        let path = kernel::default_socket(device);
+        kernel::remove_stale_socket(&path);
+        o.socket = Some(path);
+    }
     logging::init(PROG, LogDest::Stderr, o.verbose);
-    let ready = if o.fork { Some(daemon::fork_into_background(PROG).map_err(qemu_nbd_says)?) } else { None };
+    // -c goes into the background too, unless -v keeps it in the foreground (as qemu-nbd).
+    let background = o.fork || (o.connect.is_some() && o.verbose == 0);
+    let mut ready = if background { Some(daemon::fork_into_background(PROG).map_err(qemu_nbd_says)?) } else { None };
 
     let image_opts = ImageOptions { format: o.format, writable: !o.readonly, snapshot: o.snapshot, direct: o.nocache };
     // Credentials are loaded before anything listens, so their errors exit 1 first.
@@ -114,13 +136,25 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
     }
     let server = Server::new(backend, config);
     server.stop_on_signals().map_err(|e| format!("installing signal handlers: {e}"))?;
+    // With -c, the parent is let go once the device is connected.
+    let kernel_client = o.connect.clone().map(|device| {
+        let client = KernelClient {
+            device,
+            socket: o.socket.clone().expect("set above for -c"),
+            export_name: o.export_name.clone().unwrap_or_default(),
+            file: file.clone(),
+            verbose: o.verbose,
+            fork: o.fork,
+        };
+        client.spawn(ready.take(), server.shutdown_handle())
+    });
     if let Some(ready) = ready {
         ready.notify(o.verbose > 0).map_err(qemu_nbd_says)?;
         if o.verbose == 0 {
             logging::set_destination(LogDest::Syslog);
         }
     }
-    match target {
+    let served = match target {
         Target::One(read, write) => server.serve_one(read, write),
         Target::Listen(bound) => {
             let sockets::Bound { listeners, private_dir, socket_file, .. } = bound;
@@ -129,8 +163,55 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
             drop(private_dir);
             served
         }
+    };
+    if let Some(thread) = kernel_client {
+        thread.join().map_err(|_| "the kernel client thread panicked".to_string())??;
     }
-    .map_err(|e| format!("server: {e}"))
+    served.map_err(|e| format!("server: {e}"))
+}
+
+/// `-c`: what the thread binding the kernel's NBD device to the server needs.
+struct KernelClient {
+    device: PathBuf,
+    socket: PathBuf,
+    export_name: String,
+    /// FILE, for the message of `-v`.
+    file: PathBuf,
+    verbose: u8,
+    fork: bool,
+}
+
+impl KernelClient {
+    /// Connects the device from a thread of its own, once the server runs; lets the parent go
+    /// once the device is connected; stops the server when the device is disconnected (or could
+    /// not be connected, with the error as the thread's result).
+    fn spawn(self, ready: Option<daemon::Ready>, shutdown: ShutdownHandle) -> JoinHandle<Result<(), String>> {
+        std::thread::spawn(move || {
+            let result = self.serve(ready);
+            shutdown.shutdown();
+            result
+        })
+    }
+
+    fn serve(&self, ready: Option<daemon::Ready>) -> Result<(), String> {
+        let (stream, export) = kernel::negotiate(&self.socket, &self.export_name)?;
+        let device = kernel::open(&self.device)?;
+        kernel::configure(&device, &kernel::plan(stream.as_raw_fd(), &export)?)?;
+        // Opening the device again makes the kernel read its partition table (when the module was
+        // loaded with max_part); that open waits for NBD_DO_IT to be serving.
+        let path = self.device.clone();
+        std::thread::spawn(move || drop(std::fs::OpenOptions::new().read(true).write(true).open(path)));
+        if self.verbose > 0 && !self.fork {
+            eprintln!("NBD device {} is now connected to {}", self.device.display(), self.file.display());
+        }
+        if let Some(ready) = ready {
+            ready.notify(self.verbose > 0).map_err(qemu_nbd_says)?;
+            if self.verbose == 0 {
+                logging::set_destination(LogDest::Syslog);
+            }
+        }
+        kernel::run(&device)
+    }
 }
 
 /// FILE under `--image-opts`, or a `json:` FILE: the options' settings are put into `o` (`-o`
