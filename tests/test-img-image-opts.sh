@@ -55,13 +55,29 @@ same "json: raw window" \
 same "json: backing null" \
     "json:{\"driver\":\"qcow2\",\"file\":{\"driver\":\"file\",\"filename\":\"$tmp/top.qcow2\"},\"backing\":null}"
 
+# With a replaced backing file, base:allocation and qemu:allocation-depth map the chain as
+# qemu-nbd's do (nbdinfo --map of each context, diffed).
+qemu-img create -q -f qcow2 sparse.qcow2 4M
+qemu-io -f qcow2 -c "write -P 2 2M 64k" sparse.qcow2 >/dev/null
+qemu-io -f qcow2 -c "write -P 1 1M 64k" top.qcow2 >/dev/null
+chain="driver=qcow2,file.filename=$tmp/top.qcow2,backing.driver=qcow2,backing.file.filename=$tmp/sparse.qcow2"
+for cmd in start_qemu_nbd start_img; do
+    "$cmd" -t -r -A --image-opts "$chain"
+    { nbdinfo --map "$uri"; nbdinfo --map=qemu:allocation-depth "$uri"; } > "map.$cmd"
+    stop_server "$server_pid"
+done
+diff map.start_qemu_nbd map.start_img || fail "the maps of a replaced backing chain differ from qemu-nbd's"
+grep -q "backing depth 2" map.start_img || fail "the replaced backing file is not in the map: $(cat map.start_img)"
+echo "replaced backing chain: the same maps as qemu-nbd"
+
 # The replaced backing file really is read: top's own data, then other.raw's.
 start_img -t -r --image-opts \
     "driver=qcow2,file.filename=$tmp/top.qcow2,backing.driver=raw,backing.file.filename=$tmp/other.raw"
 nbdcopy "$uri" got.img
 stop_server "$server_pid"
 cmp -n 65536 got.img <(head -c 64k /dev/zero | tr '\0' '\132') || fail "top's own data"
-cmp -i 65536 got.img other.raw || fail "the rest is not other.raw"
+cmp -i 65536 -n 983040 got.img other.raw || fail "the rest is not other.raw"
+cmp -i 1114112 got.img other.raw || fail "the rest is not other.raw"
 
 # Writes through a window land inside it, at the window's offset, and not past its end.
 cp whole.raw before.raw
