@@ -8,7 +8,7 @@
 //! As in qemu-nbd, a thread of the server connects to the server's own socket, negotiates as the
 //! kernel's client would (no structured replies: the kernel takes simple replies only), hands the
 //! connected socket to the device and then sits in `NBD_DO_IT` until someone runs `-d` on the
-//! device; the server stops then. The steps are computed by [`plan`] (pure, unit-tested) and
+//! device; the server stops then ([`Client`]). The steps are computed by [`plan`] (pure, unit-tested) and
 //! carried out by [`configure`]; the `unsafe` ioctl calls are in the [`sys`] module.
 
 use std::fs::{File, OpenOptions};
@@ -16,9 +16,12 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
+use nbdforge_process::daemon::Ready;
 use nbdforge_protocol::client::{ClientConfig, ClientTls, Handshake, HandshakeEvent, ServerExport};
 use nbdforge_protocol::consts::FLAG_READ_ONLY;
+use nbdforge_server::ShutdownHandle;
 
 /// The sector size the kernel is given (qemu-nbd's: 512, or the export's minimum block size if
 /// larger).
@@ -28,6 +31,50 @@ pub const SECTOR_SIZE: u64 = 512;
 pub fn default_socket(device: &Path) -> PathBuf {
     let base = device.file_name().map(|b| b.to_string_lossy().into_owned()).unwrap_or_default();
     PathBuf::from(format!("/var/lock/qemu-nbd-{base}"))
+}
+
+/// `-c`: what the thread binding the kernel's NBD device to the server needs.
+pub struct Client {
+    pub device: PathBuf,
+    pub socket: PathBuf,
+    pub export_name: String,
+    /// FILE, for the message of `-v`.
+    pub file: PathBuf,
+    pub verbose: u8,
+    pub fork: bool,
+}
+
+impl Client {
+    /// Connects the device from a thread of its own, once the server runs; lets the parent go
+    /// once the device is connected; stops the server when the device is disconnected (or could
+    /// not be connected, with the error as the thread's result).
+    pub fn spawn(self, ready: Option<Ready>, shutdown: ShutdownHandle) -> JoinHandle<Result<(), String>> {
+        std::thread::spawn(move || {
+            let result = self.serve(ready);
+            shutdown.shutdown();
+            result
+        })
+    }
+
+    fn serve(&self, ready: Option<Ready>) -> Result<(), String> {
+        let (stream, export) = negotiate(&self.socket, &self.export_name)?;
+        let device = open(&self.device)?;
+        configure(&device, &plan(stream.as_raw_fd(), &export)?)?;
+        // Opening the device again makes the kernel read its partition table (when the module was
+        // loaded with max_part); that open waits for NBD_DO_IT to be serving.
+        let path = self.device.clone();
+        std::thread::spawn(move || drop(std::fs::OpenOptions::new().read(true).write(true).open(path)));
+        if self.verbose > 0 && !self.fork {
+            eprintln!("NBD device {} is now connected to {}", self.device.display(), self.file.display());
+        }
+        if let Some(ready) = ready {
+            ready.notify(self.verbose > 0).map_err(|e| e.to_string())?;
+            if self.verbose == 0 {
+                nbdforge_process::logging::set_destination(nbdforge_process::LogDest::Syslog);
+            }
+        }
+        run(&device)
+    }
 }
 
 /// Removes a socket at `path` that nobody listens on: qemu-nbd leaves its `-c` socket behind when

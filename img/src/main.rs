@@ -5,16 +5,14 @@
 //! parent exits once the child listens), the image is opened (errors exit 1 before anything
 //! listens), the sockets are bound and the pid file written, and the server runs until a signal
 //! or, without `-t`, until the last client has left. `-d` only disconnects a device; `-c` adds a
-//! thread that binds the kernel's NBD device to the server ([`KernelClient`], over
-//! `nbdforge_img::kernel`) and releases the parent once the device is connected.
+//! thread that binds the kernel's NBD device to the server (`nbdforge_img::kernel::Client`) and
+//! releases the parent once the device is connected.
 
 mod options;
 
 use std::ffi::OsString;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use nbdforge_api::LayerInfo;
@@ -28,7 +26,7 @@ use nbdforge_img::plugin::{ImagePlugin, Settings};
 use nbdforge_process::sockets::{self, ListenOn};
 use nbdforge_process::{activation, daemon, logging, pidfile, Error, LogDest, Setting, Target};
 use nbdforge_server::tls::{TlsClient, TlsClientOptions, TlsContext};
-use nbdforge_server::{Server, ServerConfig, ShutdownHandle, Stack, TlsMode, TlsOptions};
+use nbdforge_server::{Server, ServerConfig, Stack, TlsMode, TlsOptions};
 
 const PROG: &str = "nbdforge-img";
 
@@ -138,7 +136,7 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
     server.stop_on_signals().map_err(|e| format!("installing signal handlers: {e}"))?;
     // With -c, the parent is let go once the device is connected.
     let kernel_client = o.connect.clone().map(|device| {
-        let client = KernelClient {
+        let client = kernel::Client {
             device,
             socket: o.socket.clone().expect("set above for -c"),
             export_name: o.export_name.clone().unwrap_or_default(),
@@ -168,50 +166,6 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
         thread.join().map_err(|_| "the kernel client thread panicked".to_string())??;
     }
     served.map_err(|e| format!("server: {e}"))
-}
-
-/// `-c`: what the thread binding the kernel's NBD device to the server needs.
-struct KernelClient {
-    device: PathBuf,
-    socket: PathBuf,
-    export_name: String,
-    /// FILE, for the message of `-v`.
-    file: PathBuf,
-    verbose: u8,
-    fork: bool,
-}
-
-impl KernelClient {
-    /// Connects the device from a thread of its own, once the server runs; lets the parent go
-    /// once the device is connected; stops the server when the device is disconnected (or could
-    /// not be connected, with the error as the thread's result).
-    fn spawn(self, ready: Option<daemon::Ready>, shutdown: ShutdownHandle) -> JoinHandle<Result<(), String>> {
-        std::thread::spawn(move || {
-            let result = self.serve(ready);
-            shutdown.shutdown();
-            result
-        })
-    }
-
-    fn serve(&self, ready: Option<daemon::Ready>) -> Result<(), String> {
-        let (stream, export) = kernel::negotiate(&self.socket, &self.export_name)?;
-        let device = kernel::open(&self.device)?;
-        kernel::configure(&device, &kernel::plan(stream.as_raw_fd(), &export)?)?;
-        // Opening the device again makes the kernel read its partition table (when the module was
-        // loaded with max_part); that open waits for NBD_DO_IT to be serving.
-        let path = self.device.clone();
-        std::thread::spawn(move || drop(std::fs::OpenOptions::new().read(true).write(true).open(path)));
-        if self.verbose > 0 && !self.fork {
-            eprintln!("NBD device {} is now connected to {}", self.device.display(), self.file.display());
-        }
-        if let Some(ready) = ready {
-            ready.notify(self.verbose > 0).map_err(qemu_nbd_says)?;
-            if self.verbose == 0 {
-                logging::set_destination(LogDest::Syslog);
-            }
-        }
-        kernel::run(&device)
-    }
 }
 
 /// FILE under `--image-opts`, or a `json:` FILE: the options' settings are put into `o` (`-o`
