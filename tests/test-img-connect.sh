@@ -52,8 +52,11 @@ both 1 -c "$absent" -f qcow2 disk.qcow2 -- "Failed to open $absent"
 no_leftovers "$absent" /var/lock/qemu-nbd-nbd-absent0
 # A stale socket there (qemu-nbd leaves one when the image does not open) is replaced.
 python3 -c 'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' /var/lock/qemu-nbd-nbd-absent0
-both 1 -c "$absent" -f qcow2 disk.qcow2 -- "Failed to open $absent"
+status=0
+timeout 30 "$NBDFORGE_IMG" -c "$absent" -f qcow2 disk.qcow2 2>err </dev/null || status=$?
+[ "$status" -eq 1 ] && grep -qF "Failed to open $absent" err || fail "-c over a stale socket: $status: $(cat err)"
 no_leftovers "$absent" /var/lock/qemu-nbd-nbd-absent0
+echo "-c over a stale socket: replaced, then $(cat err)"
 # A device that is not an NBD device refuses the first ioctl.
 both 1 -c /dev/null -k "$tmp/c.sock" -r -f qcow2 disk.qcow2 -- "Failed to set NBD socket"
 no_leftovers "$tmp/c.sock" "$tmp/c.sock"
