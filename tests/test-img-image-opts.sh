@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # --image-opts and json: file names as qemu-nbd users write them, served by nbdforge-img and by
 # qemu-nbd with the same arguments: the disk each serves is copied out with nbdcopy and compared
-# with cmp, and the sizes nbdinfo reports must be equal (raw windows with offset= and size=, -o on
-# top of a window, driver=file, qcow2 with its backing file from the header, replaced through
-# backing.*, or removed with backing=/null). Writes through a window land inside it only. Option
+# with cmp, and the size and multi-conn nbdinfo reports must be equal (raw windows with offset= and
+# size=, -o on top of a window, driver=file, qcow2 with its backing file from the header, replaced
+# through backing.*, or removed with backing=/null; multi-conn with -e 1 and -e 2). Writes through a window land inside it only. Option
 # strings qemu-nbd refuses are refused by both (exit 1, ours before listening) with qemu's words.
 # timeout: 300
 source "$(dirname "$0")/lib/functions.sh"
@@ -27,6 +27,10 @@ same() {   # same WHAT ARGS...: both servers serve the same bytes and size for A
     size=$(nbdinfo --size "$uri")
     theirs_size=$(nbdinfo --size "$theirs")
     [ "$size" = "$theirs_size" ] || fail "$what: size $size, qemu-nbd's $theirs_size"
+    local mc=0 theirs_mc=0
+    nbdinfo --can multi-conn "$uri" || mc=$?
+    nbdinfo --can multi-conn "$theirs" || theirs_mc=$?
+    [ "$mc" = "$theirs_mc" ] || fail "$what: multi-conn: nbdinfo --can says $mc, $theirs_mc for qemu-nbd"
     nbdcopy "$uri" ours.img
     nbdcopy "$theirs" theirs.img
     cmp ours.img theirs.img || fail "$what: the disk differs from qemu-nbd's"
@@ -39,6 +43,7 @@ raw="file.driver=file,file.filename=$tmp/whole.raw"
 same "raw" --image-opts "driver=raw,$raw"
 same "raw window" --image-opts "driver=raw,$raw,offset=1M,size=512k"
 same "raw offset" --image-opts "driver=raw,file.filename=$tmp/whole.raw,offset=65536"
+same "raw window, -e 2" -e 2 --image-opts "driver=raw,$raw,offset=1M,size=512k"
 same "raw window, -o" -o 4096 --image-opts "driver=raw,$raw,offset=1M,size=1M"
 same "driver=file" --image-opts "driver=file,filename=$tmp/whole.raw"
 same "probed" -r --image-opts "file.filename=$tmp/whole.raw,read-only=on"
