@@ -8,8 +8,9 @@
 //! As in qemu-nbd, a thread of the server connects to the server's own socket, negotiates as the
 //! kernel's client would (no structured replies: the kernel takes simple replies only), hands the
 //! connected socket to the device and then sits in `NBD_DO_IT` until someone runs `-d` on the
-//! device; the server stops then ([`Client`]). The steps are computed by [`plan`] (pure, unit-tested) and
-//! carried out by [`configure`]; the `unsafe` ioctl calls are in the private `sys` module.
+//! device; the server stops then ([`Client`]). The steps are computed by [`plan`] (pure,
+//! unit-tested) and carried out by [`configure`]; the `unsafe` ioctl calls are in the private
+//! `sys` module.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
