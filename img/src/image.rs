@@ -73,6 +73,18 @@ pub struct ImageOptions {
     pub direct: bool,
 }
 
+/// The backing image of a qcow2 image.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Backing {
+    /// The one the image header names, if any.
+    #[default]
+    Header,
+    /// None, whatever the header says (`--image-opts`' `backing=`).
+    None,
+    /// This image instead (`--image-opts`' `backing.*`); `format` `None`: probed.
+    Image { path: PathBuf, format: Option<Format>, backing: Box<Backing> },
+}
+
 /// What a run of the disk holds, for `base:allocation`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -111,6 +123,11 @@ fn err(path: &Path, e: impl std::fmt::Display) -> String {
 impl Image {
     /// Opens the image at `path`. Errors name the file.
     pub fn open(path: &Path, opts: &ImageOptions) -> Result<Image, String> {
+        Image::open_with_backing(path, opts, &Backing::Header)
+    }
+
+    /// Opens the image at `path`, a qcow2 image over `backing`.
+    pub fn open_with_backing(path: &Path, opts: &ImageOptions, backing: &Backing) -> Result<Image, String> {
         let (format, probed_raw) = match opts.format {
             Some(f) => (f, false),
             None => {
@@ -139,7 +156,7 @@ impl Image {
             return Ok(Image { body: Body::Raw(file), size, format, probed_raw });
         }
         let storage_opts = StorageOpenOptions::new().direct(opts.direct);
-        let base = open_imago(path, format, image_writable, storage_opts.clone()).map_err(|e| err(path, e))?;
+        let base = open_imago(path, format, image_writable, storage_opts.clone(), backing).map_err(|e| err(path, e))?;
         let access = if opts.snapshot {
             overlay(base, storage_opts).map_err(|e| err(path, format!("-s: the temporary overlay: {e}")))?
         } else {
@@ -338,13 +355,25 @@ fn open_imago(
     format: Format,
     writable: bool,
     opts: StorageOpenOptions,
+    backing: &Backing,
 ) -> io::Result<FormatAccess<ImageFile>> {
     match format {
         Format::Qcow2 => {
-            let q = Qcow2::<ImageFile>::builder_path(path)
-                .write(writable)
-                .storage_open_options(opts)
-                .open(PermissiveImplicitOpenGate::default())?;
+            let builder = Qcow2::<ImageFile>::builder_path(path).write(writable).storage_open_options(opts.clone());
+            let builder = match backing {
+                Backing::Header => builder,
+                Backing::None => builder.backing(None),
+                Backing::Image { path, format, backing } => {
+                    let format = match format {
+                        Some(f) => *f,
+                        None => probe(path).map_err(|e| io::Error::new(e.kind(), err(path, e)))?,
+                    };
+                    let image = open_imago(path, format, false, opts, backing)
+                        .map_err(|e| io::Error::new(e.kind(), err(path, e)))?;
+                    builder.backing(Some(image))
+                }
+            };
+            let q = builder.open(PermissiveImplicitOpenGate::default())?;
             Ok(FormatAccess::new(q))
         }
         Format::Raw => {

@@ -8,6 +8,8 @@
 pub mod authz;
 pub mod file;
 pub mod image;
+pub mod image_opts;
+pub mod kernel;
 pub mod list;
 pub mod objects;
 pub mod plugin;

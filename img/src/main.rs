@@ -4,17 +4,22 @@
 //! socket activation is taken first, then the process goes into the background (`--fork`; the
 //! parent exits once the child listens), the image is opened (errors exit 1 before anything
 //! listens), the sockets are bound and the pid file written, and the server runs until a signal
-//! or, without `-t`, until the last client has left.
+//! or, without `-t`, until the last client has left. `-d` only disconnects a device; `-c` adds a
+//! thread that binds the kernel's NBD device to the server (`nbdforge_img::kernel::Client`) and
+//! releases the parent once the device is connected.
 
 mod options;
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use nbdforge_api::LayerInfo;
 use nbdforge_img::authz::Authz;
-use nbdforge_img::image::{Image, ImageOptions};
+use nbdforge_img::image::{Backing, Image, ImageOptions};
+use nbdforge_img::image_opts;
+use nbdforge_img::kernel;
 use nbdforge_img::list::{self, Address};
 use nbdforge_img::objects::{Endpoint, Object, Objects};
 use nbdforge_img::plugin::{ImagePlugin, Settings};
@@ -53,14 +58,32 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
     if o.list {
         return list(&o, &objects);
     }
-    let file = o.file.clone().expect("options::parse requires FILE");
+    if o.disconnect {
+        let device = o.file.as_deref().expect("options::parse requires FILE");
+        kernel::disconnect(device)?;
+        println!("{} disconnected", device.display());
+        return Ok(());
+    }
+    let mut o = o;
+    let (file, size, backing) = apply_image_opts(&mut o)?;
 
     let inherited = activation::take_listen_fds().map_err(qemu_nbd_says)?;
+    if inherited.is_some() && o.connect.is_some() {
+        return Err("NBD device can't be set when using socket activation".into());
+    }
     if inherited.is_some() && (o.socket.is_some() || o.port.is_some() || o.bind.is_some()) {
         return Err("socket activation cannot be combined with -k, -p or -b".into());
     }
+    // -c serves the kernel on a Unix socket (qemu-nbd's path unless -k), which others may use too.
+    if let (Some(device), None) = (&o.connect, &o.socket) {
+        let path = kernel::default_socket(device);
+        kernel::remove_stale_socket(&path);
+        o.socket = Some(path);
+    }
     logging::init(PROG, LogDest::Stderr, o.verbose);
-    let ready = if o.fork { Some(daemon::fork_into_background(PROG).map_err(qemu_nbd_says)?) } else { None };
+    // -c goes into the background too, unless -v keeps it in the foreground (as qemu-nbd).
+    let background = o.fork || (o.connect.is_some() && o.verbose == 0);
+    let mut ready = if background { Some(daemon::fork_into_background(PROG).map_err(qemu_nbd_says)?) } else { None };
 
     let image_opts = ImageOptions { format: o.format, writable: !o.readonly, snapshot: o.snapshot, direct: o.nocache };
     // Credentials are loaded before anything listens, so their errors exit 1 first.
@@ -69,16 +92,18 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
         None => None,
     };
     let authz = o.tls_authz.as_deref().map(|id| Authz::load(&objects, id)).transpose()?;
-    let image = Image::open(&file, &image_opts)?;
+    let image = Image::open_with_backing(&file, &image_opts, &backing)?;
     let settings = Settings {
         name: file.display().to_string(),
         export_name: o.export_name.clone().unwrap_or_default(),
         description: o.description.clone(),
         offset: o.offset,
+        size,
         discard_unmap: o.discard_unmap,
         detect_zeroes: o.detect_zeroes,
         allocation_depth: o.allocation_depth,
         readonly: o.readonly,
+        multi_conn: o.shared != 1,
         authz,
     };
     let plugin = ImagePlugin::new(image, settings)?;
@@ -109,13 +134,25 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
     }
     let server = Server::new(backend, config);
     server.stop_on_signals().map_err(|e| format!("installing signal handlers: {e}"))?;
+    // With -c, the parent is let go once the device is connected.
+    let kernel_client = o.connect.clone().map(|device| {
+        let client = kernel::Client {
+            device,
+            socket: o.socket.clone().expect("set above for -c"),
+            export_name: o.export_name.clone().unwrap_or_default(),
+            file: file.clone(),
+            verbose: o.verbose,
+            fork: o.fork,
+        };
+        client.spawn(ready.take(), server.shutdown_handle())
+    });
     if let Some(ready) = ready {
         ready.notify(o.verbose > 0).map_err(qemu_nbd_says)?;
         if o.verbose == 0 {
             logging::set_destination(LogDest::Syslog);
         }
     }
-    match target {
+    let served = match target {
         Target::One(read, write) => server.serve_one(read, write),
         Target::Listen(bound) => {
             let sockets::Bound { listeners, private_dir, socket_file, .. } = bound;
@@ -124,8 +161,43 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
             drop(private_dir);
             served
         }
+    };
+    if let Some(thread) = kernel_client {
+        thread.join().map_err(|_| "the kernel client thread panicked".to_string())??;
     }
-    .map_err(|e| format!("server: {e}"))
+    served.map_err(|e| format!("server: {e}"))
+}
+
+/// FILE under `--image-opts`, or a `json:` FILE: the options' settings are put into `o` (`-o`
+/// counts from the start of raw's `offset=` window); returns the image file, the disk's size when
+/// `size=` bounds it, and the backing image.
+fn apply_image_opts(o: &mut options::Options) -> Result<(PathBuf, Option<u64>, Backing), String> {
+    let file = o.file.clone().expect("options::parse requires FILE");
+    let spec = file.to_str();
+    let given = if o.image_opts {
+        Some(image_opts::parse(spec.ok_or("--image-opts: the options are not valid UTF-8")?)?)
+    } else if let Some(json) = spec.filter(|s| image_opts::is_json(s)) {
+        Some(image_opts::parse_json(json)?)
+    } else {
+        None
+    };
+    let Some(given) = given else { return Ok((file, None, Backing::Header)) };
+    let node = given.node;
+    if given.readonly && !o.readonly {
+        return Err(format!("{}: read-only=on: Block node is read-only (give -r)", node.filename.display()));
+    }
+    o.format = node.format.or(o.format);
+    o.nocache = given.direct.unwrap_or(o.nocache);
+    o.discard_unmap = given.discard_unmap.unwrap_or(o.discard_unmap);
+    o.detect_zeroes = given.detect_zeroes.unwrap_or(o.detect_zeroes);
+    let size = match node.size {
+        Some(window) => Some(
+            window.checked_sub(o.offset).ok_or_else(|| format!("-o {}: past the window's size={window}", o.offset))?,
+        ),
+        None => None,
+    };
+    o.offset += node.offset;
+    Ok((node.filename, size, node.backing))
 }
 
 /// The TLS credentials object `id`, which must be for the `want` side.

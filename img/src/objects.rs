@@ -40,7 +40,7 @@ pub struct Objects {
 }
 
 /// Splits `a=b,c=d,,e` into properties, with `,,` standing for a comma.
-fn split_properties(value: &str) -> Vec<String> {
+pub fn split_properties(value: &str) -> Vec<String> {
     let mut out = vec![String::new()];
     let mut chars = value.chars().peekable();
     while let Some(c) = chars.next() {

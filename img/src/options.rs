@@ -42,6 +42,12 @@ pub struct Options {
     pub tls_creds: Option<String>,
     pub tls_authz: Option<String>,
     pub tls_hostname: Option<String>,
+    /// `--image-opts`: FILE is qemu block options.
+    pub image_opts: bool,
+    /// `-c`: bind this kernel NBD device to the server.
+    pub connect: Option<PathBuf>,
+    /// `-d`: FILE is a kernel NBD device to disconnect.
+    pub disconnect: bool,
 }
 
 /// A command-line error, printed as `nbdforge-img: MESSAGE`.
@@ -165,14 +171,14 @@ pub fn parse(args: Vec<OsString>) -> Result<Options, Usage> {
             Long("tls-creds") => o.tls_creds = Some(string(p.value()?)?),
             Long("tls-authz") => o.tls_authz = Some(string(p.value()?)?),
             Long("tls-hostname") => o.tls_hostname = Some(string(p.value()?)?),
-            Short('B') | Long("bitmap") | Short('l') | Long("load-snapshot") | Short('c') | Long("connect") => {
+            Short('c') | Long("connect") => o.connect = Some(p.value()?.into()),
+            Short('d') | Long("disconnect") => o.disconnect = true,
+            Short('B') | Long("bitmap") | Short('l') | Long("load-snapshot") => {
                 let name = option_name(&arg);
                 p.value()?;
                 return Err(Usage(format!("{name} is not implemented yet")));
             }
-            Short('d') | Long("disconnect") | Long("image-opts") => {
-                return Err(Usage(format!("{} is not implemented yet", option_name(&arg))));
-            }
+            Long("image-opts") => o.image_opts = true,
             Value(v) => files.push(v.into()),
             _ => return Err(arg.unexpected().into()),
         }
@@ -187,6 +193,9 @@ pub fn parse(args: Vec<OsString>) -> Result<Options, Usage> {
         return Err(Usage("--tls-hostname is not permitted without --tls-creds".into()));
     }
     if o.list {
+        if o.connect.is_some() || o.disconnect {
+            return Err(Usage("List mode is incompatible with per-device settings".into()));
+        }
         if o.tls_authz.is_some() {
             return Err(Usage("--tls-authz is not permitted when using --list".into()));
         }
@@ -195,11 +204,17 @@ pub fn parse(args: Vec<OsString>) -> Result<Options, Usage> {
         }
         return Ok(o);
     }
+    if o.image_opts && o.format.is_some() {
+        return Err(Usage("--image-opts and --format are mutually exclusive".into()));
+    }
     if o.tls_hostname.is_some() {
         return Err(Usage("--tls-hostname is only permitted with --list".into()));
     }
     if files.len() != 1 {
         return Err(Usage("Invalid number of arguments".into()));
+    }
+    if o.tls_creds.is_some() && o.connect.is_some() {
+        return Err(Usage("TLS is not supported with a host device".into()));
     }
     // With -k, -p and -b are ignored, as qemu-nbd does.
     o.file = files.pop();
@@ -250,6 +265,9 @@ The disk:
       --aio=MODE             threads, native or io_uring (accepted)
       --discard=MODE         ignore (default) or unmap
       --detect-zeroes=MODE   off (default), on or unmap
+      --image-opts           FILE is qemu block options: driver=raw|qcow2,
+                             file.driver=file,file.filename=PATH[,offset=,size=][,backing.*]
+                             (a FILE json:{...} is the same options as JSON)
 
 TLS and objects:
       --object TYPE,id=ID,...  define an object: secret, tls-creds-x509, tls-creds-psk,
@@ -261,7 +279,12 @@ TLS and objects:
 As a client:
   -L, --list                 list the exports of the server at -b/-p or -k, then exit
 
-Not implemented yet: -B, -l, -c, -d, --image-opts.
+Kernel NBD client (Linux):
+  -c, --connect=DEV          serve FILE to the kernel's NBD device DEV (/dev/nbdN); the
+                             server stays until the device is disconnected
+  -d, --disconnect           FILE is an NBD device: disconnect it, then exit
+
+Not implemented yet: -B, -l.
 ";
 
 #[cfg(test)]
@@ -303,5 +326,12 @@ mod tests {
             "--tls-hostname is only permitted with --list"
         );
         assert_eq!(e(&["-L", "f"]), "Invalid number of arguments");
+        assert_eq!(e(&["-L", "-c", "/dev/nbd0"]), "List mode is incompatible with per-device settings");
+        assert_eq!(e(&["-L", "-d"]), "List mode is incompatible with per-device settings");
+        assert_eq!(e(&["-c", "/dev/nbd0", "--tls-creds", "t", "f"]), "TLS is not supported with a host device");
+        assert_eq!(e(&["-c", "/dev/nbd0"]), "Invalid number of arguments");
+        assert_eq!(e(&["-d"]), "Invalid number of arguments");
+        let o = parse(args(&["-c", "/dev/nbd1", "-d", "/dev/nbd0"])).unwrap();
+        assert_eq!((o.connect, o.disconnect, o.file), (Some("/dev/nbd1".into()), true, Some("/dev/nbd0".into())));
     }
 }

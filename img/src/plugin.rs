@@ -40,6 +40,8 @@ pub struct Settings {
     pub description: Option<String>,
     /// `-o`: the disk starts this far into the image.
     pub offset: u64,
+    /// `--image-opts`' raw `size=`: the disk ends this far after `offset` (default: at the end).
+    pub size: Option<u64>,
     /// `--discard=unmap`: trims free space; otherwise they are ignored.
     pub discard_unmap: bool,
     /// `--detect-zeroes`.
@@ -48,6 +50,10 @@ pub struct Settings {
     pub allocation_depth: bool,
     /// `-r`.
     pub readonly: bool,
+    /// Advertise multi-conn: only when more than one client may connect (`-e` other than 1), as
+    /// qemu-nbd; a client that opened several connections to a one-client server would wait
+    /// forever for the second.
+    pub multi_conn: bool,
     /// `--tls-authz`: which TLS clients may open the export.
     pub authz: Option<crate::authz::Authz>,
 }
@@ -68,6 +74,16 @@ impl ImagePlugin {
                 settings.name,
                 image.size()
             ));
+        }
+        if let Some(size) = settings.size {
+            if settings.offset.checked_add(size).is_none_or(|end| end > image.size()) {
+                return Err(format!(
+                    "The sum of offset ({}) and size ({size}) has to be smaller or equal to the actual size of {} ({})",
+                    settings.offset,
+                    settings.name,
+                    image.size()
+                ));
+            }
         }
         Ok(ImagePlugin { image: Arc::new(image), settings: Arc::new(settings) })
     }
@@ -158,7 +174,7 @@ impl ImageHandle {
 
 impl Handle for ImageHandle {
     fn get_size(&self) -> Result<u64> {
-        Ok(self.image.size() - self.settings.offset)
+        Ok(self.settings.size.unwrap_or(self.image.size() - self.settings.offset))
     }
 
     /// As qemu-nbd: byte-sized requests, 4 KiB preferred, 32 MiB at most.
@@ -172,8 +188,14 @@ impl Handle for ImageHandle {
 
     fn capabilities(&self) -> Result<Capabilities> {
         // One image shared by every connection: a flush on one covers the writes of all, so
-        // multi-conn stays on with the rest of ALL.
-        Ok(Capabilities { write: !self.readonly, fast_zero: false, cache: Support::Emulate, ..Capabilities::ALL })
+        // multi-conn is safe whenever several connections are allowed.
+        Ok(Capabilities {
+            write: !self.readonly,
+            fast_zero: false,
+            cache: Support::Emulate,
+            multi_conn: self.settings.multi_conn,
+            ..Capabilities::ALL
+        })
     }
 
     fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {
