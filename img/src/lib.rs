@@ -11,3 +11,5 @@ pub mod image;
 pub mod list;
 pub mod objects;
 pub mod plugin;
+pub mod qcow2_header;
+pub mod snapshot;

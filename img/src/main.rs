@@ -62,7 +62,15 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
     logging::init(PROG, LogDest::Stderr, o.verbose);
     let ready = if o.fork { Some(daemon::fork_into_background(PROG).map_err(qemu_nbd_says)?) } else { None };
 
-    let image_opts = ImageOptions { format: o.format, writable: !o.readonly, snapshot: o.snapshot, direct: o.nocache };
+    // -l serves the snapshot read-only, whether -r was given or not, as qemu-nbd does.
+    let readonly = o.readonly || o.load_snapshot.is_some();
+    let image_opts = ImageOptions {
+        format: o.format,
+        writable: !readonly,
+        snapshot: o.snapshot,
+        direct: o.nocache,
+        load_snapshot: o.load_snapshot.clone(),
+    };
     // Credentials are loaded before anything listens, so their errors exit 1 first.
     let tls = match &o.tls_creds {
         Some(id) => Some(std::sync::Arc::new(server_tls(&objects, id)?)),
@@ -78,7 +86,7 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
         discard_unmap: o.discard_unmap,
         detect_zeroes: o.detect_zeroes,
         allocation_depth: o.allocation_depth,
-        readonly: o.readonly,
+        readonly,
         authz,
     };
     let plugin = ImagePlugin::new(image, settings)?;
@@ -86,7 +94,7 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
     let backend = Stack::new((info, Box::new(plugin)), Vec::new()).finish().map_err(|e| e.message)?;
 
     let config = ServerConfig {
-        readonly: o.readonly,
+        readonly,
         handshake_timeout: Some(Duration::from_secs(o.handshake_limit.unwrap_or(10))).filter(|d| !d.is_zero()),
         max_clients: o.shared,
         exit_when_idle: !o.persistent,

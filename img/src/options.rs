@@ -9,6 +9,7 @@ use lexopt::prelude::*;
 
 use nbdforge_img::image::Format;
 use nbdforge_img::plugin::DetectZeroes;
+use nbdforge_img::snapshot::Selector;
 
 /// Everything the command line says.
 #[derive(Debug, Default)]
@@ -30,6 +31,10 @@ pub struct Options {
     pub format: Option<Format>,
     pub readonly: bool,
     pub snapshot: bool,
+    /// `-l`: the internal snapshot to serve (read-only).
+    pub load_snapshot: Option<Selector>,
+    /// `-B`: the persistent dirty bitmaps to offer, in order, each once.
+    pub bitmaps: Vec<String>,
     pub nocache: bool,
     pub discard_unmap: bool,
     pub detect_zeroes: DetectZeroes,
@@ -165,7 +170,16 @@ pub fn parse(args: Vec<OsString>) -> Result<Options, Usage> {
             Long("tls-creds") => o.tls_creds = Some(string(p.value()?)?),
             Long("tls-authz") => o.tls_authz = Some(string(p.value()?)?),
             Long("tls-hostname") => o.tls_hostname = Some(string(p.value()?)?),
-            Short('B') | Long("bitmap") | Short('l') | Long("load-snapshot") | Short('c') | Long("connect") => {
+            Short('l') | Long("load-snapshot") => {
+                o.load_snapshot = Some(Selector::parse(&string(p.value()?)?).map_err(Usage)?);
+            }
+            Short('B') | Long("bitmap") => {
+                let name = string(p.value()?)?;
+                if !o.bitmaps.contains(&name) {
+                    o.bitmaps.push(name);
+                }
+            }
+            Short('c') | Long("connect") => {
                 let name = option_name(&arg);
                 p.value()?;
                 return Err(Usage(format!("{name} is not implemented yet")));
@@ -245,6 +259,10 @@ The disk:
   -r, --read-only            serve read-only
   -s, --snapshot             writes go to a temporary overlay; FILE is not changed
   -A, --allocation-depth     offer the qemu:allocation-depth meta context
+  -B, --bitmap=NAME          offer the image's persistent dirty bitmap NAME as the
+                             qemu:dirty-bitmap:NAME meta context (repeatable)
+  -l, --load-snapshot=SNAPSHOT  serve an internal snapshot, read-only: ID or NAME,
+                             snapshot.id=ID, snapshot.name=NAME, or both
   -n, --nocache              bypass the host's page cache (--cache=none)
       --cache=MODE           none, writeback (default), writethrough, directsync, unsafe
       --aio=MODE             threads, native or io_uring (accepted)
@@ -261,7 +279,7 @@ TLS and objects:
 As a client:
   -L, --list                 list the exports of the server at -b/-p or -k, then exit
 
-Not implemented yet: -B, -l, -c, -d, --image-opts.
+Not implemented yet: -c, -d, --image-opts.
 ";
 
 #[cfg(test)]
@@ -303,5 +321,17 @@ mod tests {
             "--tls-hostname is only permitted with --list"
         );
         assert_eq!(e(&["-L", "f"]), "Invalid number of arguments");
+        assert!(e(&["-l", "snapshot.idx=1", "f"]).contains("Invalid parameter 'snapshot.idx'"));
+    }
+
+    #[test]
+    fn snapshots_and_bitmaps() {
+        let o = parse(args(&["-l", "snapshot.name=s1", "-B", "b0", "--bitmap=b1", "-B", "b0", "f"])).unwrap();
+        assert_eq!(o.load_snapshot, Some(Selector::Fields { id: None, name: Some("s1".into()) }));
+        assert_eq!(o.bitmaps, ["b0", "b1"]);
+        assert_eq!(
+            parse(args(&["--load-snapshot=2", "f"])).unwrap().load_snapshot,
+            Some(Selector::IdOrName("2".into()))
+        );
     }
 }
