@@ -6,6 +6,7 @@
 //! the server with the `nbdforge-process` library.
 
 pub mod authz;
+pub mod bitmap;
 pub mod file;
 pub mod image;
 pub mod list;

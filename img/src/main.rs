@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use nbdforge_api::LayerInfo;
 use nbdforge_img::authz::Authz;
+use nbdforge_img::bitmap::Bitmaps;
 use nbdforge_img::image::{Image, ImageOptions};
 use nbdforge_img::list::{self, Address};
 use nbdforge_img::objects::{Endpoint, Object, Objects};
@@ -77,6 +78,9 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
         None => None,
     };
     let authz = o.tls_authz.as_deref().map(|id| Authz::load(&objects, id)).transpose()?;
+    // Bitmaps are read first: opening the image for writing marks them inconsistent on disk.
+    // With -s, writes go to the overlay and the image's bitmaps do not see them (as in qemu-nbd).
+    let bitmaps = Bitmaps::load(&file, o.format, &o.bitmaps, !readonly && !o.snapshot)?;
     let image = Image::open(&file, &image_opts)?;
     let settings = Settings {
         name: file.display().to_string(),
@@ -86,6 +90,7 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
         discard_unmap: o.discard_unmap,
         detect_zeroes: o.detect_zeroes,
         allocation_depth: o.allocation_depth,
+        bitmaps,
         readonly,
         authz,
     };

@@ -1,0 +1,308 @@
+//! `-B`: a qcow2 image's persistent dirty bitmaps as `qemu:dirty-bitmap:NAME` meta contexts,
+//! as qemu-nbd offers them (flag 1: dirty).
+//!
+//! `imago` does not read bitmaps, so this module does: the bitmaps header extension (valid only
+//! while autoclear bit 0 is set), the bitmap directory, and each bitmap's table, whose entries
+//! say "all clean" (0), "all dirty" (1) or where a cluster of bits is. The table is kept in memory
+//! (it is bounded by the file's size); clusters of bits are read when a client asks about them.
+//!
+//! Bitmaps must be loaded before imago opens the image for writing: imago clears every autoclear
+//! bit of an image it opens writable, so that qemu afterwards considers the bitmaps inconsistent
+//! and drops them, rather than trusting bitmaps that missed our writes. While the server runs, an
+//! enabled bitmap (`auto` flag) of a writable image also counts the writes, zeroes and trims it
+//! serves, in memory, so that clients see what qemu-nbd would show them; nothing is written back.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+use std::sync::Mutex;
+
+use crate::image::Format;
+use crate::qcow2_header::{be16, be32, be64, Header, MetaFile, EXT_BITMAPS};
+
+/// The prefix of the meta contexts.
+pub const CONTEXT_PREFIX: &str = "qemu:dirty-bitmap:";
+
+/// Directory entry flags.
+const IN_USE: u32 = 1;
+const AUTO: u32 = 2;
+const EXTRA_DATA_COMPATIBLE: u32 = 4;
+/// The autoclear bit that says the bitmaps extension is consistent.
+const AUTOCLEAR_BITMAPS: u64 = 1;
+/// qemu's limits.
+const MAX_BITMAPS: u32 = 65535;
+const MAX_DIRECTORY_BYTES: u64 = 64 << 20;
+const MAX_NAME: u64 = 1023;
+/// Bits of a bitmap table entry that hold the cluster's offset.
+const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+
+/// One bitmap.
+pub struct Bitmap {
+    name: String,
+    granularity: u64,
+    /// The disk size the bitmap covers.
+    size: u64,
+    cluster_size: u64,
+    table: Vec<u64>,
+    file: MetaFile,
+    /// The bitmap records writes (its `auto` flag).
+    enabled: bool,
+    /// Granule-aligned ranges written since the server started: start -> end.
+    written: Mutex<BTreeMap<u64, u64>>,
+}
+
+/// The bitmaps `-B` named.
+#[derive(Default)]
+pub struct Bitmaps {
+    list: Vec<Bitmap>,
+    /// Writes are recorded (a writable image, without `-s`).
+    track: bool,
+}
+
+impl Bitmaps {
+    /// Loads the bitmaps `names` of the image at `path` (with `format` from `-f`, `None` when
+    /// probed). `track` records served writes in the enabled ones. Errors are qemu-nbd's
+    /// (`Bitmap 'x' is not found`, `... is inconsistent and cannot be used`), naming the file.
+    pub fn load(path: &Path, format: Option<Format>, names: &[String], track: bool) -> Result<Bitmaps, String> {
+        if names.is_empty() {
+            return Ok(Bitmaps::default());
+        }
+        let file = MetaFile::open(path)?;
+        let header = if format == Some(Format::Raw) { None } else { Header::read(&file)? };
+        let not_found = |name: &str, why: &str| file.error(format!("Bitmap '{name}' is not found{why}"));
+        let Some(header) = header else {
+            return Err(not_found(&names[0], " (the image is raw)"));
+        };
+        let entries =
+            match header.extension(EXT_BITMAPS) {
+                None => Vec::new(),
+                Some(_) if header.autoclear_features & AUTOCLEAR_BITMAPS == 0 => return Err(not_found(
+                    &names[0],
+                    " (the image's bitmaps are inconsistent: it was written by a program that does not update them)",
+                )),
+                Some(ext) => directory(&file, &header, ext)?,
+            };
+        let mut list = Vec::new();
+        for name in names {
+            let entry = entries.iter().find(|e| e.name == *name).ok_or_else(|| not_found(name, ""))?;
+            list.push(Bitmap::load(MetaFile::open(path)?, &header, entry)?);
+        }
+        Ok(Bitmaps { list, track })
+    }
+
+    /// The meta contexts, one per bitmap.
+    pub fn contexts(&self) -> Vec<String> {
+        self.list.iter().map(|b| format!("{CONTEXT_PREFIX}{}", b.name)).collect()
+    }
+
+    /// The bitmap of a meta context.
+    pub fn get(&self, context: &str) -> Option<&Bitmap> {
+        let name = context.strip_prefix(CONTEXT_PREFIX)?;
+        self.list.iter().find(|b| b.name == name)
+    }
+
+    /// Records that `length` bytes at image offset `offset` were written.
+    pub fn written(&self, offset: u64, length: u64) {
+        if self.track {
+            for b in self.list.iter().filter(|b| b.enabled) {
+                b.mark(offset, length);
+            }
+        }
+    }
+}
+
+/// A bitmap directory entry.
+struct Entry {
+    name: String,
+    table_offset: u64,
+    table_size: u32,
+    flags: u32,
+    kind: u8,
+    granularity_bits: u8,
+    extra_data_size: u32,
+}
+
+/// The bitmap directory the extension `ext` describes.
+fn directory(file: &MetaFile, header: &Header, ext: &[u8]) -> Result<Vec<Entry>, String> {
+    if ext.len() != 24 {
+        return Err(file.error(format!("the bitmaps extension is {} bytes long (24 expected)", ext.len())));
+    }
+    let (count, size, offset) = (be32(ext, 0), be64(ext, 8), be64(ext, 16));
+    if count == 0 || count > MAX_BITMAPS {
+        return Err(file.error(format!("the bitmaps extension claims {count} bitmaps (1 to {MAX_BITMAPS} allowed)")));
+    }
+    if size > MAX_DIRECTORY_BYTES || !offset.is_multiple_of(header.cluster_size()) {
+        return Err(file.error(format!("invalid bitmap directory: {size} bytes at offset {offset}")));
+    }
+    let dir = file.read("the bitmap directory", offset, size)?;
+    let mut entries = Vec::new();
+    let mut at = 0usize;
+    for i in 0..count {
+        let bad = || file.error(format!("bitmap directory entry {i} runs past the directory ({size} bytes)"));
+        let fixed = dir.get(at..at + 24).ok_or_else(bad)?;
+        let name_size = u64::from(be16(fixed, 18));
+        let extra_data_size = be32(fixed, 20);
+        if name_size == 0 || name_size > MAX_NAME {
+            return Err(file.error(format!("bitmap directory entry {i}: invalid name length {name_size}")));
+        }
+        let name_at = at + 24 + extra_data_size as usize;
+        let name = dir.get(name_at..name_at + name_size as usize).ok_or_else(bad)?;
+        entries.push(Entry {
+            name: String::from_utf8_lossy(name).into_owned(),
+            table_offset: be64(fixed, 0),
+            table_size: be32(fixed, 8),
+            flags: be32(fixed, 12),
+            kind: fixed[16],
+            granularity_bits: fixed[17],
+            extra_data_size,
+        });
+        at = (name_at + name_size as usize).next_multiple_of(8);
+    }
+    Ok(entries)
+}
+
+impl Bitmap {
+    /// Checks the entry as qemu does before using a bitmap, and reads its table.
+    fn load(file: MetaFile, header: &Header, e: &Entry) -> Result<Bitmap, String> {
+        let name = &e.name;
+        let unusable = |why: String| file.error(format!("Bitmap '{name}' cannot be used: {why}"));
+        if e.flags & IN_USE != 0 {
+            return Err(file.error(format!("Bitmap '{name}' is inconsistent and cannot be used")));
+        }
+        if e.flags & !(IN_USE | AUTO | EXTRA_DATA_COMPATIBLE) != 0 {
+            return Err(unusable(format!("unknown flags {:#x}", e.flags)));
+        }
+        if e.kind != 1 {
+            return Err(unusable(format!("unknown type {} (1, dirty tracking, is known)", e.kind)));
+        }
+        if e.extra_data_size != 0 && e.flags & EXTRA_DATA_COMPATIBLE == 0 {
+            return Err(unusable("it has extra data of an unknown kind".into()));
+        }
+        if !(9..=31).contains(&e.granularity_bits) {
+            return Err(unusable(format!("granularity 2^{} (2^9 to 2^31 allowed)", e.granularity_bits)));
+        }
+        let granularity = 1u64 << e.granularity_bits;
+        let cluster_size = header.cluster_size();
+        let bytes = header.size.div_ceil(granularity).div_ceil(8);
+        let expected = bytes.div_ceil(cluster_size);
+        if u64::from(e.table_size) != expected {
+            return Err(unusable(format!(
+                "its table has {} entries, and {expected} cover the disk at this granularity",
+                e.table_size
+            )));
+        }
+        if !e.table_offset.is_multiple_of(cluster_size) {
+            return Err(unusable(format!("table offset {} is not cluster aligned", e.table_offset)));
+        }
+        let raw = file.read(&format!("the table of bitmap '{name}'"), e.table_offset, expected * 8)?;
+        let table: Vec<u64> = raw.chunks_exact(8).map(|c| be64(c, 0)).collect();
+        for (i, &t) in table.iter().enumerate() {
+            let offset = t & OFFSET_MASK;
+            let reserved = t & !OFFSET_MASK & !1;
+            if reserved != 0 || (offset != 0 && t & 1 != 0) || !offset.is_multiple_of(cluster_size) {
+                return Err(unusable(format!("invalid table entry {i}: {t:#x}")));
+            }
+            if offset != 0 {
+                file.check(&format!("bitmap '{name}' cluster {i}"), offset, cluster_size)?;
+            }
+        }
+        Ok(Bitmap {
+            name: name.clone(),
+            granularity,
+            size: header.size,
+            cluster_size,
+            table,
+            file,
+            enabled: e.flags & AUTO != 0,
+            written: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Whether the disk at `offset` is dirty, and how far (at most `length` bytes) that goes on.
+    pub fn status(&self, offset: u64, length: u64) -> io::Result<(bool, u64)> {
+        let length = length.max(1);
+        if offset >= self.size {
+            return Ok((false, length));
+        }
+        let end = offset.saturating_add(length).min(self.size);
+        // Ranges written while serving come first.
+        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, &w_end)) = written.range(..=offset).next_back().filter(|(_, &e)| e > offset) {
+            return Ok((true, w_end.min(end) - offset));
+        }
+        let next_written = written.range(offset..).next().map_or(end, |(&s, _)| s.min(end));
+        drop(written);
+        let (dirty, run) = self.stored(offset, end)?;
+        Ok(if dirty { (true, run) } else { (false, run.min(next_written - offset)) })
+    }
+
+    /// The bitmap as stored, at `offset`: dirty or not, and for how many bytes (up to `end`).
+    fn stored(&self, offset: u64, end: u64) -> io::Result<(bool, u64)> {
+        let bits_per_cluster = self.cluster_size * 8;
+        let last_granule = (end - 1) / self.granularity;
+        let mut granule = offset / self.granularity;
+        let mut value = None;
+        let mut cluster = Vec::new();
+        while granule <= last_granule {
+            let index = granule / bits_per_cluster;
+            let entry = self.table.get(index as usize).copied().unwrap_or(0);
+            let cluster_end = ((index + 1) * bits_per_cluster).min(last_granule + 1);
+            if entry & OFFSET_MASK == 0 {
+                let v = entry & 1 != 0;
+                if *value.get_or_insert(v) != v {
+                    break;
+                }
+                granule = cluster_end;
+                continue;
+            }
+            cluster.resize(self.cluster_size as usize, 0);
+            self.file.read_into(&mut cluster, entry & OFFSET_MASK)?;
+            while granule < cluster_end {
+                let bit = granule % bits_per_cluster;
+                let byte = cluster[(bit / 8) as usize];
+                // Whole bytes of the run's value at once.
+                if bit.is_multiple_of(8)
+                    && granule + 8 <= cluster_end
+                    && value.is_some_and(|v| byte == if v { 0xff } else { 0 })
+                {
+                    granule += 8;
+                    continue;
+                }
+                let v = byte & (1 << (bit % 8)) != 0;
+                if *value.get_or_insert(v) != v {
+                    break;
+                }
+                granule += 1;
+            }
+            if granule < cluster_end {
+                break;
+            }
+        }
+        let run_end = (granule * self.granularity).min(end);
+        Ok((value.unwrap_or(false), run_end - offset))
+    }
+
+    /// Marks the granules `length` bytes at `offset` touch as written.
+    fn mark(&self, offset: u64, length: u64) {
+        if length == 0 || offset >= self.size {
+            return;
+        }
+        let mut start = offset / self.granularity * self.granularity;
+        let mut end = offset.saturating_add(length).min(self.size).div_ceil(self.granularity) * self.granularity;
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        // Merge with the ranges it touches.
+        if let Some((&s, &e)) = written.range(..=start).next_back() {
+            if e >= start {
+                start = s;
+                end = end.max(e);
+            }
+        }
+        let touched: Vec<u64> = written.range(start..=end).map(|(&s, _)| s).collect();
+        for s in touched {
+            if let Some(e) = written.remove(&s) {
+                end = end.max(e);
+            }
+        }
+        written.insert(start, end);
+    }
+}
