@@ -166,7 +166,7 @@ impl Image {
             return Err(err(path, "Failed to load snapshot: Can't find snapshot (-s puts a new overlay, without snapshots, over the image)"));
         }
         if format != Format::Qcow2 {
-            return Err(err(path, "Failed to load snapshot: Can't find snapshot (a raw image has no snapshots)"));
+            return Err(err(path, "Failed to load snapshot: a raw image has no internal snapshots"));
         }
         let access = crate::snapshot::open(path, selector, StorageOpenOptions::new().direct(opts.direct))?;
         let size = access.size();

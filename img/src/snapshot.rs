@@ -178,7 +178,11 @@ pub fn open(path: &Path, selector: &Selector, opts: StorageOpenOptions) -> Resul
     let snapshot = find(&snapshots, selector).ok_or_else(|| {
         let asked = match selector {
             Selector::IdOrName(s) => format!("'{s}'"),
-            Selector::Fields { id, name } => format!("id {id:?}, name {name:?}"),
+            Selector::Fields { id, name } => {
+                let id = id.as_ref().map(|id| format!("id '{id}'"));
+                let name = name.as_ref().map(|name| format!("name '{name}'"));
+                format!("with {}", [id, name].into_iter().flatten().collect::<Vec<_>>().join(" and "))
+            }
         };
         file.error(format!("Failed to load snapshot: Can't find snapshot {asked}"))
     })?;
