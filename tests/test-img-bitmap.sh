@@ -85,7 +85,7 @@ bad() {   # bad OPTIONS... -- EXPECTED: both refuse with status 1; ours says EXP
 bad -r -B nosuch theirs.qcow2 -- "Bitmap 'nosuch' is not found"
 bad -B b0 -B nosuch theirs.qcow2 -- "Bitmap 'nosuch' is not found"
 cp theirs.qcow2 killed.qcow2
-(qemu-io -c 'write 0 64k' -c 'sigraise 9' killed.qcow2 >/dev/null 2>&1; true) 2>/dev/null
+(qemu-io -c 'write 0 64k' -c 'sigraise 9' killed.qcow2 >/dev/null 2>&1 || :) 2>/dev/null
 bad -r -B b4k killed.qcow2 -- "Bitmap 'b4k' is inconsistent and cannot be used"
 qemu-img create -q -f raw disk.raw 1M
 bad -f raw -B b0 disk.raw -- "Bitmap 'b0' is not found"
