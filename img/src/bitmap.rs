@@ -306,3 +306,124 @@ impl Bitmap {
         written.insert(start, end);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::qcow2_header::testing::{append, refused, write_at, Scratch, Spoil, CLUSTER};
+
+    const SIZE: u64 = 4 << 20;
+
+    /// Gives the image at `path` one bitmap "b" (64 KiB granularity) whose one table entry is
+    /// `entry`; returns the offsets of the directory and of the table.
+    fn add_bitmap(path: &Path, entry: u64, flags: u32) -> (u64, u64) {
+        let table = append(path, &entry.to_be_bytes());
+        let mut dir = Vec::new();
+        dir.extend_from_slice(&table.to_be_bytes());
+        dir.extend_from_slice(&1u32.to_be_bytes());
+        dir.extend_from_slice(&flags.to_be_bytes());
+        dir.extend_from_slice(&[1, 16]);
+        dir.extend_from_slice(&1u16.to_be_bytes());
+        dir.extend_from_slice(&0u32.to_be_bytes());
+        dir.extend_from_slice(b"b\0\0\0\0\0\0\0");
+        let dir_offset = append(path, &dir);
+        // The header extensions, from the header's end: the bitmaps one, then the end.
+        let header_length = u64::from(be32(&std::fs::read(path).unwrap(), 100));
+        let mut ext = Vec::new();
+        ext.extend_from_slice(&EXT_BITMAPS.to_be_bytes());
+        ext.extend_from_slice(&24u32.to_be_bytes());
+        ext.extend_from_slice(&1u32.to_be_bytes());
+        ext.extend_from_slice(&0u32.to_be_bytes());
+        ext.extend_from_slice(&(dir.len() as u64).to_be_bytes());
+        ext.extend_from_slice(&dir_offset.to_be_bytes());
+        ext.extend_from_slice(&[0; 8]);
+        write_at(path, header_length, &ext);
+        write_at(path, 88, &AUTOCLEAR_BITMAPS.to_be_bytes());
+        (dir_offset, table)
+    }
+
+    fn load(path: &Path) -> Result<Bitmaps, String> {
+        Bitmaps::load(path, None, &["b".to_string()], true)
+    }
+
+    /// The runs of the bitmap over the disk.
+    fn runs(b: &Bitmap) -> Vec<(bool, u64)> {
+        let mut at = 0;
+        let mut v = Vec::new();
+        while at < SIZE {
+            let (dirty, len) = b.status(at, SIZE - at).unwrap();
+            v.push((dirty, len));
+            at += len;
+        }
+        v
+    }
+
+    #[test]
+    fn bits_all_ones_and_writes() {
+        let dir = Scratch::new("bitmap");
+        let path = dir.0.join("disk.qcow2");
+        let _ = dir.qcow2("disk.qcow2", SIZE);
+        let bits = append(&path, &[0b0000_0101, 0, 0, 0, 0, 0, 0, 0x80]);
+        add_bitmap(&path, bits, AUTO);
+        let bitmaps = load(&path).unwrap();
+        assert_eq!(bitmaps.contexts(), ["qemu:dirty-bitmap:b"]);
+        let b = bitmaps.get("qemu:dirty-bitmap:b").unwrap();
+        let g = 65536;
+        assert_eq!(runs(b), [(true, g), (false, g), (true, g), (false, SIZE - 4 * g), (true, g)]);
+        // Writes served are counted, by granule, merged.
+        bitmaps.written(5 * g + 10, 1);
+        bitmaps.written(6 * g, g + 1);
+        bitmaps.written(SIZE - 1, 100);
+        assert_eq!(b.status(4 * g, SIZE).unwrap(), (false, g));
+        assert_eq!(b.status(5 * g + 7, SIZE).unwrap(), (true, 3 * g - 7));
+        assert_eq!(b.status(8 * g, SIZE).unwrap(), (false, SIZE - 9 * g));
+        assert!(bitmaps.get("qemu:dirty-bitmap:c").is_none());
+
+        let _ = std::fs::remove_file(&path);
+        let _ = dir.qcow2("disk.qcow2", SIZE);
+        add_bitmap(&path, 1, AUTO);
+        assert_eq!(runs(load(&path).unwrap().get("qemu:dirty-bitmap:b").unwrap()), [(true, SIZE)]);
+    }
+
+    #[test]
+    fn hostile_and_unusable_bitmaps_are_refused() {
+        let dir = Scratch::new("bitmap-hostile");
+        let path = dir.0.join("disk.qcow2");
+        let _ = dir.qcow2("disk.qcow2", SIZE);
+        let bits = append(&path, &[1]);
+        let (dir_offset, table) = add_bitmap(&path, bits, AUTO);
+        let good = std::fs::read(&path).unwrap();
+        let len = good.len() as u64;
+        let header_length = u64::from(be32(&good, 100));
+        let ext = header_length + 8;
+        let cases: Vec<Spoil<'_>> = vec![
+            (Box::new(|| write_at(&path, 88, &0u64.to_be_bytes())), "Bitmap 'b' is not found (the image's bitmaps"),
+            (Box::new(|| write_at(&path, dir_offset + 12, &(IN_USE | AUTO).to_be_bytes())), "is inconsistent"),
+            (Box::new(|| write_at(&path, dir_offset + 12, &0x80u32.to_be_bytes())), "unknown flags"),
+            (Box::new(|| write_at(&path, dir_offset + 16, &[2])), "unknown type"),
+            (Box::new(|| write_at(&path, dir_offset + 17, &[63])), "granularity"),
+            (Box::new(|| write_at(&path, dir_offset + 8, &u32::MAX.to_be_bytes())), "entries"),
+            (Box::new(|| write_at(&path, dir_offset, &(len + CLUSTER).to_be_bytes())), "past the end of the file"),
+            (Box::new(|| write_at(&path, table, &(len + CLUSTER).to_be_bytes())), "past the end of the file"),
+            (Box::new(|| write_at(&path, table, &(bits + 512).to_be_bytes())), "invalid table entry"),
+            (Box::new(|| write_at(&path, table, &(bits | 1).to_be_bytes())), "invalid table entry"),
+            (Box::new(|| write_at(&path, ext, &0u32.to_be_bytes())), "claims 0 bitmaps"),
+            (Box::new(|| write_at(&path, ext, &u32::MAX.to_be_bytes())), "claims 4294967295 bitmaps"),
+            (Box::new(|| write_at(&path, ext, &2u32.to_be_bytes())), "runs past the directory"),
+            (Box::new(|| write_at(&path, ext + 8, &u64::MAX.to_be_bytes())), "invalid bitmap directory"),
+            (Box::new(|| write_at(&path, ext + 8, &(32u64 << 20).to_be_bytes())), "past the end of the file"),
+            (Box::new(|| write_at(&path, ext + 16, &(len + CLUSTER).to_be_bytes())), "past the end of the file"),
+            (Box::new(|| write_at(&path, dir_offset + 18, &0u16.to_be_bytes())), "invalid name length"),
+            (Box::new(|| write_at(&path, dir_offset + 20, &u32::MAX.to_be_bytes())), "runs past the directory"),
+            (Box::new(|| write_at(&path, header_length + 4, &u32::MAX.to_be_bytes())), "past the first cluster"),
+            (
+                Box::new(|| std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(table).unwrap()),
+                "past the end of the file",
+            ),
+        ];
+        refused(&path, cases, || load(&path));
+        assert!(load(&path).is_ok());
+        let e = Bitmaps::load(&path, None, &["c".to_string()], false).err().unwrap();
+        assert!(e.ends_with("Bitmap 'c' is not found"), "{e}");
+    }
+}

@@ -235,4 +235,100 @@ mod tests {
         assert_eq!(id("snapshot.id="), None);
         assert_eq!(id("nope"), None);
     }
+
+    use crate::image::{Image, ImageOptions};
+    use crate::qcow2_header::testing::{append, refused, write_at, Scratch, Spoil};
+
+    /// A snapshot table entry with qemu's 16 bytes of extra data (VM state size, disk size).
+    fn entry(l1_offset: u64, l1_size: u32, id: &str, name: &str, disk_size: u64) -> Vec<u8> {
+        let mut e = Vec::new();
+        e.extend_from_slice(&l1_offset.to_be_bytes());
+        e.extend_from_slice(&l1_size.to_be_bytes());
+        e.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        e.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        e.extend_from_slice(&[0; 20]);
+        e.extend_from_slice(&16u32.to_be_bytes());
+        e.extend_from_slice(&0u64.to_be_bytes());
+        e.extend_from_slice(&disk_size.to_be_bytes());
+        e.extend_from_slice(id.as_bytes());
+        e.extend_from_slice(name.as_bytes());
+        e.resize(e.len().next_multiple_of(8), 0);
+        e
+    }
+
+    /// Points the header at `count` snapshots at `offset`.
+    fn set_table(path: &Path, count: u32, offset: u64) {
+        write_at(path, 60, &count.to_be_bytes());
+        write_at(path, 64, &offset.to_be_bytes());
+    }
+
+    fn open_err(path: &Path, selector: &str) -> String {
+        match open(path, &Selector::parse(selector).unwrap(), StorageOpenOptions::new()) {
+            Ok(_) => panic!("-l {selector} opened"),
+            Err(e) => e,
+        }
+    }
+
+    /// An image with data, and a snapshot "s" (id 1) whose L1 table is the active one's, of
+    /// another disk size.
+    fn image_with_snapshot(dir: &Scratch, disk_size: u64) -> (std::path::PathBuf, u64) {
+        let path = dir.qcow2("disk.qcow2", 4 << 20);
+        let image = Image::open(&path, &ImageOptions { writable: true, ..Default::default() }).unwrap();
+        image.write(&[0x5a; 65536], 1 << 20).unwrap();
+        image.flush().unwrap();
+        drop(image);
+        let file = MetaFile::open(&path).unwrap();
+        let header = Header::read(&file).unwrap().unwrap();
+        let l1 = be64(&header.v2, 40);
+        let table = append(&path, &entry(l1, header.l1_size, "1", "s", disk_size));
+        set_table(&path, 1, table);
+        (path, l1)
+    }
+
+    #[test]
+    fn a_snapshot_is_served_at_its_own_size() {
+        let dir = Scratch::new("snapshot-size");
+        for size in [2 << 20, 8 << 20] {
+            let (path, _) = image_with_snapshot(&dir, size);
+            let access = open(&path, &Selector::parse("s").unwrap(), StorageOpenOptions::new()).unwrap();
+            assert_eq!(access.size(), size);
+            let mut buf = vec![0u8; 65536];
+            access.read(&mut buf, 1 << 20).unwrap();
+            assert_eq!(buf, vec![0x5a; 65536]);
+            access.read(&mut buf, 0).unwrap();
+            assert_eq!(buf, vec![0; 65536]);
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+
+    #[test]
+    fn hostile_snapshot_tables_are_refused() {
+        let dir = Scratch::new("snapshot-hostile");
+        let (path, l1) = image_with_snapshot(&dir, 4 << 20);
+        let len = std::fs::metadata(&path).unwrap().len();
+        let table = len - 65536;
+        let cases: Vec<Spoil<'_>> = vec![
+            (Box::new(|| set_table(&path, 100_000, table)), "claims 100000 snapshots"),
+            (Box::new(|| set_table(&path, 1, len + (1 << 30))), "past the end of the file"),
+            (Box::new(|| set_table(&path, 1, table + 512)), "not cluster aligned"),
+            // The file ends after the first entry.
+            (
+                Box::new(|| {
+                    set_table(&path, 2, table);
+                    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(table + 64).unwrap();
+                }),
+                "past the end of the file",
+            ),
+            (Box::new(|| set_table(&path, 65536, table)), "past the end of the file"),
+            (Box::new(|| write_at(&path, table + 8, &u32::MAX.to_be_bytes())), "entries (at most"),
+            (Box::new(|| write_at(&path, table + 8, &(1u32 << 20).to_be_bytes())), "past the end of the file"),
+            (Box::new(|| write_at(&path, table, &(len + 65536).to_be_bytes())), "past the end of the file"),
+            (Box::new(|| write_at(&path, table, &(l1 + 8).to_be_bytes())), "not cluster aligned"),
+            (Box::new(|| write_at(&path, table + 36, &u32::MAX.to_be_bytes())), "extra data"),
+            (Box::new(|| write_at(&path, table + 12, &u16::MAX.to_be_bytes())), "past the end of the file"),
+        ];
+        refused(&path, cases, || open(&path, &Selector::parse("s").unwrap(), StorageOpenOptions::new()));
+        assert!(open_err(&path, "t").contains("Can't find snapshot 't'"));
+        assert!(open(&path, &Selector::parse("1").unwrap(), StorageOpenOptions::new()).is_ok());
+    }
 }
