@@ -8,7 +8,8 @@
 # both servers (enabled bitmaps count them, disabled ones do not). Both list the contexts.
 # An unknown bitmap, one left in use by a qemu that was killed, and -B on a raw image are errors
 # before listening, as with qemu-nbd; after a writable session, qemu considers the bitmaps
-# inconsistent (nbdforge-img does not store them back) and qemu-nbd -B refuses them too.
+# inconsistent (nbdforge-img does not store them back) and qemu-nbd -B refuses them too; after a
+# writable session without writes, the bitmaps are still valid (same map from qemu-nbd -B).
 source "$(dirname "$0")/lib/functions.sh"
 cd "$tmp"
 
@@ -45,8 +46,22 @@ nbdinfo --list "$ours" | grep 'qemu:dirty-bitmap:' | sort > contexts.ours
 nbdinfo --list "$theirs" | grep 'qemu:dirty-bitmap:' | sort > contexts.theirs
 diff -u contexts.theirs contexts.ours || fail "the listed contexts differ"
 [ "$(wc -l < contexts.ours)" = 4 ] || fail "contexts: $(cat contexts.ours)"
+
+# Served writable but only read, the image keeps valid bitmaps: qemu still trusts them.
+nbdinfo --map=qemu:dirty-bitmap:b4k "$theirs" > before.map
 stop_server "$ours_pid"
 stop_server "$theirs_pid"
+start_img -t -e 0 disk.qcow2
+nbdcopy "$uri" copy.raw
+stop_server "$server_pid"
+qemu-img compare -q -F raw disk.qcow2 copy.raw || fail "nbdcopy from a writable export"
+qemu-img info disk.qcow2 > info.out 2>&1
+grep -q 'considered inconsistent' info.out && fail "after a session without writes, qemu drops the bitmaps"
+start_qemu_nbd -r -B b4k disk.qcow2
+nbdinfo --map=qemu:dirty-bitmap:b4k "$uri" > after.map
+diff -u before.map after.map || fail "the bitmap changed in a session without writes"
+qemu-img check -q disk.qcow2 || fail "qemu-img check after a session without writes"
+echo "a writable session without writes keeps the bitmaps valid"
 
 # Writable: the writes served are counted in the enabled bitmaps.
 start_img -t -e 0 "${bitmaps[@]}" disk.qcow2

@@ -11,10 +11,14 @@
 //! and drops them, rather than trusting bitmaps that missed our writes. While the server runs, an
 //! enabled bitmap (`auto` flag) of a writable image also counts the writes, zeroes and trims it
 //! serves, in memory, so that clients see what qemu-nbd would show them; nothing is written back.
+//! When no client wrote anything, the image is exactly as it was, and the server puts the
+//! autoclear bits back as it exits ([`Bitmaps::close`]), so that serving an image writable but
+//! only reading it does not cost its bitmaps (with or without `-B`).
 
 use std::collections::BTreeMap;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use crate::image::Format;
@@ -57,6 +61,15 @@ pub struct Bitmaps {
     list: Vec<Bitmap>,
     /// Writes are recorded (a writable image, without `-s`).
     track: bool,
+    /// A writable image with consistent bitmaps: what to put back if nothing is written.
+    keep: Option<Keep>,
+}
+
+/// The autoclear bits of a writable image with bitmaps, as they were before imago cleared them.
+struct Keep {
+    path: PathBuf,
+    autoclear: u64,
+    wrote: AtomicBool,
 }
 
 impl Bitmaps {
@@ -64,11 +77,24 @@ impl Bitmaps {
     /// probed). `track` records served writes in the enabled ones. Errors are qemu-nbd's
     /// (`Bitmap 'x' is not found`, `... is inconsistent and cannot be used`), naming the file.
     pub fn load(path: &Path, format: Option<Format>, names: &[String], track: bool) -> Result<Bitmaps, String> {
-        if names.is_empty() {
+        if format == Some(Format::Raw) && names.is_empty() || !track && names.is_empty() {
             return Ok(Bitmaps::default());
         }
         let file = MetaFile::open(path)?;
-        let header = if format == Some(Format::Raw) { None } else { Header::read(&file)? };
+        let header = match Header::read(&file) {
+            _ if format == Some(Format::Raw) => None,
+            Ok(header) => header,
+            Err(e) if !names.is_empty() => return Err(e),
+            // Without -B, what the header holds is for imago to judge.
+            Err(_) => None,
+        };
+        let keep = header
+            .as_ref()
+            .filter(|h| track && h.extension(EXT_BITMAPS).is_some() && h.autoclear_features & AUTOCLEAR_BITMAPS != 0)
+            .map(|h| Keep { path: path.to_path_buf(), autoclear: h.autoclear_features, wrote: AtomicBool::new(false) });
+        if names.is_empty() {
+            return Ok(Bitmaps { keep, ..Bitmaps::default() }.warned(path));
+        }
         let not_found = |name: &str, why: &str| file.error(format!("Bitmap '{name}' is not found{why}"));
         let Some(header) = header else {
             return Err(not_found(&names[0], " (the image is raw)"));
@@ -87,7 +113,19 @@ impl Bitmaps {
             let entry = entries.iter().find(|e| e.name == *name).ok_or_else(|| not_found(name, ""))?;
             list.push(Bitmap::load(MetaFile::open(path)?, &header, entry)?);
         }
-        Ok(Bitmaps { list, track })
+        Ok(Bitmaps { list, track, keep }.warned(path))
+    }
+
+    /// Says, for a writable image with bitmaps, what becomes of them.
+    fn warned(self, path: &Path) -> Bitmaps {
+        if self.keep.is_some() {
+            tracing::warn!(
+                "{}: nbdforge-img does not update the image's persistent dirty bitmaps: once a client writes, they \
+                 are marked inconsistent (qemu then drops them); serve it with -r to keep them",
+                path.display()
+            );
+        }
+        self
     }
 
     /// The meta contexts, one per bitmap.
@@ -103,11 +141,38 @@ impl Bitmaps {
 
     /// Records that `length` bytes at image offset `offset` were written.
     pub fn written(&self, offset: u64, length: u64) {
+        if let Some(keep) = &self.keep {
+            keep.wrote.store(true, Ordering::Relaxed);
+        }
         if self.track {
             for b in self.list.iter().filter(|b| b.enabled) {
                 b.mark(offset, length);
             }
         }
+    }
+}
+
+impl Bitmaps {
+    /// When the server exits, after the last flush: if nothing was written, puts back the
+    /// autoclear bits imago cleared on opening, so that the bitmaps stay valid.
+    pub fn close(&self) {
+        let Some(keep) = self.keep.as_ref().filter(|k| !k.wrote.load(Ordering::Relaxed)) else { return };
+        if let Err(e) = keep.restore() {
+            tracing::warn!("{}: the persistent dirty bitmaps stay marked inconsistent: {e}", keep.path.display());
+        }
+    }
+}
+
+impl Keep {
+    fn restore(&self) -> Result<(), String> {
+        use std::os::unix::fs::FileExt;
+        // Only over the header imago wrote: bitmaps still there, autoclear bits cleared.
+        let header = Header::read(&MetaFile::open(&self.path)?)?.ok_or("the image is no longer qcow2")?;
+        if header.extension(EXT_BITMAPS).is_none() || header.autoclear_features != 0 {
+            return Err("the header changed".into());
+        }
+        let file = std::fs::OpenOptions::new().write(true).open(&self.path).map_err(|e| e.to_string())?;
+        file.write_all_at(&self.autoclear.to_be_bytes(), 88).and_then(|()| file.sync_data()).map_err(|e| e.to_string())
     }
 }
 

@@ -78,11 +78,13 @@ impl ImagePlugin {
 }
 
 impl Layer for ImagePlugin {
-    /// The last writes reach the disk when the server stops.
+    /// The last writes reach the disk when the server stops (and the image's bitmaps stay valid
+    /// when nothing was written).
     fn cleanup(&self) {
         if !self.settings.readonly {
-            if let Err(e) = self.image.flush() {
-                tracing::error!("{}: flush: {e}", self.settings.name);
+            match self.image.flush() {
+                Ok(()) => self.settings.bitmaps.close(),
+                Err(e) => tracing::error!("{}: flush: {e}", self.settings.name),
             }
         }
     }
