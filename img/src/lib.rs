@@ -2,8 +2,10 @@
 //!
 //! Disk images over NBD with qemu-nbd's command line: the formats layer ([`image`]: raw through
 //! `nbdforge-storage`, qcow2 through `imago`) and the plugin that serves one image with
-//! qemu-nbd's policies ([`plugin`]). The `nbdforge-img` binary parses the command line and runs
-//! the server with the `nbdforge-process` library.
+//! qemu-nbd's policies ([`plugin`]), with what imago does not read of a qcow2 image: internal
+//! snapshots ([`snapshot`], `-l`) and persistent dirty bitmaps ([`bitmap`], `-B`), from the
+//! header fields and extensions [`qcow2_header`] reads. The `nbdforge-img` binary parses the
+//! command line and runs the server with the `nbdforge-process` library.
 
 pub mod authz;
 pub mod bitmap;
