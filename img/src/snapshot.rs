@@ -94,8 +94,9 @@ pub struct Snapshot {
     pub name: String,
     pub l1_table_offset: u64,
     pub l1_size: u32,
-    /// The disk's size when the snapshot was taken (the active layer's when the entry does not say).
-    pub disk_size: u64,
+    /// The disk's size when the snapshot was taken, if the entry says (entries written before
+    /// qemu 1.7 do not; the active layer's size is then used, as qemu does).
+    pub disk_size: Option<u64>,
 }
 
 /// The snapshot table of the qcow2 image in `file`.
@@ -133,7 +134,7 @@ pub fn table(file: &MetaFile, header: &Header) -> Result<Vec<Snapshot>, String> 
             name: String::from_utf8_lossy(name).into_owned(),
             l1_table_offset: be64(&fixed, 0),
             l1_size: be32(&fixed, 8),
-            disk_size: if extra.len() >= 16 { be64(extra, 8) } else { header.size },
+            disk_size: (extra.len() >= 16).then(|| be64(extra, 8)),
         });
         at += (40 + extra_len + id_len + name_len).next_multiple_of(8);
     }
@@ -162,8 +163,17 @@ fn header_for(file: &MetaFile, header: &Header, snapshot: &Snapshot) -> Result<V
         );
     }
     file.check(&format!("the L1 table of {what}"), snapshot.l1_table_offset, u64::from(snapshot.l1_size) * 8)?;
+    // The L1 table of a snapshot covers the disk it recorded (as the active one covers its disk).
+    let covered =
+        u128::from(snapshot.l1_size) * u128::from(header.cluster_size() / 8) * u128::from(header.cluster_size());
+    if let Some(size) = snapshot.disk_size.filter(|&size| u128::from(size) > covered) {
+        return Err(file.error(format!(
+            "{what}: its disk size {size} is larger than its L1 table ({} entries) covers",
+            snapshot.l1_size
+        )));
+    }
     let mut v2 = header.v2.clone();
-    v2[24..32].copy_from_slice(&snapshot.disk_size.to_be_bytes());
+    v2[24..32].copy_from_slice(&snapshot.disk_size.unwrap_or(header.size).to_be_bytes());
     v2[36..40].copy_from_slice(&snapshot.l1_size.to_be_bytes());
     v2[40..48].copy_from_slice(&snapshot.l1_table_offset.to_be_bytes());
     Ok(v2)
@@ -223,7 +233,7 @@ mod tests {
             name: name.into(),
             l1_table_offset: 0,
             l1_size: 0,
-            disk_size: 0,
+            disk_size: None,
         };
         let table = [s("1", "s1"), s("2", "s2"), s("3", "2")];
         let id = |sel: &str| find(&table, &Selector::parse(sel).unwrap()).map(|s| s.id.clone());
@@ -325,6 +335,7 @@ mod tests {
             (Box::new(|| write_at(&path, table, &(len + 65536).to_be_bytes())), "past the end of the file"),
             (Box::new(|| write_at(&path, table, &(l1 + 8).to_be_bytes())), "not cluster aligned"),
             (Box::new(|| write_at(&path, table + 36, &u32::MAX.to_be_bytes())), "extra data"),
+            (Box::new(|| write_at(&path, table + 48, &u64::MAX.to_be_bytes())), "larger than its L1 table"),
             (Box::new(|| write_at(&path, table + 12, &u16::MAX.to_be_bytes())), "past the end of the file"),
         ];
         refused(&path, cases, || open(&path, &Selector::parse("s").unwrap(), StorageOpenOptions::new()));
