@@ -80,12 +80,15 @@ impl Bitmaps {
         if format == Some(Format::Raw) && names.is_empty() || !track && names.is_empty() {
             return Ok(Bitmaps::default());
         }
-        let file = MetaFile::open(path)?;
+        // Without -B, whether the file opens and what its header holds is for imago to judge.
+        let file = match MetaFile::open(path) {
+            Err(_) if names.is_empty() => return Ok(Bitmaps::default()),
+            opened => opened?,
+        };
         let header = match Header::read(&file) {
             _ if format == Some(Format::Raw) => None,
             Ok(header) => header,
             Err(e) if !names.is_empty() => return Err(e),
-            // Without -B, what the header holds is for imago to judge.
             Err(_) => None,
         };
         let keep = header
