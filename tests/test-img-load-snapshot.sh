@@ -3,7 +3,8 @@
 # `qemu-img snapshot -c`, each followed by more writes through qemu-io (over a backing file, with a
 # compressed cluster). Served by id, by name, bare (an id first, then a name) and by both fields,
 # the old contents come back: `qemu-img compare` finds nbdforge-img's export identical to a raw
-# copy taken at snapshot time and to qemu-nbd -l's. The export is read-only without -r (a write
+# copy taken at snapshot time and to qemu-nbd -l's, and `nbdinfo --map` (base:allocation, and
+# qemu:allocation-depth with -A) agrees with qemu-nbd's. The export is read-only without -r (a write
 # fails with EPERM, as from qemu-nbd), the image file is unchanged, and `qemu-img check` passes.
 # A snapshot taken before the disk grew is served at its own size (qemu-nbd would serve the
 # active layer's: it is not compared there). An unknown snapshot, bad -l syntax, and -l with -s
@@ -38,6 +39,12 @@ check() {   # check RAW OPTION...: nbdforge-img OPTION... serves RAW, as qemu-nb
     local theirs=$uri theirs_pid=$server_pid
     qemu-img compare -q -f raw -F raw "$ours" "$raw" || fail "$*: not the contents of $raw"
     qemu-img compare -q -f raw -F raw "$ours" "$theirs" || fail "$*: differs from qemu-nbd"
+    local context
+    for context in base:allocation $([[ " $* " = *" -A "* ]] && echo qemu:allocation-depth); do
+        nbdinfo --map="$context" "$ours" > ours.map
+        nbdinfo --map="$context" "$theirs" > theirs.map
+        diff -u theirs.map ours.map || fail "$*: $context differs from qemu-nbd's"
+    done
     for u in "$ours" "$theirs"; do
         status=0
         nbdsh -u "$u" -c 'assert h.is_read_only()' -c 'h.pwrite(b"x" * 512, 0)' 2>err.out || status=$?
