@@ -5,6 +5,10 @@
 //!
 //! A qcow2 image grows its file by writing past the end, and may read past it (a cluster being
 //! allocated): those reads return zeroes, as reads of a hole would.
+//!
+//! An internal snapshot is served by presenting its L1 table and size in place of the header's
+//! ([`ImageFile::with_header`], used by [`crate::snapshot`]): imago then reads the snapshot as if
+//! it were the active layer.
 
 use std::fmt;
 use std::io;
@@ -21,6 +25,8 @@ pub struct ImageFile {
     storage: FileStorage,
     path: PathBuf,
     helper: CommonStorageHelper,
+    /// Bytes that reads from offset 0 see instead of the file's (the file is then read-only).
+    header: Option<Vec<u8>>,
 }
 
 impl ImageFile {
@@ -35,7 +41,12 @@ impl ImageFile {
             ));
         }
         let storage = if evict { storage.with_page_cache(PageCache::Evict) } else { storage };
-        Ok(ImageFile { storage, path: path.to_path_buf(), helper: CommonStorageHelper::default() })
+        Ok(ImageFile { storage, path: path.to_path_buf(), helper: CommonStorageHelper::default(), header: None })
+    }
+
+    /// The same file, whose first `header.len()` bytes read as `header`. Writes are refused.
+    pub fn with_header(self, header: Vec<u8>) -> ImageFile {
+        ImageFile { header: Some(header), ..self }
     }
 
     /// The file's I/O engine.
@@ -51,6 +62,13 @@ impl ImageFile {
             self.storage.read_at(data, offset).map_err(storage_error)?;
         }
         past_end.fill(0);
+        if let Some(header) = &self.header {
+            if offset < header.len() as u64 {
+                let from = &header[offset as usize..];
+                let n = from.len().min(buf.len());
+                buf[..n].copy_from_slice(&from[..n]);
+            }
+        }
         Ok(())
     }
 }
@@ -98,6 +116,9 @@ impl Storage for ImageFile {
     }
 
     unsafe fn pure_writev(&self, bufv: IoVector<'_>, mut offset: u64) -> io::Result<()> {
+        if self.header.is_some() {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
         for buffer in bufv.into_inner() {
             let buffer: &[u8] = &buffer;
             self.storage.write_at(buffer, offset).map_err(storage_error)?;

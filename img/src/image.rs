@@ -71,6 +71,8 @@ pub struct ImageOptions {
     pub snapshot: bool,
     /// `-n`, `--cache=none|directsync`: bypass the page cache.
     pub direct: bool,
+    /// `-l`: serve this internal snapshot (read-only) instead of the active layer.
+    pub load_snapshot: Option<crate::snapshot::Selector>,
 }
 
 /// The backing image of a qcow2 image.
@@ -142,6 +144,9 @@ impl Image {
                 (f, f == Format::Raw)
             }
         };
+        if let Some(selector) = &opts.load_snapshot {
+            return Image::open_internal_snapshot(path, format, selector, opts);
+        }
         let image_writable = opts.writable && !opts.snapshot;
         if format == Format::Raw && !opts.snapshot {
             let file = if image_writable { FileStorage::open(path) } else { FileStorage::open_read_only(path) }
@@ -164,6 +169,25 @@ impl Image {
         };
         let size = access.size();
         Ok(Image { body: Body::Imago(RwLock::new(access)), size, format, probed_raw })
+    }
+
+    /// `-l`: an internal snapshot, read-only.
+    fn open_internal_snapshot(
+        path: &Path,
+        format: Format,
+        selector: &crate::snapshot::Selector,
+        opts: &ImageOptions,
+    ) -> Result<Image, String> {
+        // qemu-nbd looks the snapshot up in the temporary overlay, which has none.
+        if opts.snapshot {
+            return Err(err(path, "Failed to load snapshot: Can't find snapshot (-s puts a new overlay, without snapshots, over the image)"));
+        }
+        if format != Format::Qcow2 {
+            return Err(err(path, "Failed to load snapshot: a raw image has no internal snapshots"));
+        }
+        let access = crate::snapshot::open(path, selector, StorageOpenOptions::new().direct(opts.direct))?;
+        let size = access.size();
+        Ok(Image { body: Body::Imago(RwLock::new(access)), size, format, probed_raw: false })
     }
 
     /// The disk's size in bytes.

@@ -2,10 +2,13 @@
 //!
 //! Disk images over NBD with qemu-nbd's command line: the formats layer ([`image`]: raw through
 //! `nbdforge-storage`, qcow2 through `imago`) and the plugin that serves one image with
-//! qemu-nbd's policies ([`plugin`]). The `nbdforge-img` binary parses the command line and runs
-//! the server with the `nbdforge-process` library.
+//! qemu-nbd's policies ([`plugin`]), with what imago does not read of a qcow2 image: internal
+//! snapshots ([`snapshot`], `-l`) and persistent dirty bitmaps ([`bitmap`], `-B`), from the
+//! header fields and extensions [`qcow2_header`] reads. The `nbdforge-img` binary parses the
+//! command line and runs the server with the `nbdforge-process` library.
 
 pub mod authz;
+pub mod bitmap;
 pub mod file;
 pub mod image;
 pub mod image_opts;
@@ -13,3 +16,5 @@ pub mod kernel;
 pub mod list;
 pub mod objects;
 pub mod plugin;
+pub mod qcow2_header;
+pub mod snapshot;

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use nbdforge_api::LayerInfo;
 use nbdforge_img::authz::Authz;
+use nbdforge_img::bitmap::Bitmaps;
 use nbdforge_img::image::{Backing, Image, ImageOptions};
 use nbdforge_img::image_opts;
 use nbdforge_img::kernel;
@@ -85,13 +86,24 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
     let background = o.fork || (o.connect.is_some() && o.verbose == 0);
     let mut ready = if background { Some(daemon::fork_into_background(PROG).map_err(qemu_nbd_says)?) } else { None };
 
-    let image_opts = ImageOptions { format: o.format, writable: !o.readonly, snapshot: o.snapshot, direct: o.nocache };
+    // -l serves the snapshot read-only, whether -r was given or not, as qemu-nbd does.
+    let readonly = o.readonly || o.load_snapshot.is_some();
+    let image_opts = ImageOptions {
+        format: o.format,
+        writable: !readonly,
+        snapshot: o.snapshot,
+        direct: o.nocache,
+        load_snapshot: o.load_snapshot.clone(),
+    };
     // Credentials are loaded before anything listens, so their errors exit 1 first.
     let tls = match &o.tls_creds {
         Some(id) => Some(std::sync::Arc::new(server_tls(&objects, id)?)),
         None => None,
     };
     let authz = o.tls_authz.as_deref().map(|id| Authz::load(&objects, id)).transpose()?;
+    // Bitmaps are read first: opening the image for writing marks them inconsistent on disk.
+    // With -s, writes go to the overlay and the image's bitmaps do not see them (as in qemu-nbd).
+    let bitmaps = Bitmaps::load(&file, o.format, &o.bitmaps, !readonly && !o.snapshot)?;
     let image = Image::open_with_backing(&file, &image_opts, &backing)?;
     let settings = Settings {
         name: file.display().to_string(),
@@ -102,7 +114,8 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
         discard_unmap: o.discard_unmap,
         detect_zeroes: o.detect_zeroes,
         allocation_depth: o.allocation_depth,
-        readonly: o.readonly,
+        bitmaps,
+        readonly,
         multi_conn: o.shared != 1,
         authz,
     };
@@ -111,7 +124,7 @@ fn run(args: Vec<OsString>) -> Result<(), String> {
     let backend = Stack::new((info, Box::new(plugin)), Vec::new()).finish().map_err(|e| e.message)?;
 
     let config = ServerConfig {
-        readonly: o.readonly,
+        readonly,
         handshake_timeout: Some(Duration::from_secs(o.handshake_limit.unwrap_or(10))).filter(|d| !d.is_zero()),
         max_clients: o.shared,
         exit_when_idle: !o.persistent,

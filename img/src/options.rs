@@ -1,6 +1,5 @@
 //! qemu-nbd's command line (qemu-nbd(8)), flag for flag, parsed with lexopt. Errors are worded as
 //! qemu-nbd words them where that helps a user who knows it (`Invalid shared device number 'x'`).
-//! Options of qemu-nbd that are not implemented yet are recognised and refused by name.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -9,6 +8,7 @@ use lexopt::prelude::*;
 
 use nbdforge_img::image::Format;
 use nbdforge_img::plugin::DetectZeroes;
+use nbdforge_img::snapshot::Selector;
 
 /// Everything the command line says.
 #[derive(Debug, Default)]
@@ -30,6 +30,10 @@ pub struct Options {
     pub format: Option<Format>,
     pub readonly: bool,
     pub snapshot: bool,
+    /// `-l`: the internal snapshot to serve (read-only).
+    pub load_snapshot: Option<Selector>,
+    /// `-B`: the persistent dirty bitmaps to offer, in order, each once.
+    pub bitmaps: Vec<String>,
     pub nocache: bool,
     pub discard_unmap: bool,
     pub detect_zeroes: DetectZeroes,
@@ -173,10 +177,14 @@ pub fn parse(args: Vec<OsString>) -> Result<Options, Usage> {
             Long("tls-hostname") => o.tls_hostname = Some(string(p.value()?)?),
             Short('c') | Long("connect") => o.connect = Some(p.value()?.into()),
             Short('d') | Long("disconnect") => o.disconnect = true,
-            Short('B') | Long("bitmap") | Short('l') | Long("load-snapshot") => {
-                let name = option_name(&arg);
-                p.value()?;
-                return Err(Usage(format!("{name} is not implemented yet")));
+            Short('l') | Long("load-snapshot") => {
+                o.load_snapshot = Some(Selector::parse(&string(p.value()?)?).map_err(Usage)?);
+            }
+            Short('B') | Long("bitmap") => {
+                let name = string(p.value()?)?;
+                if !o.bitmaps.contains(&name) {
+                    o.bitmaps.push(name);
+                }
             }
             Long("image-opts") => o.image_opts = true,
             Value(v) => files.push(v.into()),
@@ -221,14 +229,6 @@ pub fn parse(args: Vec<OsString>) -> Result<Options, Usage> {
     Ok(o)
 }
 
-fn option_name(arg: &lexopt::Arg<'_>) -> String {
-    match arg {
-        Short(c) => format!("-{c}"),
-        Long(l) => format!("--{l}"),
-        Value(v) => v.to_string_lossy().into_owned(),
-    }
-}
-
 /// `--help`.
 pub const HELP: &str = "\
 Usage: nbdforge-img [OPTIONS] FILE
@@ -260,6 +260,10 @@ The disk:
   -r, --read-only            serve read-only
   -s, --snapshot             writes go to a temporary overlay; FILE is not changed
   -A, --allocation-depth     offer the qemu:allocation-depth meta context
+  -B, --bitmap=NAME          offer the image's persistent dirty bitmap NAME as the
+                             qemu:dirty-bitmap:NAME meta context (repeatable)
+  -l, --load-snapshot=SNAPSHOT  serve an internal snapshot, read-only: ID or NAME,
+                             snapshot.id=ID, snapshot.name=NAME, or both
   -n, --nocache              bypass the host's page cache (--cache=none)
       --cache=MODE           none, writeback (default), writethrough, directsync, unsafe
       --aio=MODE             threads, native or io_uring (accepted)
@@ -283,8 +287,6 @@ Kernel NBD client (Linux):
   -c, --connect=DEV          serve FILE to the kernel's NBD device DEV (/dev/nbdN); the
                              server stays until the device is disconnected
   -d, --disconnect           FILE is an NBD device: disconnect it, then exit
-
-Not implemented yet: -B, -l.
 ";
 
 #[cfg(test)]
@@ -333,5 +335,17 @@ mod tests {
         assert_eq!(e(&["-d"]), "Invalid number of arguments");
         let o = parse(args(&["-c", "/dev/nbd1", "-d", "/dev/nbd0"])).unwrap();
         assert_eq!((o.connect, o.disconnect, o.file), (Some("/dev/nbd1".into()), true, Some("/dev/nbd0".into())));
+        assert!(e(&["-l", "snapshot.idx=1", "f"]).contains("Invalid parameter 'snapshot.idx'"));
+    }
+
+    #[test]
+    fn snapshots_and_bitmaps() {
+        let o = parse(args(&["-l", "snapshot.name=s1", "-B", "b0", "--bitmap=b1", "-B", "b0", "f"])).unwrap();
+        assert_eq!(o.load_snapshot, Some(Selector::Fields { id: None, name: Some("s1".into()) }));
+        assert_eq!(o.bitmaps, ["b0", "b1"]);
+        assert_eq!(
+            parse(args(&["--load-snapshot=2", "f"])).unwrap().load_snapshot,
+            Some(Selector::IdOrName("2".into()))
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The image plugin: one disk [`Image`] served under one export name, with qemu-nbd's policies
 //! on top of the format layer: `-o` (an offset into the disk), `--discard`, `--detect-zeroes`,
-//! `-x`, `-D`, and `-A` (the `qemu:allocation-depth` meta context).
+//! `-x`, `-D`, `-A` (the `qemu:allocation-depth` meta context) and `-B` (the
+//! `qemu:dirty-bitmap:NAME` contexts, from [`crate::bitmap`]).
 //!
 //! It is a plugin in the SDK's sense, built from options rather than `key=value` parameters, so
 //! the front end puts it at the bottom of an ordinary server stack.
@@ -13,6 +14,7 @@ use nbdforge_api::{
     BlockSize, Capabilities, Error, Export, Extents, Flags, Handle, Layer, OpenArgs, Plugin, Result, Support,
 };
 
+use crate::bitmap::Bitmaps;
 use crate::image::{Image, Status};
 
 /// The meta context of `-A`.
@@ -48,6 +50,8 @@ pub struct Settings {
     pub detect_zeroes: DetectZeroes,
     /// `-A`.
     pub allocation_depth: bool,
+    /// `-B`.
+    pub bitmaps: Bitmaps,
     /// `-r`.
     pub readonly: bool,
     /// Advertise multi-conn: only when more than one client may connect (`-e` other than 1), as
@@ -90,11 +94,13 @@ impl ImagePlugin {
 }
 
 impl Layer for ImagePlugin {
-    /// The last writes reach the disk when the server stops.
+    /// The last writes reach the disk when the server stops (and the image's bitmaps stay valid
+    /// when nothing was written).
     fn cleanup(&self) {
         if !self.settings.readonly {
-            if let Err(e) = self.image.flush() {
-                tracing::error!("{}: flush: {e}", self.settings.name);
+            match self.image.flush() {
+                Ok(()) => self.settings.bitmaps.close(),
+                Err(e) => tracing::error!("{}: flush: {e}", self.settings.name),
             }
         }
     }
@@ -203,6 +209,7 @@ impl Handle for ImageHandle {
     }
 
     fn pwrite(&self, buf: &[u8], offset: u64, flags: Flags) -> Result<()> {
+        self.settings.bitmaps.written(self.at(offset), buf.len() as u64);
         if self.settings.detect_zeroes != DetectZeroes::Off && buf.iter().all(|&b| b == 0) {
             let unmap = self.settings.detect_zeroes == DetectZeroes::Unmap && self.settings.discard_unmap;
             self.image.zero(self.at(offset), buf.len() as u64, unmap).map_err(|e| self.error("write zeroes", e))?;
@@ -219,6 +226,7 @@ impl Handle for ImageHandle {
     /// `--discard=ignore` (the default) accepts trims and does nothing, as qemu-nbd.
     fn trim(&self, count: u64, offset: u64, flags: Flags) -> Result<()> {
         if self.settings.discard_unmap {
+            self.settings.bitmaps.written(self.at(offset), count);
             self.image.discard(self.at(offset), count).map_err(|e| self.error("trim", e))?;
         }
         self.flush_if_fua(flags)
@@ -226,47 +234,59 @@ impl Handle for ImageHandle {
 
     fn zero(&self, count: u64, offset: u64, flags: Flags) -> Result<()> {
         let unmap = flags.contains(Flags::MAY_TRIM) && self.settings.discard_unmap;
+        self.settings.bitmaps.written(self.at(offset), count);
         self.image.zero(self.at(offset), count, unmap).map_err(|e| self.error("zero", e))?;
         self.flush_if_fua(flags)
     }
 
     fn extents(&self, count: u64, offset: u64, flags: Flags, extents: &mut Extents) -> Result<()> {
-        let end = offset + count;
-        let mut at = extents.next_offset().max(offset);
-        while at < end && !extents.is_full() {
-            let (status, len) = self.image.status(self.at(at), end - at).map_err(|e| self.error("block status", e))?;
-            let len = len.max(1).min(end - at);
-            let state = match status {
-                Status::Data => DATA,
-                Status::Hole => HOLE | ZERO,
-            };
-            extents.add(at, len, state)?;
-            at += len;
-            if flags.contains(Flags::REQ_ONE) {
-                break;
-            }
-        }
-        Ok(())
+        self.runs(count, offset, flags, extents, "block status", |at, len| {
+            let (status, len) = self.image.status(at, len)?;
+            Ok((if status == Status::Data { DATA } else { HOLE | ZERO }, len))
+        })
     }
 
     fn meta_contexts(&self) -> Result<Vec<String>> {
-        Ok(if self.settings.allocation_depth { vec![ALLOCATION_DEPTH.to_string()] } else { Vec::new() })
+        let mut contexts = self.settings.bitmaps.contexts();
+        if self.settings.allocation_depth {
+            contexts.insert(0, ALLOCATION_DEPTH.to_string());
+        }
+        Ok(contexts)
     }
 
     fn block_status(&self, context: &str, count: u64, offset: u64, flags: Flags, extents: &mut Extents) -> Result<()> {
-        if context != ALLOCATION_DEPTH || !self.settings.allocation_depth {
-            if context == nbdforge_api::BASE_ALLOCATION {
-                return self.extents(count, offset, flags, extents);
-            }
-            return Err(Error::invalid(format!("unknown meta context '{context}'")));
+        if context == ALLOCATION_DEPTH && self.settings.allocation_depth {
+            return self.runs(count, offset, flags, extents, "allocation depth", |at, len| self.image.depth(at, len));
         }
+        if let Some(bitmap) = self.settings.bitmaps.get(context) {
+            return self.runs(count, offset, flags, extents, context, |at, len| {
+                bitmap.status(at, len).map(|(dirty, len)| (u32::from(dirty), len))
+            });
+        }
+        if context == nbdforge_api::BASE_ALLOCATION {
+            return self.extents(count, offset, flags, extents);
+        }
+        Err(Error::invalid(format!("unknown meta context '{context}'")))
+    }
+}
+
+impl ImageHandle {
+    /// Fills `extents` with the runs `status` finds from image offsets (flags, length).
+    fn runs(
+        &self,
+        count: u64,
+        offset: u64,
+        flags: Flags,
+        extents: &mut Extents,
+        what: &str,
+        status: impl Fn(u64, u64) -> io::Result<(u32, u64)>,
+    ) -> Result<()> {
         let end = offset + count;
         let mut at = extents.next_offset().max(offset);
         while at < end && !extents.is_full() {
-            let (depth, len) =
-                self.image.depth(self.at(at), end - at).map_err(|e| self.error("allocation depth", e))?;
+            let (state, len) = status(self.at(at), end - at).map_err(|e| self.error(what, e))?;
             let len = len.max(1).min(end - at);
-            extents.add(at, len, depth)?;
+            extents.add(at, len, state)?;
             at += len;
             if flags.contains(Flags::REQ_ONE) {
                 break;

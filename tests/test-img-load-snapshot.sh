@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# -l/--load-snapshot: internal qcow2 snapshots, beside qemu-nbd. Snapshots are taken with
+# `qemu-img snapshot -c`, each followed by more writes through qemu-io (over a backing file, with a
+# compressed cluster). Served by id, by name, bare (an id first, then a name) and by both fields,
+# the old contents come back: `qemu-img compare` finds nbdforge-img's export identical to a raw
+# copy taken at snapshot time and to qemu-nbd -l's, and `nbdinfo --map` (base:allocation, and
+# qemu:allocation-depth with -A) agrees with qemu-nbd's. The export is read-only without -r (a write
+# fails with EPERM, as from qemu-nbd), the image file is unchanged, and `qemu-img check` passes.
+# A snapshot taken before the disk grew is served at its own size (qemu-nbd would serve the
+# active layer's: it is not compared there). An unknown snapshot, bad -l syntax, and -l with -s
+# are errors before listening, as with qemu-nbd.
+source "$(dirname "$0")/lib/functions.sh"
+cd "$tmp"
+
+qemu-img create -q -f raw base.raw 16M
+qemu-io -f raw -c 'write -P 0x11 0 16M' base.raw >/dev/null
+qemu-img create -q -f qcow2 -b base.raw -F raw disk.qcow2 16M
+qemu-io -c 'write -P 0x22 1M 2M' -c 'write -c -P 0x23 8M 64k' -c 'write -z 12M 1M' disk.qcow2 >/dev/null
+qemu-img convert -O raw disk.qcow2 at-first.raw
+qemu-img snapshot -c first disk.qcow2
+qemu-io -c 'write -P 0x33 2M 4M' -c 'write -z 0 64k' -c 'write -P 0x34 8M 64k' disk.qcow2 >/dev/null
+qemu-img convert -O raw disk.qcow2 at-second.raw
+qemu-img snapshot -c second disk.qcow2
+# A snapshot whose name is another one's id: a bare "1" is the id.
+qemu-io -c 'write -P 0x44 10M 1M' disk.qcow2 >/dev/null
+qemu-img convert -O raw disk.qcow2 at-third.raw
+qemu-img snapshot -c 1 disk.qcow2
+qemu-io -c 'write -P 0x55 0 1M' disk.qcow2 >/dev/null
+qemu-img convert -O raw disk.qcow2 active.raw
+qemu-img snapshot -l disk.qcow2
+before=$(md5sum disk.qcow2 base.raw)
+
+check() {   # check RAW OPTION...: nbdforge-img OPTION... serves RAW, as qemu-nbd OPTION... does
+    local raw=$1
+    shift
+    start_img -t -e 0 "$@" disk.qcow2
+    local ours=$uri ours_pid=$server_pid
+    start_qemu_nbd -t -e 0 "$@" disk.qcow2
+    local theirs=$uri theirs_pid=$server_pid
+    qemu-img compare -q -f raw -F raw "$ours" "$raw" || fail "$*: not the contents of $raw"
+    qemu-img compare -q -f raw -F raw "$ours" "$theirs" || fail "$*: differs from qemu-nbd"
+    local context
+    for context in base:allocation $([[ " $* " = *" -A "* ]] && echo qemu:allocation-depth); do
+        nbdinfo --map="$context" "$ours" > ours.map
+        nbdinfo --map="$context" "$theirs" > theirs.map
+        diff -u theirs.map ours.map || fail "$*: $context differs from qemu-nbd's"
+    done
+    for u in "$ours" "$theirs"; do
+        status=0
+        nbdsh -u "$u" -c 'assert h.is_read_only()' -c 'h.pwrite(b"x" * 512, 0)' 2>err.out || status=$?
+        [ "$status" -ne 0 ] && grep -q 'Operation not permitted' err.out ||
+            fail "$* ($u): a write was not refused: $(cat err.out)"
+    done
+    stop_server "$ours_pid"
+    stop_server "$theirs_pid"
+    echo "$*: the contents of $raw, read-only, as qemu-nbd"
+}
+
+check at-first.raw -l 1
+check at-first.raw -l first
+check at-second.raw -l snapshot.id=2
+check at-second.raw -l snapshot.name=second
+check at-first.raw -l snapshot.id=1,snapshot.name=first
+check at-third.raw -l snapshot.name=1
+check at-third.raw -l 3
+check at-second.raw --load-snapshot=second -r
+check at-first.raw --load-snapshot first -A
+[ "$(md5sum disk.qcow2 base.raw)" = "$before" ] || fail "serving snapshots changed the image"
+qemu-img check -q disk.qcow2 || fail "qemu-img check"
+start_img -t disk.qcow2
+qemu-img compare -q -f raw -F raw "$uri" active.raw || fail "the active layer changed"
+stop_server "$server_pid"
+
+# A snapshot of a smaller disk is served at its size (the active layer's beyond is not shown).
+qemu-img create -q -f qcow2 grow.qcow2 4M
+qemu-io -c 'write -P 0x66 3M 1M' grow.qcow2 >/dev/null
+qemu-img convert -O raw grow.qcow2 grow-small.raw
+qemu-img snapshot -c small grow.qcow2
+qemu-img resize -q grow.qcow2 8M
+qemu-io -c 'write -P 0x77 3M 4M' grow.qcow2 >/dev/null
+start_img -t -e 0 -l small grow.qcow2
+[ "$(nbdinfo --size "$uri")" = 4194304 ] || fail "-l small: size $(nbdinfo --size "$uri"), want 4194304"
+qemu-img compare -q -f raw -F raw "$uri" grow-small.raw || fail "-l small: not the 4M disk at snapshot time"
+stop_server "$server_pid"
+echo "-l small: a 4M snapshot of a disk grown to 8M is served at 4M"
+
+bad() {   # bad OPTIONS... -- EXPECTED: both refuse with status 1; ours says EXPECTED
+    local args=() status cmd
+    while [ "$1" != -- ]; do args+=("$1"); shift; done
+    for cmd in "$NBDFORGE_IMG" qemu-nbd; do
+        status=0
+        timeout 20 "$cmd" -k "$tmp/bad.sock" "${args[@]}" >out 2>err </dev/null || status=$?
+        [ "$status" -eq 1 ] || fail "$cmd ${args[*]}: exit status $status, want 1: $(cat err)"
+        [ "$cmd" = qemu-nbd ] || grep -qF -- "$2" err || fail "${args[*]}: the message does not say '$2': $(cat err)"
+        rm -f "$tmp/bad.sock"
+    done
+    echo "${args[*]}: $(cat err | head -1) / ours: $("$NBDFORGE_IMG" -k "$tmp/bad.sock" "${args[@]}" 2>&1 | head -1)"
+}
+bad -l nope disk.qcow2 -- "Can't find snapshot 'nope'"
+bad -l snapshot.id=2,snapshot.name=first disk.qcow2 -- "Can't find snapshot with id '2' and name 'first'"
+bad -l snapshot.id=9 disk.qcow2 -- "Can't find snapshot"
+bad -l snapshot.size=1 disk.qcow2 -- "Invalid parameter 'snapshot.size'"
+bad -s -l first disk.qcow2 -- "Can't find snapshot"
+bad -f raw -l first base.raw -- "Failed to load snapshot"
