@@ -86,6 +86,10 @@ pub enum Status {
 enum Body {
     Raw(FileStorage),
     Imago(RwLock<FormatAccess<ImageFile>>),
+    /// qcow2 with what imago refuses (zstd, extended L2 entries): the own driver.
+    Own(Box<crate::own::OwnQcow2>),
+    /// `-s` over an image of the own driver.
+    Overlay(crate::overlay::Overlay),
 }
 
 /// An open image.
@@ -111,6 +115,11 @@ fn err(path: &Path, e: impl std::fmt::Display) -> String {
 impl Image {
     /// Opens the image at `path`. Errors name the file.
     pub fn open(path: &Path, opts: &ImageOptions) -> Result<Image, String> {
+        Image::open_in_chain(path, opts, 0)
+    }
+
+    /// Opens the image at `path`, `depth` images down a backing chain.
+    pub(crate) fn open_in_chain(path: &Path, opts: &ImageOptions, depth: u32) -> Result<Image, String> {
         let (format, probed_raw) = match opts.format {
             Some(f) => (f, false),
             None => {
@@ -139,7 +148,17 @@ impl Image {
             return Ok(Image { body: Body::Raw(file), size, format, probed_raw });
         }
         let storage_opts = StorageOpenOptions::new().direct(opts.direct);
-        let base = open_imago(path, format, image_writable, storage_opts.clone()).map_err(|e| err(path, e))?;
+        let imago = if format == Format::Qcow2 && crate::own::wanted(path) {
+            None
+        } else {
+            Some(open_imago(path, format, image_writable, storage_opts.clone()))
+        };
+        let base = match imago {
+            Some(Ok(base)) => base,
+            // What imago refuses, in the image or its backing chain, the own driver may read.
+            Some(Err(e)) if format != Format::Qcow2 => return Err(err(path, e)),
+            imago => return Image::open_own(path, opts, depth, imago.and_then(Result::err)),
+        };
         let access = if opts.snapshot {
             overlay(base, storage_opts).map_err(|e| err(path, format!("-s: the temporary overlay: {e}")))?
         } else {
@@ -147,6 +166,27 @@ impl Image {
         };
         let size = access.size();
         Ok(Image { body: Body::Imago(RwLock::new(access)), size, format, probed_raw })
+    }
+
+    /// Opens a qcow2 image with the own driver; `imago_error` is imago's refusal, reported
+    /// when the own driver cannot open the image either.
+    fn open_own(path: &Path, opts: &ImageOptions, depth: u32, imago_error: Option<io::Error>) -> Result<Image, String> {
+        let own = crate::own::open(path, opts, depth).map_err(|e| err(path, imago_error.unwrap_or(e)))?;
+        if opts.writable && !opts.snapshot {
+            return Err(err(
+                path,
+                "qcow2 with zstd compression or extended L2 entries is served read-only: use -r (or -s for a \
+                 temporary writable overlay)",
+            ));
+        }
+        let size = own.size();
+        let image = Image { body: Body::Own(Box::new(own)), size, format: Format::Qcow2, probed_raw: false };
+        if !opts.snapshot {
+            return Ok(image);
+        }
+        let overlay =
+            crate::overlay::Overlay::new(image).map_err(|e| err(path, format!("-s: the temporary overlay: {e}")))?;
+        Ok(Image { body: Body::Overlay(overlay), size, format: Format::Qcow2, probed_raw: false })
     }
 
     /// The disk's size in bytes.
@@ -162,7 +202,7 @@ impl Image {
     fn access(&self) -> std::sync::RwLockReadGuard<'_, FormatAccess<ImageFile>> {
         match &self.body {
             Body::Imago(a) => a.read().unwrap_or_else(|p| p.into_inner()),
-            Body::Raw(_) => unreachable!("raw images have no imago access"),
+            _ => unreachable!("only imago images have imago access"),
         }
     }
 
@@ -171,6 +211,8 @@ impl Image {
         match &self.body {
             Body::Raw(f) => f.read_at(buf, offset).map_err(storage_error),
             Body::Imago(_) => self.access().read(buf, offset),
+            Body::Own(q) => q.read(buf, offset),
+            Body::Overlay(o) => o.read(buf, offset),
         }
     }
 
@@ -190,6 +232,8 @@ impl Image {
         match &self.body {
             Body::Raw(f) => f.write_at(buf, offset).map_err(storage_error),
             Body::Imago(_) => self.access().write(buf, offset),
+            Body::Own(_) => Err(io::Error::from_raw_os_error(libc::EROFS)),
+            Body::Overlay(o) => o.write(buf, offset),
         }
     }
 
@@ -215,6 +259,8 @@ impl Image {
                     r => r,
                 }
             }
+            Body::Own(_) => Err(io::Error::from_raw_os_error(libc::EROFS)),
+            Body::Overlay(o) => o.zero(offset, length),
         }
     }
 
@@ -226,6 +272,8 @@ impl Image {
                 Err(e) if e.kind() == io::ErrorKind::Unsupported => Ok(()),
                 r => r,
             },
+            // Discards are advisory.
+            Body::Own(_) | Body::Overlay(_) => Ok(()),
         }
     }
 
@@ -238,6 +286,7 @@ impl Image {
                 a.flush()?;
                 a.sync()
             }
+            Body::Own(_) | Body::Overlay(_) => Ok(()),
         }
     }
 
@@ -252,6 +301,8 @@ impl Image {
                 }
                 None => Ok((Status::Data, length)),
             },
+            Body::Own(q) => crate::own::status(q, offset, length),
+            Body::Overlay(o) => o.status(offset, length),
             Body::Imago(_) => {
                 let top = self.access();
                 let mut layer: &FormatAccess<ImageFile> = &top;
@@ -288,8 +339,11 @@ impl Image {
     /// Where the data at `offset` is, for `qemu:allocation-depth`: 0 in no layer, 1 in the image
     /// itself, 2 and more in its backing chain; and how far (at most `length`) that goes on.
     pub fn depth(&self, offset: u64, length: u64) -> io::Result<(u32, u64)> {
-        if let Body::Raw(_) = &self.body {
-            return Ok((1, length));
+        match &self.body {
+            Body::Raw(_) => return Ok((1, length)),
+            Body::Own(q) => return crate::own::depth(q, offset, length),
+            Body::Overlay(o) => return o.depth(offset, length),
+            Body::Imago(_) => {}
         }
         let top = self.access();
         let mut layer: &FormatAccess<ImageFile> = &top;

@@ -10,4 +10,7 @@ pub mod file;
 pub mod image;
 pub mod list;
 pub mod objects;
+pub mod overlay;
+pub mod own;
 pub mod plugin;
+pub mod qcow2;

@@ -138,6 +138,34 @@ start_img() { start_qemu_style "$NBDFORGE_IMG" "$@"; }
 # start_qemu_nbd [OPTIONS...] FILE: the same with qemu-nbd, the reference.
 start_qemu_nbd() { start_qemu_style qemu-nbd "$@"; }
 
+# same_image_as_qemu_nbd FILE OPTIONS...: nbdforge-img and qemu-nbd serve qcow2 FILE with the
+# same OPTIONS; with -s, the qemu-io commands in the array `session` run on both first. The
+# exports must be identical (qemu-img compare) with the same base:allocation and
+# qemu:allocation-depth maps (give -A). Leaves ours.map and ours.depth.
+same_image_as_qemu_nbd() {
+    local file=$1 ours theirs u
+    shift
+    start_img -t -e 0 -f qcow2 "$@" "$file"
+    ours=$uri
+    start_qemu_nbd -t -e 0 -f qcow2 "$@" "$file"
+    theirs=$uri
+    if [[ " $* " == *" -s "* ]]; then
+        for u in "$ours" "$theirs"; do
+            qemu-io -f raw "$u" "${session[@]}" >/dev/null || fail "$file: qemu-io session on $u"
+        done
+    fi
+    qemu-img compare -f raw -F raw "$ours" "$theirs" || fail "$file $*: the disks differ"
+    nbdinfo --map "$ours" > ours.map
+    nbdinfo --map "$theirs" > theirs.map
+    diff -u theirs.map ours.map || fail "$file $*: base:allocation differs from qemu-nbd's"
+    nbdinfo --map=qemu:allocation-depth "$ours" > ours.depth
+    nbdinfo --map=qemu:allocation-depth "$theirs" > theirs.depth
+    diff -u theirs.depth ours.depth || fail "$file $*: qemu:allocation-depth differs from qemu-nbd's"
+    stop_server "${server_pids[-2]}"
+    stop_server "${server_pids[-1]}"
+    echo "same as qemu-nbd: $file $*"
+}
+
 start_qemu_style() {
     local cmd=$1
     shift
