@@ -5,7 +5,8 @@
 # granularity (2k and 1k subclusters), and compresses a cluster. nbdforge-img and qemu-nbd
 # serve each image with -r -A and with -s -A (after the same qemu-io session on both):
 # `qemu-img compare` finds the exports identical, `nbdinfo --map` and
-# `--map=qemu:allocation-depth` agree with qemu-nbd's.
+# `--map=qemu:allocation-depth` agree with qemu-nbd's. An image with an internal snapshot is
+# refused for writing, clearly.
 source "$(dirname "$0")/lib/functions.sh"
 cd "$tmp"
 
@@ -49,6 +50,10 @@ same_image_as_qemu_nbd sub-64k-mid.qcow2 -s -A
 # The subcluster runs are there: a 2k zero run and a depth-3 run (mid.qcow2's raw backing).
 grep -q '^ *2097152 *6144 ' ours.map || fail "no 6k zero run at 2M in the map"
 grep -q 'backing depth 3' ours.depth || fail "no run from the raw file under mid.qcow2"
-# Not writable without -r or -s: a clear message naming the file, exit 1 before listening.
-expect_fail "$NBDFORGE_IMG" -k "$tmp/w.sock" -f qcow2 sub-64k-base.qcow2 2> write.err
-grep -q 'sub-64k-base.qcow2: .*read-only' write.err || fail "unclear refusal: $(cat write.err)"
+# With an internal snapshot the image is not writable: a clear message naming the file and
+# the way out, exit 1 before listening; -r serves it.
+cp sub-64k-base.qcow2 snap.qcow2
+qemu-img snapshot -c s1 snap.qcow2
+expect_fail "$NBDFORGE_IMG" -k "$tmp/w.sock" -f qcow2 snap.qcow2 2> write.err
+grep -q 'snap.qcow2: .*internal snapshots.*-r' write.err || fail "unclear refusal: $(cat write.err)"
+same_image_as_qemu_nbd snap.qcow2 -r -A

@@ -4,14 +4,17 @@
 //! holes, zeroing by `fallocate`). A qcow2 image (v2 or v3, with its backing chain of any depth,
 //! raw or qcow2, and zlib-compressed clusters) is read and written by the `imago` crate, built
 //! with its blocking (`sync`) API so that the SDK's blocking handles call it directly, on files
-//! opened through the same engine ([`ImageFile`]).
+//! opened through the same engine ([`ImageFile`]). What imago refuses (zstd compression,
+//! extended L2 entries, in the image or down its chain) goes to nbdforge's own qcow2 driver
+//! ([`crate::own`] over [`crate::qcow2`]).
 //!
 //! One [`Image`] is opened per server and shared by every connection, as qemu-nbd does: qcow2
 //! metadata caches must not be duplicated between writers. Requests take a read lock; discards,
 //! which may move clusters under other requests' feet, take the write lock.
 //!
 //! `-s` puts a temporary qcow2 overlay (deleted as soon as it is open) over the image, which is
-//! then opened read-only: every write lands in the overlay.
+//! then opened read-only: every write lands in the overlay (for the own driver's images, a
+//! temporary file of grains, [`crate::overlay`]).
 
 use std::fs::OpenOptions;
 use std::io;
@@ -172,13 +175,6 @@ impl Image {
     /// when the own driver cannot open the image either.
     fn open_own(path: &Path, opts: &ImageOptions, depth: u32, imago_error: Option<io::Error>) -> Result<Image, String> {
         let own = crate::own::open(path, opts, depth).map_err(|e| err(path, imago_error.unwrap_or(e)))?;
-        if opts.writable && !opts.snapshot {
-            return Err(err(
-                path,
-                "qcow2 with zstd compression or extended L2 entries is served read-only: use -r (or -s for a \
-                 temporary writable overlay)",
-            ));
-        }
         let size = own.size();
         let image = Image { body: Body::Own(Box::new(own)), size, format: Format::Qcow2, probed_raw: false };
         if !opts.snapshot {
@@ -232,7 +228,7 @@ impl Image {
         match &self.body {
             Body::Raw(f) => f.write_at(buf, offset).map_err(storage_error),
             Body::Imago(_) => self.access().write(buf, offset),
-            Body::Own(_) => Err(io::Error::from_raw_os_error(libc::EROFS)),
+            Body::Own(q) => q.write(buf, offset),
             Body::Overlay(o) => o.write(buf, offset),
         }
     }
@@ -259,7 +255,7 @@ impl Image {
                     r => r,
                 }
             }
-            Body::Own(_) => Err(io::Error::from_raw_os_error(libc::EROFS)),
+            Body::Own(q) => q.zero(offset, length, unmap),
             Body::Overlay(o) => o.zero(offset, length),
         }
     }
@@ -272,8 +268,9 @@ impl Image {
                 Err(e) if e.kind() == io::ErrorKind::Unsupported => Ok(()),
                 r => r,
             },
+            Body::Own(q) => q.discard(offset, length),
             // Discards are advisory.
-            Body::Own(_) | Body::Overlay(_) => Ok(()),
+            Body::Overlay(_) => Ok(()),
         }
     }
 
@@ -286,7 +283,8 @@ impl Image {
                 a.flush()?;
                 a.sync()
             }
-            Body::Own(_) | Body::Overlay(_) => Ok(()),
+            Body::Own(q) => q.flush(),
+            Body::Overlay(_) => Ok(()),
         }
     }
 

@@ -1,12 +1,12 @@
 //! The own qcow2 driver ([`crate::qcow2`]) as a body of an [`Image`]: its source is the image
 //! file, its backing file is another [`Image`] (raw, qcow2 through imago, or this driver again),
 //! and `base:allocation` and `qemu:allocation-depth` come from its mapping and, where a cluster
-//! is not allocated, from the backing image's.
+//! is not allocated, from the backing image's. The backing chain is only ever read.
 
 use std::io;
 use std::path::Path;
 
-use crate::file::ImageFile;
+use crate::file::{storage_error, ImageFile};
 use crate::image::{Format, Image, ImageOptions, Status};
 use crate::qcow2::header::{Header, COMPRESSION_TYPE, EXTENDED_L2};
 use crate::qcow2::l2::Kind;
@@ -27,6 +27,18 @@ impl Source for ImageFile {
     fn size(&self) -> io::Result<u64> {
         Ok(self.storage().current_len())
     }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.storage().write_at(buf, offset).map_err(storage_error)
+    }
+
+    fn trim(&self, offset: u64, length: u64) -> io::Result<()> {
+        self.storage().trim(offset, length).map_err(storage_error)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.storage().flush().map_err(storage_error)
+    }
 }
 
 impl Backing for Image {
@@ -46,10 +58,11 @@ pub fn wanted(path: &Path) -> bool {
     Header::read(&file).is_ok_and(|h| h.incompatible & (COMPRESSION_TYPE | EXTENDED_L2) != 0)
 }
 
-/// Opens the qcow2 image at `path` read-only, with its backing chain; `depth` is how deep in a
-/// chain it is.
+/// Opens the qcow2 image at `path` with its backing chain (read-only), for writing with
+/// `opts.writable` (and not `-s`); `depth` is how deep in a chain it is.
 pub fn open(path: &Path, opts: &ImageOptions, depth: u32) -> io::Result<OwnQcow2> {
-    let file = ImageFile::open(path, false, opts.direct)?;
+    let writable = opts.writable && !opts.snapshot;
+    let file = ImageFile::open(path, writable, opts.direct)?;
     let header = OwnQcow2::header(&file)?;
     let backing = match &header.backing_file {
         None => None,
@@ -70,7 +83,13 @@ pub fn open(path: &Path, opts: &ImageOptions, depth: u32) -> io::Result<OwnQcow2
             Some(image)
         }
     };
-    OwnQcow2::open(file, header, backing)
+    let mut q = OwnQcow2::open(file, header, backing)?;
+    if writable {
+        q.enable_writes().map_err(|e| {
+            io::Error::new(e.kind(), format!("{e}; serve it read-only (-r) or with a temporary overlay (-s)"))
+        })?;
+    }
+    Ok(q)
 }
 
 /// `base:allocation` at `offset`: data stored here or in the chain, holes where it reads as

@@ -51,6 +51,10 @@ pub struct Header {
     pub refcount_table_clusters: u32,
     pub refcount_order: u32,
     pub incompatible: u64,
+    /// Autoclear feature bits (v3): a writer that does not keep what they stand for clears them.
+    pub autoclear: u64,
+    /// Internal snapshots: clusters may be shared with them.
+    pub nb_snapshots: u32,
     pub compression: Compression,
     /// Bytes of the header proper (72 for v2), where the extensions start.
     pub header_length: u32,
@@ -161,6 +165,8 @@ impl Header {
             refcount_table_clusters,
             refcount_order,
             incompatible,
+            autoclear: if version == 3 { be64(&b, 88) } else { 0 },
+            nb_snapshots: be32(&b, 60),
             compression,
             header_length,
             backing_file: None,

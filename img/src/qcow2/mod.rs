@@ -6,11 +6,14 @@
 //! and what the image does not hold from a [`Backing`] (an [`crate::image::Image`] here, so a
 //! backing chain of any format and any depth). Its pieces: [`header`] (header and extensions,
 //! every size checked), [`l2`] (entries, standard and extended, and the bounded L2 cache),
-//! [`compressed`] (zlib and zstd clusters).
+//! [`compressed`] (zlib and zstd clusters), [`refcount`] (refcounts and allocation) and `write`
+//! (writes, zeroes, discards, copy-on-write).
 
 pub mod compressed;
 pub mod header;
 pub mod l2;
+pub mod refcount;
+mod write;
 
 use std::io;
 use std::sync::{Arc, Mutex, RwLock};
@@ -24,6 +27,18 @@ pub trait Source: Send + Sync {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// The current size in bytes.
     fn size(&self) -> io::Result<u64>;
+    /// Writes `buf` at `offset`, growing the source past its end.
+    fn write_at(&self, _buf: &[u8], _offset: u64) -> io::Result<()> {
+        Err(io::Error::from_raw_os_error(libc::EROFS))
+    }
+    /// Frees the space of a range no longer used (advisory).
+    fn trim(&self, _offset: u64, _length: u64) -> io::Result<()> {
+        Ok(())
+    }
+    /// Makes the writes so far durable.
+    fn sync(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// What is under the image: its backing file, read where a cluster is not allocated.
@@ -52,6 +67,8 @@ pub struct Qcow2<S, B> {
     backing: Option<B>,
     /// The cluster last decompressed (by host offset): sequential reads decompress it once.
     last: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
+    /// Set by [`Qcow2::enable_writes`].
+    writer: Option<Mutex<write::Writer>>,
 }
 
 impl<S: Source, B: Backing> Qcow2<S, B> {
@@ -61,7 +78,8 @@ impl<S: Source, B: Backing> Qcow2<S, B> {
         Header::read(source)
     }
 
-    /// Opens the image in `source` with its `header`, over `backing`.
+    /// Opens the image in `source` with its `header`, over `backing`, read-only (see
+    /// [`Qcow2::enable_writes`]).
     pub fn open(source: S, header: Header, backing: Option<B>) -> io::Result<Self> {
         let geo =
             Geometry { cluster_bits: header.cluster_bits, extended: header.extended_l2(), v3: header.version == 3 };
@@ -69,7 +87,7 @@ impl<S: Source, B: Backing> Qcow2<S, B> {
         source.read_at(&mut raw, header.l1_offset)?;
         let l1 = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes"))).collect();
         let l2 = l2::Cache::new((L2_CACHE_BYTES >> header.cluster_bits) as usize);
-        Ok(Qcow2 { source, header, geo, l1: RwLock::new(l1), l2, backing, last: Mutex::new(None) })
+        Ok(Qcow2 { source, header, geo, l1: RwLock::new(l1), l2, backing, last: Mutex::new(None), writer: None })
     }
 
     /// The disk's size.
