@@ -4,10 +4,12 @@
 # over the backing file, write-zeroes with and without unmap at cluster and subcluster
 # granularity, discard, flush) goes through nbdforge-img and, on a copy, through qemu-nbd, both
 # with --discard=unmap. Afterwards `qemu-img check` finds each image clean and `qemu-img compare`
-# finds it equal to qemu-nbd's. The images: zstd-compressed data, extended L2 over a raw and a
-# qcow2 backing file, an ordinary qcow2 image over a zstd one, and small clusters with 64-bit and 1-bit refcounts (the refcount table
-# fills up and moves). Then fio's nbd engine writes and verifies on a fresh zstd image and an
-# extended-L2 image over a backing file, and the checks are clean again.
+# finds it equal to qemu-nbd's, allocated alike (`qemu-img map`: data, zeroes, compressed,
+# depth). The images: zstd-compressed data, extended L2 over a raw and a qcow2 backing file, an
+# ordinary qcow2 image over a zstd one, and small clusters with 64-bit and 1-bit refcounts (the
+# refcount table fills up and moves). Then fio's nbd engine writes and verifies on a fresh zstd
+# image, an extended-L2 image over a backing file and the zstd image written before, and the
+# checks are clean again.
 # timeout: 300
 source "$(dirname "$0")/lib/functions.sh"
 cd "$tmp"
@@ -49,6 +51,20 @@ session=(
     -c 'discard 24M 1M'
 )
 
+allocation() {   # allocation FILE: qemu-img map without host offsets, neighbours merged
+    qemu-img map --output=json "$1" | python3 -c '
+import json, sys
+runs = []
+for e in json.load(sys.stdin):
+    kind = (e["depth"], e["zero"], e["data"], e.get("compressed"))
+    if runs and runs[-1][2] == kind and runs[-1][0] + runs[-1][1] == e["start"]:
+        runs[-1][1] += e["length"]
+    else:
+        runs.append([e["start"], e["length"], kind])
+for start, length, kind in runs:
+    print(start, length, *kind)'
+}
+
 header_field() {   # header_field FILE OFFSET: a big-endian u64 of the qcow2 header
     python3 -c 'import sys, struct; f = open(sys.argv[1], "rb"); f.seek(int(sys.argv[2])); print(struct.unpack(">Q", f.read(8))[0])' "$@"
 }
@@ -60,6 +76,10 @@ for image in zstd.qcow2 sub-raw.qcow2 sub-mid.qcow2 small64.qcow2 small1.qcow2 o
     qemu-img check -q "$image" || fail "$image: qemu-img check is not clean after nbdforge-img"
     img_session start_qemu_nbd "theirs-$image" --discard=unmap
     qemu-img compare -q "$image" "theirs-$image" || fail "$image: differs from qemu-nbd's result"
+    # The same allocation too: data, zeroes, compressed, depth (not where clusters are in the file).
+    allocation "$image" > ours.alloc
+    allocation "theirs-$image" > theirs.alloc
+    diff -u theirs.alloc ours.alloc || fail "$image: allocated otherwise than by qemu-nbd"
     if [ "$image" = small64.qcow2 ]; then
         [ "$(header_field "$image" 48)" != "$reftable" ] || fail "$image: the refcount table did not move"
     fi

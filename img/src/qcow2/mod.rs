@@ -181,7 +181,13 @@ impl<S: Source, B: Backing> Qcow2<S, B> {
             match kind {
                 Kind::Data(host) => self.source.read_at(chunk, host)?,
                 Kind::Compressed { host, len } => {
-                    let cluster = self.decompressed(host, len)?;
+                    let cluster = match self.decompressed(host, len) {
+                        Ok(cluster) => cluster,
+                        // A writer may have just copied the cluster elsewhere and freed the old
+                        // bytes under this read: look it up again.
+                        Err(_) if self.mapping(at, 1)?.0 != kind => continue,
+                        Err(e) => return Err(e),
+                    };
                     let within = (at & (self.geo.cluster_size() - 1)) as usize;
                     chunk.copy_from_slice(&cluster[within..within + chunk.len()]);
                 }
