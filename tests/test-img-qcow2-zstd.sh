@@ -4,7 +4,8 @@
 # random data, zero runs and holes, alone and as the backing file of an ordinary qcow2 image.
 # nbdforge-img and qemu-nbd serve each on the same command line (-r, then -s with a write
 # session through qemu-io); `qemu-img compare` finds the exports identical and `nbdinfo --map`
-# (base:allocation) and, with -A, `--map=qemu:allocation-depth` agree.
+# (base:allocation) and, with -A, `--map=qemu:allocation-depth` agree. A hostile header is
+# refused before listening, naming the field.
 source "$(dirname "$0")/lib/functions.sh"
 cd "$tmp"
 
@@ -30,3 +31,9 @@ same_image_as_qemu_nbd zstd.qcow2 -s -A
 start_img -t -e 0 -f qcow2 -r zstd.qcow2
 qemu-img compare -f raw -F raw data.raw "$uri" || fail "zstd.qcow2 does not read as data.raw"
 grep -q 'HOLE\|hole' ours.map || fail "no hole in the map: the test data has none"
+# A hostile header (an L1 table too small for the disk): exit 1 before listening, naming the
+# file and the field.
+cp zstd.qcow2 bad.qcow2
+printf '\0\0\0\0' | dd of=bad.qcow2 bs=1 seek=36 conv=notrunc status=none
+expect_fail "$NBDFORGE_IMG" -r -k "$tmp/bad.sock" -f qcow2 bad.qcow2 2> bad.err
+grep -q 'bad.qcow2: qcow2: l1_size 0 is too small' bad.err || fail "unclear error: $(cat bad.err)"

@@ -1,8 +1,9 @@
 //! `-s` over an image imago cannot take as a backing file (one read by [`crate::own`]): the
-//! writes land in a sparse temporary file (deleted as soon as it is open), tracked by a bitmap
-//! of 64 KiB grains; a grain not yet written reads from the image. A write covering only part
+//! writes land in a sparse temporary file (deleted as soon as it is open), tracked by the set
+//! of 64 KiB grains written; a grain not yet written reads from the image. A write covering only part
 //! of a grain first copies the rest of it from the image, as a qcow2 overlay copies on write.
 
+use std::collections::BTreeSet;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -19,8 +20,9 @@ const GRAIN: u64 = 64 << 10;
 pub struct Overlay {
     base: Box<Image>,
     top: FileStorage,
-    /// One bit per grain: written in `top`. Writers hold the lock across copy-on-write.
-    written: Mutex<Vec<u64>>,
+    /// The grains written in `top` (a set, not a bitmap: its memory follows the writes, not the
+    /// size a header claims). Writers hold the lock across copy-on-write.
+    written: Mutex<BTreeSet<u64>>,
 }
 
 impl Overlay {
@@ -31,24 +33,27 @@ impl Overlay {
         let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
         let opened = file.set_len(base.size()).and_then(|()| FileStorage::open(&path).map_err(storage_error));
         let _ = std::fs::remove_file(&path);
-        let grains = base.size().div_ceil(GRAIN);
-        Ok(Overlay { top: opened?, written: Mutex::new(vec![0; grains.div_ceil(64) as usize]), base: Box::new(base) })
+        Ok(Overlay { top: opened?, written: Mutex::new(BTreeSet::new()), base: Box::new(base) })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
         self.written.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether the grain at `offset` was written, and how far (at most `length`) that goes on.
     fn run(&self, offset: u64, length: u64) -> (bool, u64) {
-        let bits = self.lock();
-        let is = |grain: u64| bits[(grain / 64) as usize] >> (grain % 64) & 1 != 0;
+        let written = self.lock();
         let first = offset / GRAIN;
-        let state = is(first);
-        let mut end = (first + 1) * GRAIN;
-        while end < offset + length && is(end / GRAIN) == state {
-            end += GRAIN;
-        }
+        let state = written.contains(&first);
+        let end = if state {
+            let mut next = first + 1;
+            while next * GRAIN < offset + length && written.contains(&next) {
+                next += 1;
+            }
+            next * GRAIN
+        } else {
+            written.range(first..).next().map_or(u64::MAX, |g| g * GRAIN)
+        };
         (state, end.min(offset + length) - offset)
     }
 
@@ -70,7 +75,7 @@ impl Overlay {
 
     /// Writes `buf` at `offset`, or zeroes (`None`) over `length` bytes.
     fn put(&self, buf: Option<&[u8]>, offset: u64, length: u64) -> io::Result<()> {
-        let mut bits = self.lock();
+        let mut written = self.lock();
         let size = self.base.size();
         let mut at = offset;
         while at < offset + length {
@@ -79,8 +84,7 @@ impl Overlay {
             let end = (start + GRAIN).min(size);
             let upto = end.min(offset + length);
             let whole = at == start && upto == end;
-            let (word, bit) = ((grain / 64) as usize, 1u64 << (grain % 64));
-            if bits[word] & bit == 0 && !whole {
+            if !written.contains(&grain) && !whole {
                 // Copy on write: the grain as the image has it, then the new bytes over it.
                 let mut old = vec![0u8; (end - start) as usize];
                 self.base.read(&mut old, start)?;
@@ -99,7 +103,7 @@ impl Overlay {
                     }
                 }
             }
-            bits[word] |= bit;
+            written.insert(grain);
             at = upto;
         }
         Ok(())

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::file::{storage_error, ImageFile};
 use crate::image::{Format, Image, ImageOptions, Status};
-use crate::qcow2::header::{Header, COMPRESSION_TYPE, EXTENDED_L2};
+use crate::qcow2::header::{COMPRESSION_TYPE, EXTENDED_L2, MAGIC};
 use crate::qcow2::l2::Kind;
 use crate::qcow2::{Backing, Qcow2, Source};
 
@@ -51,11 +51,17 @@ impl Backing for Image {
     }
 }
 
-/// Whether the qcow2 image at `path` uses what only this driver reads (zstd compression,
-/// extended L2 entries). A header this driver cannot parse is left to imago to report.
+/// Whether the qcow2 image at `path` asks for what only this driver reads (zstd compression,
+/// extended L2 entries): then this driver's checks of the rest of the header are the ones to
+/// report.
 pub fn wanted(path: &Path) -> bool {
     let Ok(file) = ImageFile::open(path, false, false) else { return false };
-    Header::read(&file).is_ok_and(|h| h.incompatible & (COMPRESSION_TYPE | EXTENDED_L2) != 0)
+    let mut head = [0u8; 80];
+    if file.read_at(&mut head, 0).is_err() || &head[..4] != MAGIC || head[4..8] != [0, 0, 0, 3] {
+        return false;
+    }
+    let incompatible = u64::from_be_bytes(head[72..80].try_into().expect("8 bytes"));
+    incompatible & (COMPRESSION_TYPE | EXTENDED_L2) != 0
 }
 
 /// Opens the qcow2 image at `path` with its backing chain (read-only), for writing with
