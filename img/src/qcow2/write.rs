@@ -16,6 +16,8 @@ use super::{Backing, Qcow2, Source};
 
 /// The header field of the autoclear feature bits.
 const HEADER_AUTOCLEAR: u64 = 88;
+/// The autoclear bit saying the bitmaps extension is consistent.
+const AUTOCLEAR_BITMAPS: u64 = 1;
 /// All 32 allocation bits, all 32 zero bits of an extended L2 bitmap.
 const ALL_ALLOCATED: u64 = 0xffff_ffff;
 const ALL_ZERO: u64 = 0xffff_ffff << 32;
@@ -46,10 +48,15 @@ impl<S: Source, B: Backing> Qcow2<S, B> {
         if h.nb_snapshots != 0 {
             return Err(unsupported("writing an image with internal snapshots"));
         }
+        // Persistent dirty bitmaps would have to record every write; without that they must be
+        // given up, which qemu-img check then reports as leaked clusters.
+        if h.autoclear & AUTOCLEAR_BITMAPS != 0 {
+            return Err(unsupported("writing an image with persistent dirty bitmaps"));
+        }
         if h.version != 3 {
             return Err(unsupported("writing a version 2 image with this driver"));
         }
-        // Bitmaps and other autoclear features are not kept up to date: say so to their readers.
+        // Other autoclear features are not kept up to date: say so to their readers.
         if h.autoclear != 0 {
             self.source.write_at(&0u64.to_be_bytes(), HEADER_AUTOCLEAR)?;
             self.header.autoclear = 0;
