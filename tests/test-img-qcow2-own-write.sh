@@ -6,10 +6,11 @@
 # with --discard=unmap. Afterwards `qemu-img check` finds each image clean and `qemu-img compare`
 # finds it equal to qemu-nbd's, allocated alike (`qemu-img map`: data, zeroes, compressed,
 # depth). The images: zstd-compressed data, extended L2 over a raw and a qcow2 backing file, an
-# ordinary qcow2 image over a zstd one, and small clusters with 64-bit and 1-bit refcounts (the
-# refcount table fills up and moves). Then fio's nbd engine writes and verifies on a fresh zstd
-# image, an extended-L2 image over a backing file and the zstd image written before, and the
-# checks are clean again.
+# ordinary qcow2 image over a zstd one, small clusters with 64-bit and 1-bit refcounts (the
+# refcount table fills up and moves), and an image with persistent dirty bitmaps, which record
+# the writes as qemu-nbd's do (`qemu-nbd -B` reads them back). Then fio's nbd engine writes and
+# verifies on a fresh zstd image, an extended-L2 image over a backing file and the zstd image
+# written before, and the checks are clean again.
 # timeout: 300
 source "$(dirname "$0")/lib/functions.sh"
 cd "$tmp"
@@ -29,6 +30,12 @@ qemu-img create -q -f qcow2 -o compression_type=zstd,cluster_size=4k,refcount_bi
 # An ordinary qcow2 image over a zstd one: imago refuses the chain, the own driver writes it.
 cp zstd.qcow2 zbase.qcow2
 qemu-img create -q -f qcow2 -b zbase.qcow2 -F qcow2 over-zstd.qcow2
+# Persistent dirty bitmaps: two enabled (64k and 512k granularity), one disabled.
+qemu-img create -q -f qcow2 -o extended_l2=on,compression_type=zstd bitmaps.qcow2 64M
+qemu-img bitmap --add bitmaps.qcow2 b0
+qemu-img bitmap --add -g 512k bitmaps.qcow2 b1
+qemu-img bitmap --add bitmaps.qcow2 b2
+qemu-img bitmap --disable bitmaps.qcow2 b2
 before=$(md5sum base.raw mid.qcow2 zbase.qcow2)
 
 session=(
@@ -69,7 +76,7 @@ header_field() {   # header_field FILE OFFSET: a big-endian u64 of the qcow2 hea
     python3 -c 'import sys, struct; f = open(sys.argv[1], "rb"); f.seek(int(sys.argv[2])); print(struct.unpack(">Q", f.read(8))[0])' "$@"
 }
 
-for image in zstd.qcow2 sub-raw.qcow2 sub-mid.qcow2 small64.qcow2 small1.qcow2 over-zstd.qcow2; do
+for image in zstd.qcow2 sub-raw.qcow2 sub-mid.qcow2 small64.qcow2 small1.qcow2 over-zstd.qcow2 bitmaps.qcow2; do
     cp "$image" "theirs-$image"
     reftable=$(header_field "$image" 48)
     img_session start_img "$image" --discard=unmap
@@ -85,6 +92,18 @@ for image in zstd.qcow2 sub-raw.qcow2 sub-mid.qcow2 small64.qcow2 small1.qcow2 o
     fi
     echo "clean and same as qemu-nbd: $image"
 done
+# The bitmaps recorded the writes as qemu-nbd's did (read back by qemu-nbd -B).
+for bitmap in b0 b1 b2; do
+    for image in bitmaps.qcow2 theirs-bitmaps.qcow2; do
+        start_qemu_nbd -t -r -B "$bitmap" "$image"
+        nbdinfo --map="qemu:dirty-bitmap:$bitmap" "$uri" > "$image.$bitmap"
+        stop_server "$server_pid"
+    done
+    diff -u "theirs-bitmaps.qcow2.$bitmap" "bitmaps.qcow2.$bitmap" || fail "bitmap $bitmap differs from qemu-nbd's"
+    echo "bitmap $bitmap same as qemu-nbd's"
+done
+grep -q dirty bitmaps.qcow2.b0 || fail "b0 recorded nothing"
+grep -q dirty bitmaps.qcow2.b2 && fail "the disabled bitmap b2 recorded writes"
 # The zstd image is still zstd, and its untouched clusters still compressed.
 qemu-img info --output=json zstd.qcow2 | grep -q '"compression-type": "zstd"' || fail "zstd.qcow2 lost zstd"
 qemu-img check zstd.qcow2 | grep -q 'compressed clusters' || fail "zstd.qcow2: no compressed clusters left"

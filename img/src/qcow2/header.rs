@@ -22,6 +22,7 @@ const KNOWN_INCOMPATIBLE: u64 = DIRTY | CORRUPT | EXTERNAL_DATA | COMPRESSION_TY
 const EXT_END: u32 = 0;
 const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
 const EXT_FEATURE_NAMES: u32 = 0x6803_f857;
+const EXT_BITMAPS: u32 = 0x2385_2875;
 
 /// QEMU's own limits, which images in the wild respect: 2 MiB clusters, a 32 MiB L1 table,
 /// an 8 MiB refcount table, 1023-byte backing file names.
@@ -60,13 +61,15 @@ pub struct Header {
     pub header_length: u32,
     pub backing_file: Option<String>,
     pub backing_format: Option<String>,
+    /// The bitmaps extension: how many bitmaps, the directory's size and offset.
+    pub bitmaps: Option<(u32, u64, u64)>,
 }
 
-fn be32(b: &[u8], at: usize) -> u32 {
+pub(super) fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
-fn be64(b: &[u8], at: usize) -> u64 {
+pub(super) fn be64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
@@ -171,6 +174,7 @@ impl Header {
             header_length,
             backing_file: None,
             backing_format: None,
+            bitmaps: None,
         };
         header.read_backing_name(source, be64(&b, 8), be32(&b, 16))?;
         header.read_extensions(source, file_size)?;
@@ -221,8 +225,13 @@ impl Header {
                     let name = String::from_utf8(name).map_err(|_| corrupt("the backing format is not UTF-8"))?;
                     self.backing_format = Some(name.trim_end_matches('\0').to_string());
                 }
+                EXT_BITMAPS if len >= 24 => {
+                    let mut e = [0u8; 24];
+                    source.read_at(&mut e, at)?;
+                    self.bitmaps = Some((be32(&e, 0), be64(&e, 8), be64(&e, 16)));
+                }
                 // Names of features for messages; the bits are what count. Other extensions
-                // (bitmaps, encryption, data file name) are for other readers or refused above.
+                // (encryption, data file name) are refused above.
                 EXT_FEATURE_NAMES => {}
                 _ => {}
             }

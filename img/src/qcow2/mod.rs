@@ -6,9 +6,10 @@
 //! and what the image does not hold from a [`Backing`] (an [`crate::image::Image`] here, so a
 //! backing chain of any format and any depth). Its pieces: [`header`] (header and extensions,
 //! every size checked), [`l2`] (entries, standard and extended, and the bounded L2 cache),
-//! [`compressed`] (zlib and zstd clusters), [`refcount`] (refcounts and allocation) and `write`
-//! (writes, zeroes, discards, copy-on-write).
+//! [`compressed`] (zlib and zstd clusters), [`refcount`] (refcounts and allocation), `write`
+//! (writes, zeroes, discards, copy-on-write) and [`bitmaps`] (dirty bitmaps kept up to date).
 
+pub mod bitmaps;
 pub mod compressed;
 pub mod header;
 pub mod l2;

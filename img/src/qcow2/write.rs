@@ -9,6 +9,7 @@
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::bitmaps::Bitmaps;
 use super::header::{unsupported, CORRUPT, DIRTY};
 use super::l2::{Kind, COMPRESSED, COPIED, OFFSET_MASK, SUBCLUSTERS, ZERO_FLAG};
 use super::refcount::Refcounts;
@@ -16,7 +17,7 @@ use super::{Backing, Qcow2, Source};
 
 /// The header field of the autoclear feature bits.
 const HEADER_AUTOCLEAR: u64 = 88;
-/// The autoclear bit saying the bitmaps extension is consistent.
+/// The autoclear bit saying the bitmaps extension is consistent, which writes keep so.
 const AUTOCLEAR_BITMAPS: u64 = 1;
 /// All 32 allocation bits, all 32 zero bits of an extended L2 bitmap.
 const ALL_ALLOCATED: u64 = 0xffff_ffff;
@@ -25,6 +26,14 @@ const ALL_ZERO: u64 = 0xffff_ffff << 32;
 /// What a writer holds.
 pub struct Writer {
     refs: Refcounts,
+    bitmaps: Bitmaps,
+}
+
+impl Writer {
+    /// Records a change of `[offset, offset + length)` in the enabled dirty bitmaps.
+    fn dirty(&mut self, source: &dyn Source, offset: u64, length: u64) -> io::Result<()> {
+        self.bitmaps.mark(source, &mut self.refs, offset, length)
+    }
 }
 
 /// One L2 entry being changed.
@@ -48,21 +57,18 @@ impl<S: Source, B: Backing> Qcow2<S, B> {
         if h.nb_snapshots != 0 {
             return Err(unsupported("writing an image with internal snapshots"));
         }
-        // Persistent dirty bitmaps would have to record every write; without that they must be
-        // given up, which qemu-img check then reports as leaked clusters.
-        if h.autoclear & AUTOCLEAR_BITMAPS != 0 {
-            return Err(unsupported("writing an image with persistent dirty bitmaps"));
-        }
         if h.version != 3 {
             return Err(unsupported("writing a version 2 image with this driver"));
         }
+        let bitmaps = Bitmaps::load(&self.source, &self.header)?;
         // Other autoclear features are not kept up to date: say so to their readers.
-        if h.autoclear != 0 {
-            self.source.write_at(&0u64.to_be_bytes(), HEADER_AUTOCLEAR)?;
-            self.header.autoclear = 0;
+        let autoclear = self.header.autoclear & AUTOCLEAR_BITMAPS;
+        if self.header.autoclear != autoclear {
+            self.source.write_at(&autoclear.to_be_bytes(), HEADER_AUTOCLEAR)?;
+            self.header.autoclear = autoclear;
         }
         let refs = Refcounts::load(&self.source, &self.header)?;
-        self.writer = Some(Mutex::new(Writer { refs }));
+        self.writer = Some(Mutex::new(Writer { refs, bitmaps }));
         Ok(())
     }
 
@@ -93,7 +99,7 @@ impl<S: Source, B: Backing> Qcow2<S, B> {
             self.write_in_cluster(&mut w, at - within, within, &buf[done..done + n])?;
             done += n;
         }
-        Ok(())
+        w.dirty(&self.source, offset, buf.len() as u64)
     }
 
     /// Makes `[offset, offset + length)` read as zeroes; `unmap` lets it free clusters.
@@ -109,7 +115,8 @@ impl<S: Source, B: Backing> Qcow2<S, B> {
             } else {
                 self.zero_bytes(&mut w, cstart + within, n)
             }
-        })
+        })?;
+        w.dirty(&self.source, offset, length)
     }
 
     /// Discards whole clusters: without a backing file they become unallocated, with one they
@@ -129,7 +136,8 @@ impl<S: Source, B: Backing> Qcow2<S, B> {
             let old = slot.entry;
             self.set(&mut slot, 0, 0)?;
             self.release(&mut w, old)
-        })
+        })?;
+        w.dirty(&self.source, offset, length)
     }
 
     /// Syncs the file: metadata was written through.
