@@ -462,6 +462,35 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(w.refs.get(&q.source, host).unwrap(), 1, "kept as a preallocated zero cluster");
+        drop(w);
+        // A partial write into the preallocated zero cluster: in it, zeroes around the data.
+        q.write(&[3u8; 10], 65536 + 100).unwrap();
+        assert_eq!(q.mapping(65536, 1).unwrap().0, Kind::Data(host));
+        let got = read(&q, 65536, 65536);
+        assert!(got[..100].iter().all(|&x| x == 0) && got[100..110].iter().all(|&x| x == 3));
+        assert!(got[110..].iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn zeroing_part_of_a_compressed_cluster_with_subclusters() {
+        let mut b = image(4 << 20, true, true);
+        b[0x30000..0x30008].copy_from_slice(&(0x40000u64 | COPIED).to_be_bytes());
+        let data: Vec<u8> = (0..65536u32).map(|i| (i % 241) as u8).collect();
+        let stored = super::super::compressed::compress(super::super::header::Compression::Zstd, &data);
+        let entry = COMPRESSED | ((stored.len().div_ceil(512) as u64 - 1) << 54) | 0x60000;
+        b[0x40000..0x40008].copy_from_slice(&entry.to_be_bytes());
+        b.extend_from_slice(&stored);
+        // The compressed bytes' cluster has a reference, which the copy drops.
+        b[0x10000..0x10008].copy_from_slice(&0x50000u64.to_be_bytes());
+        b[0x50000 + 6 * 2..0x50000 + 6 * 2 + 2].copy_from_slice(&1u16.to_be_bytes());
+        let q = writable(b, None);
+        q.zero(1000, 9000, false).unwrap();
+        let mut want = data.clone();
+        want[1000..10000].fill(0);
+        assert_eq!(read(&q, 0, 65536), want);
+        assert_eq!(q.mapping(2048, 65536).unwrap(), (Kind::Zero, 6144));
+        let w = q.writer().unwrap();
+        assert_eq!(w.refs.get(&q.source, 0x60000).unwrap(), 0, "the compressed cluster was released");
     }
 
     #[test]
