@@ -429,6 +429,17 @@ mod tests {
         q
     }
 
+    /// A zstd image whose first cluster is `data` compressed, stored at 0x60000 (the end).
+    fn compressed_at_0(extended: bool, data: &[u8]) -> Vec<u8> {
+        let mut b = image(4 << 20, extended, true);
+        b[0x30000..0x30008].copy_from_slice(&(0x40000u64 | COPIED).to_be_bytes());
+        let stored = super::super::compressed::compress(super::super::header::Compression::Zstd, data);
+        let entry = COMPRESSED | ((stored.len().div_ceil(512) as u64 - 1) << 54) | 0x60000;
+        b[0x40000..0x40008].copy_from_slice(&entry.to_be_bytes());
+        b.extend_from_slice(&stored);
+        b
+    }
+
     fn read(q: &Qcow2<Memory, Vec<u8>>, offset: u64, len: usize) -> Vec<u8> {
         let mut buf = vec![0u8; len];
         q.read(&mut buf, offset).unwrap();
@@ -473,13 +484,8 @@ mod tests {
 
     #[test]
     fn zeroing_part_of_a_compressed_cluster_with_subclusters() {
-        let mut b = image(4 << 20, true, true);
-        b[0x30000..0x30008].copy_from_slice(&(0x40000u64 | COPIED).to_be_bytes());
         let data: Vec<u8> = (0..65536u32).map(|i| (i % 241) as u8).collect();
-        let stored = super::super::compressed::compress(super::super::header::Compression::Zstd, &data);
-        let entry = COMPRESSED | ((stored.len().div_ceil(512) as u64 - 1) << 54) | 0x60000;
-        b[0x40000..0x40008].copy_from_slice(&entry.to_be_bytes());
-        b.extend_from_slice(&stored);
+        let mut b = compressed_at_0(true, &data);
         // The compressed bytes' cluster has a reference, which the copy drops.
         b[0x10000..0x10008].copy_from_slice(&0x50000u64.to_be_bytes());
         b[0x50000 + 6 * 2..0x50000 + 6 * 2 + 2].copy_from_slice(&1u16.to_be_bytes());
@@ -539,13 +545,7 @@ mod tests {
     #[test]
     fn hostile_refcounts_are_errors() {
         // A compressed cluster whose host cluster has no reference: releasing it cannot go below 0.
-        let mut b = image(4 << 20, false, true);
-        b[0x30000..0x30008].copy_from_slice(&(0x40000u64 | COPIED).to_be_bytes());
-        let stored = super::super::compressed::compress(super::super::header::Compression::Zstd, &[5u8; 65536]);
-        let entry = COMPRESSED | ((stored.len().div_ceil(512) as u64 - 1) << 54) | 0x50000;
-        b[0x40000..0x40008].copy_from_slice(&entry.to_be_bytes());
-        b.resize(0x50000, 0);
-        b.extend_from_slice(&stored);
+        let b = compressed_at_0(false, &[5u8; 65536]);
         let q = writable(b, None);
         let e = q.write(&[1u8; 10], 0).unwrap_err();
         assert!(e.to_string().contains("refcount"), "{e}");
