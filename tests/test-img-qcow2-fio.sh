@@ -13,12 +13,5 @@ qemu-io -f raw -c 'write -P 0x77 0 96M' base.raw >/dev/null
 qemu-img create -q -f qcow2 -b base.raw -F raw over.qcow2
 before=$(md5sum base.raw)
 
-for image in fresh.qcow2 over.qcow2; do
-    start_img -t -e 0 -f qcow2 "$image"
-    fio_verify > "fio-$image.out" || { cat "fio-$image.out"; fail "$image: fio"; }
-    stop_server "$server_pid"
-    [ "$stop_status" -eq 0 ] || fail "$image: exit status $stop_status after SIGTERM"
-    qemu-img check -q "$image" || fail "$image: qemu-img check is not clean"
-    echo "fio verified, check clean: $image"
-done
+fio_qcow2_check fresh.qcow2 over.qcow2
 [ "$(md5sum base.raw)" = "$before" ] || fail "the backing file changed"

@@ -33,17 +33,6 @@ session=(
     -c 'discard 24M 1M'
 )
 
-session() {   # session SERVER FILE: the write session over the server started for FILE
-    local start=$1 file=$2
-    "$start" -f qcow2 --discard=unmap --detect-zeroes=unmap "$file"
-    qemu-io -f raw "$uri" "${session[@]}" > session.out || fail "$file: qemu-io failed: $(cat session.out)"
-    # Without -t the server exits once the client has gone; it must have flushed.
-    local i
-    for ((i = 0; i < 100; i++)); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$server_pid" 2>/dev/null && fail "$start $file: still running after its client left"
-    wait "$server_pid" || fail "$start $file: exit status $?"
-}
-
 for image in v2.qcow2 v3.qcow2 zlib.qcow2 top.qcow2; do
     if [ "$image" = top.qcow2 ]; then
         # The chain's lower layers are read only; a fresh top for qemu-nbd's run.
@@ -51,7 +40,7 @@ for image in v2.qcow2 v3.qcow2 zlib.qcow2 top.qcow2; do
     else
         cp "$image" "theirs-$image"
     fi
-    session start_img "$image"
+    img_session start_img "$image" --discard=unmap --detect-zeroes=unmap
     qemu-img check -q "$image" || fail "$image: qemu-img check is not clean after nbdforge-img"
     # --detect-zeroes: the 1M of zeroes written at 20M was not stored as data (qcow2 v3: imago
     # has no way to free clusters of a v2 image, where they stay data that reads as zeroes).
@@ -62,7 +51,7 @@ for e in json.load(sys.stdin):
     if e["start"] <= at < e["start"] + e["length"] and e["data"] and e["depth"] == 0:
         sys.exit("the zeroes were written as data: %r" % e)
 ' || fail "$image: --detect-zeroes"
-    session start_qemu_nbd "theirs-$image"
+    img_session start_qemu_nbd "theirs-$image" --discard=unmap --detect-zeroes=unmap
     qemu-img compare -q "$image" "theirs-$image" || fail "$image: differs from qemu-nbd's result"
     echo "clean and same as qemu-nbd: $image"
 done

@@ -55,7 +55,7 @@ impl ImageFile {
     }
 
     /// Reads at `offset`; what lies past the end of the file reads as zeroes.
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let available = self.storage.current_len().saturating_sub(offset).min(buf.len() as u64) as usize;
         let (data, past_end) = buf.split_at_mut(available);
         if !data.is_empty() {

@@ -4,14 +4,17 @@
 //! holes, zeroing by `fallocate`). A qcow2 image (v2 or v3, with its backing chain of any depth,
 //! raw or qcow2, and zlib-compressed clusters) is read and written by the `imago` crate, built
 //! with its blocking (`sync`) API so that the SDK's blocking handles call it directly, on files
-//! opened through the same engine ([`ImageFile`]).
+//! opened through the same engine ([`ImageFile`]). What imago refuses (zstd compression,
+//! extended L2 entries, in the image or down its chain) goes to nbdforge's own qcow2 driver
+//! ([`crate::own`] over [`crate::qcow2`]).
 //!
 //! One [`Image`] is opened per server and shared by every connection, as qemu-nbd does: qcow2
 //! metadata caches must not be duplicated between writers. Requests take a read lock; discards,
 //! which may move clusters under other requests' feet, take the write lock.
 //!
 //! `-s` puts a temporary qcow2 overlay (deleted as soon as it is open) over the image, which is
-//! then opened read-only: every write lands in the overlay.
+//! then opened read-only: every write lands in the overlay (for the own driver's images, a
+//! temporary file of grains, [`crate::overlay`]).
 
 use std::fs::OpenOptions;
 use std::io;
@@ -100,6 +103,10 @@ pub enum Status {
 enum Body {
     Raw(FileStorage),
     Imago(RwLock<FormatAccess<ImageFile>>),
+    /// qcow2 with what imago refuses (zstd, extended L2 entries): the own driver.
+    Own(Box<crate::own::OwnQcow2>),
+    /// `-s` over an image of the own driver.
+    Overlay(crate::overlay::Overlay),
 }
 
 /// An open image.
@@ -130,6 +137,16 @@ impl Image {
 
     /// Opens the image at `path`, a qcow2 image over `backing`.
     pub fn open_with_backing(path: &Path, opts: &ImageOptions, backing: &Backing) -> Result<Image, String> {
+        Image::open_in_chain(path, opts, backing, 0)
+    }
+
+    /// Opens the image at `path`, `depth` images down a backing chain.
+    pub(crate) fn open_in_chain(
+        path: &Path,
+        opts: &ImageOptions,
+        backing: &Backing,
+        depth: u32,
+    ) -> Result<Image, String> {
         let (format, probed_raw) = match opts.format {
             Some(f) => (f, false),
             None => {
@@ -161,7 +178,20 @@ impl Image {
             return Ok(Image { body: Body::Raw(file), size, format, probed_raw });
         }
         let storage_opts = StorageOpenOptions::new().direct(opts.direct);
-        let base = open_imago(path, format, image_writable, storage_opts.clone(), backing).map_err(|e| err(path, e))?;
+        // The own driver takes the backing file the header names: a chain given by --image-opts
+        // is left to imago.
+        let own_allowed = format == Format::Qcow2 && matches!(backing, Backing::Header);
+        let imago = if own_allowed && crate::own::wanted(path) {
+            None
+        } else {
+            Some(open_imago(path, format, image_writable, storage_opts.clone(), backing))
+        };
+        let base = match imago {
+            Some(Ok(base)) => base,
+            // What imago refuses, in the image or its backing chain, the own driver may read.
+            Some(Err(e)) if !own_allowed => return Err(err(path, e)),
+            imago => return Image::open_own(path, opts, depth, imago.and_then(Result::err)),
+        };
         let access = if opts.snapshot {
             overlay(base, storage_opts).map_err(|e| err(path, format!("-s: the temporary overlay: {e}")))?
         } else {
@@ -190,6 +220,20 @@ impl Image {
         Ok(Image { body: Body::Imago(RwLock::new(access)), size, format, probed_raw: false })
     }
 
+    /// Opens a qcow2 image with the own driver; `imago_error` is imago's refusal, reported
+    /// when the own driver cannot open the image either.
+    fn open_own(path: &Path, opts: &ImageOptions, depth: u32, imago_error: Option<io::Error>) -> Result<Image, String> {
+        let own = crate::own::open(path, opts, depth).map_err(|e| err(path, imago_error.unwrap_or(e)))?;
+        let size = own.size();
+        let image = Image { body: Body::Own(Box::new(own)), size, format: Format::Qcow2, probed_raw: false };
+        if !opts.snapshot {
+            return Ok(image);
+        }
+        let overlay =
+            crate::overlay::Overlay::new(image).map_err(|e| err(path, format!("-s: the temporary overlay: {e}")))?;
+        Ok(Image { body: Body::Overlay(overlay), size, format: Format::Qcow2, probed_raw: false })
+    }
+
     /// The disk's size in bytes.
     pub fn size(&self) -> u64 {
         self.size
@@ -203,7 +247,7 @@ impl Image {
     fn access(&self) -> std::sync::RwLockReadGuard<'_, FormatAccess<ImageFile>> {
         match &self.body {
             Body::Imago(a) => a.read().unwrap_or_else(|p| p.into_inner()),
-            Body::Raw(_) => unreachable!("raw images have no imago access"),
+            _ => unreachable!("only imago images have imago access"),
         }
     }
 
@@ -212,6 +256,8 @@ impl Image {
         match &self.body {
             Body::Raw(f) => f.read_at(buf, offset).map_err(storage_error),
             Body::Imago(_) => self.access().read(buf, offset),
+            Body::Own(q) => q.read(buf, offset),
+            Body::Overlay(o) => o.read(buf, offset),
         }
     }
 
@@ -231,6 +277,8 @@ impl Image {
         match &self.body {
             Body::Raw(f) => f.write_at(buf, offset).map_err(storage_error),
             Body::Imago(_) => self.access().write(buf, offset),
+            Body::Own(q) => q.write(buf, offset),
+            Body::Overlay(o) => o.write(buf, offset),
         }
     }
 
@@ -256,6 +304,8 @@ impl Image {
                     r => r,
                 }
             }
+            Body::Own(q) => q.zero(offset, length, unmap),
+            Body::Overlay(o) => o.zero(offset, length),
         }
     }
 
@@ -267,6 +317,9 @@ impl Image {
                 Err(e) if e.kind() == io::ErrorKind::Unsupported => Ok(()),
                 r => r,
             },
+            Body::Own(q) => q.discard(offset, length),
+            // Discards are advisory.
+            Body::Overlay(_) => Ok(()),
         }
     }
 
@@ -279,6 +332,8 @@ impl Image {
                 a.flush()?;
                 a.sync()
             }
+            Body::Own(q) => q.flush(),
+            Body::Overlay(_) => Ok(()),
         }
     }
 
@@ -293,6 +348,8 @@ impl Image {
                 }
                 None => Ok((Status::Data, length)),
             },
+            Body::Own(q) => crate::own::status(q, offset, length),
+            Body::Overlay(o) => o.status(offset, length),
             Body::Imago(_) => {
                 let top = self.access();
                 let mut layer: &FormatAccess<ImageFile> = &top;
@@ -329,8 +386,11 @@ impl Image {
     /// Where the data at `offset` is, for `qemu:allocation-depth`: 0 in no layer, 1 in the image
     /// itself, 2 and more in its backing chain; and how far (at most `length`) that goes on.
     pub fn depth(&self, offset: u64, length: u64) -> io::Result<(u32, u64)> {
-        if let Body::Raw(_) = &self.body {
-            return Ok((1, length));
+        match &self.body {
+            Body::Raw(_) => return Ok((1, length)),
+            Body::Own(q) => return crate::own::depth(q, offset, length),
+            Body::Overlay(o) => return o.depth(offset, length),
+            Body::Imago(_) => {}
         }
         let top = self.access();
         let mut layer: &FormatAccess<ImageFile> = &top;

@@ -1,11 +1,12 @@
 //! # nbdforge-img
 //!
 //! Disk images over NBD with qemu-nbd's command line: the formats layer ([`image`]: raw through
-//! `nbdforge-storage`, qcow2 through `imago`) and the plugin that serves one image with
-//! qemu-nbd's policies ([`plugin`]), with what imago does not read of a qcow2 image: internal
-//! snapshots ([`snapshot`], `-l`) and persistent dirty bitmaps ([`bitmap`], `-B`), from the
-//! header fields and extensions [`qcow2_header`] reads. The `nbdforge-img` binary parses the
-//! command line and runs the server with the `nbdforge-process` library.
+//! `nbdforge-storage`, qcow2 through `imago` or, for what imago refuses (zstd, extended L2
+//! entries), the own [`qcow2`] driver) and the plugin that serves one image with qemu-nbd's
+//! policies ([`plugin`]), with what imago does not read of a qcow2 image: internal snapshots
+//! ([`snapshot`], `-l`) and persistent dirty bitmaps ([`bitmap`], `-B`), from the header fields
+//! and extensions [`qcow2_header`] reads. The `nbdforge-img` binary parses the command line and
+//! runs the server with the `nbdforge-process` library.
 
 pub mod authz;
 pub mod bitmap;
@@ -15,6 +16,9 @@ pub mod image_opts;
 pub mod kernel;
 pub mod list;
 pub mod objects;
+pub mod overlay;
+pub mod own;
 pub mod plugin;
+pub mod qcow2;
 pub mod qcow2_header;
 pub mod snapshot;

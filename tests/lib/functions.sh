@@ -160,6 +160,61 @@ start_img() { start_qemu_style "$NBDFORGE_IMG" "$@"; }
 # start_qemu_nbd [OPTIONS...] FILE: the same with qemu-nbd, the reference.
 start_qemu_nbd() { start_qemu_style qemu-nbd "$@"; }
 
+# img_session START FILE OPTIONS...: START (start_img or start_qemu_nbd) serves FILE with
+# `-f qcow2 OPTIONS...`, the qemu-io commands in the array `session` run over it, and the server,
+# started without -t, must exit by itself once its client has gone (having flushed).
+img_session() {
+    local start=$1 file=$2 i
+    shift 2
+    "$start" -f qcow2 "$@" "$file"
+    qemu-io -f raw "$uri" "${session[@]}" > session.out || fail "$file: qemu-io failed: $(cat session.out)"
+    for ((i = 0; i < 100; i++)); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$server_pid" 2>/dev/null && fail "$start $file: still running after its client left"
+    wait "$server_pid" || fail "$start $file: exit status $?"
+}
+
+# fio_qcow2_check IMAGE...: for each, nbdforge-img serves it, fio_verify writes and verifies,
+# the server stops on SIGTERM with status 0 and `qemu-img check` finds the image clean.
+fio_qcow2_check() {
+    local image
+    for image in "$@"; do
+        start_img -t -e 0 -f qcow2 "$image"
+        fio_verify > "fio-$image.out" || { cat "fio-$image.out"; fail "$image: fio"; }
+        stop_server "$server_pid"
+        [ "$stop_status" -eq 0 ] || fail "$image: exit status $stop_status after SIGTERM"
+        qemu-img check -q "$image" || fail "$image: qemu-img check is not clean after fio"
+        echo "fio verified, check clean: $image"
+    done
+}
+
+# same_image_as_qemu_nbd FILE OPTIONS...: nbdforge-img and qemu-nbd serve qcow2 FILE with the
+# same OPTIONS; with -s, the qemu-io commands in the array `session` run on both first. The
+# exports must be identical (qemu-img compare) with the same base:allocation and
+# qemu:allocation-depth maps (give -A). Leaves ours.map and ours.depth.
+same_image_as_qemu_nbd() {
+    local file=$1 ours theirs u
+    shift
+    start_img -t -e 0 -f qcow2 "$@" "$file"
+    ours=$uri
+    start_qemu_nbd -t -e 0 -f qcow2 "$@" "$file"
+    theirs=$uri
+    if [[ " $* " == *" -s "* ]]; then
+        for u in "$ours" "$theirs"; do
+            qemu-io -f raw "$u" "${session[@]}" >/dev/null || fail "$file: qemu-io session on $u"
+        done
+    fi
+    qemu-img compare -f raw -F raw "$ours" "$theirs" || fail "$file $*: the disks differ"
+    nbdinfo --map "$ours" > ours.map
+    nbdinfo --map "$theirs" > theirs.map
+    diff -u theirs.map ours.map || fail "$file $*: base:allocation differs from qemu-nbd's"
+    nbdinfo --map=qemu:allocation-depth "$ours" > ours.depth
+    nbdinfo --map=qemu:allocation-depth "$theirs" > theirs.depth
+    diff -u theirs.depth ours.depth || fail "$file $*: qemu:allocation-depth differs from qemu-nbd's"
+    stop_server "${server_pids[-2]}"
+    stop_server "${server_pids[-1]}"
+    echo "same as qemu-nbd: $file $*"
+}
+
 start_qemu_style() {
     local cmd=$1
     shift

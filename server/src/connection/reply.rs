@@ -172,7 +172,18 @@ impl Transmission {
         buf: &mut Vec<u8>,
     ) -> Replied {
         let held = Reservation::new(&self.budget, &self.shared.budget);
-        let mut sink = ReplySink { t: self, req, offset, length, df, buf, held, outcome: Outcome::Pending, rest: None, spliced: None };
+        let mut sink = ReplySink {
+            t: self,
+            req,
+            offset,
+            length,
+            df,
+            buf,
+            held,
+            outcome: Outcome::Pending,
+            rest: None,
+            spliced: None,
+        };
         let result = self.timed(|| self.handle.read(u64::from(length), offset, Flags::NONE, &mut sink));
         if let Some((mut writer, rest)) = sink.rest.take() {
             if let Err(e) = writer.w.write_all(&rest) {
