@@ -17,7 +17,7 @@ use crate::allocation::{Allocation, HoleSearch, Runs};
 use crate::sys::{sync_file_range, to_off, Writeback};
 use crate::{Error, Result};
 
-/// Reads at least this long may be sent with `sendfile` (see [`FileStorage::can_sendfile`]).
+/// Reads at least this long may be sent with `sendfile` (see `FileStorage::can_sendfile`).
 pub const SENDFILE_MIN: u64 = 64 << 10;
 /// Whether the page cache keeps the file's data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -229,7 +229,7 @@ impl FileStorage {
     /// [`PageCache::Evict`], whose reads drop pages (sendfile would bypass that), and not past the
     /// current end of a file that shrank since it was opened: sendfile would stop short, which a
     /// server cannot report cleanly once the reply has started. Not for reads under
-    /// [`SENDFILE_MIN`] either: there one copy costs less than the system calls sendfile needs
+    /// `SENDFILE_MIN` (64 KiB) either: there one copy costs less than the system calls sendfile needs
     /// (the size check, the holes, the header and the data each apart), and a copied reply can
     /// go out together with others.
     pub fn can_sendfile(&self, offset: u64, length: u64) -> bool {

@@ -92,8 +92,11 @@ fn requests_map_onto_the_file() {
     h.cache(4096, 0, Flags::NONE).unwrap();
     assert_eq!(&std::fs::read(&path).unwrap()[1000..1011], b"hello world");
     let sent = read(&*h, 11, 1000);
-    assert!(sent.offered_file, "reads go out with sendfile");
+    assert!(!sent.offered_file, "small reads are copied");
     assert_eq!(sent.data, b"hello world");
+    let sent = read(&*h, 256 << 10, 0);
+    assert!(sent.offered_file, "large reads go out with sendfile");
+    assert_eq!(&sent.data[1000..1011], b"hello world");
 }
 
 #[test]
