@@ -184,7 +184,8 @@ impl Transmission {
             rest: None,
             spliced: None,
         };
-        let result = self.timed(|| self.handle.read(u64::from(length), offset, Flags::NONE, &mut sink));
+        let result =
+            self.timed(u64::from(length), || self.handle.read(u64::from(length), offset, Flags::NONE, &mut sink));
         if let Some((mut writer, rest)) = sink.rest.take() {
             if let Err(e) = writer.w.write_all(&rest) {
                 self.reply_failed(e);

@@ -50,8 +50,13 @@ const PAYLOAD_STEP: usize = 1 << 20;
 /// Requests that take less than this on average (memory, files in the page cache) are served by
 /// one worker alone; slower ones (disks, the network, scripts) get more workers, which wait in
 /// parallel. Set between a 4 KiB read of memory or of a cached file (1-3 µs) and a read from
-/// an NVMe disk (over 10 µs), whose queue depth is what the workers are for.
+/// an NVMe disk (over 10 µs), whose queue depth is what the workers are for. Time spent copying
+/// the request's data at memory speed ([`COPY_NS_PER_KIB`]) does not count: more workers on the
+/// same data would not copy it faster.
 const FAST_SERVICE: Duration = Duration::from_micros(10);
+/// Nanoseconds per KiB a backend may spend copying data and still count as fast (4 GB/s, a
+/// slow memcpy; a 256 KiB write to the memory plugin takes 20-30 µs).
+const COPY_NS_PER_KIB: u64 = 256;
 /// Replies held back for one system call, at most (see [`Output`]).
 pub(super) const HOLD_LIMIT: usize = 64 << 10;
 
@@ -268,13 +273,14 @@ impl Transmission {
         self.workers.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Runs a backend call, folding its time into the moving average (an eighth of it). Only the
-    /// backend's time counts: waiting for the client to take a reply is not work more workers do
-    /// faster, since they would wait for the same socket.
-    pub(super) fn timed<R>(&self, call: impl FnOnce() -> R) -> R {
+    /// Runs a backend call that moves `length` bytes of data, folding its time into the moving
+    /// average (an eighth of it). Only the backend's time counts: waiting for the client to take
+    /// a reply is not work more workers do faster, since they would wait for the same socket.
+    pub(super) fn timed<R>(&self, length: u64, call: impl FnOnce() -> R) -> R {
         let started = Instant::now();
         let result = call();
         let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let took = took.saturating_sub(length / 1024 * COPY_NS_PER_KIB);
         let old = self.service_ns.load(Ordering::Relaxed);
         self.service_ns.store(old - old / 8 + took / 8, Ordering::Relaxed);
         result
@@ -565,7 +571,8 @@ impl Transmission {
         }
         let h = self.handle.as_ref();
         let fua = |fua: bool| if fua { Flags::FUA } else { Flags::NONE };
-        let result = self.timed(|| match cmd {
+        let data = if matches!(cmd, Command::Write { .. }) { req.length } else { 0 };
+        let result = self.timed(data, || match cmd {
             Command::Disconnect => Ok(()),
             Command::Read { .. } | Command::BlockStatus { .. } => Ok(()),
             Command::Write { offset, length, fua: f } => h.pwrite(&buf[..length as usize], offset, fua(f)),
