@@ -7,7 +7,9 @@
 # qemu:allocation-depth with -A) agrees with qemu-nbd's. The export is read-only without -r (a write
 # fails with EPERM, as from qemu-nbd), the image file is unchanged, and `qemu-img check` passes.
 # A snapshot taken before the disk grew is served at its own size (qemu-nbd would serve the
-# active layer's: it is not compared there). An unknown snapshot, bad -l syntax, and -l with -s
+# active layer's: it is not compared there). Images that imago refuses and nbdforge-img's own
+# driver serves (zstd compression; zstd with extended L2 entries over a backing file) are
+# compared in the same way, with snapshots taken before and after more writes. An unknown snapshot, bad -l syntax, and -l with -s
 # are errors before listening, as with qemu-nbd.
 source "$(dirname "$0")/lib/functions.sh"
 cd "$tmp"
@@ -30,12 +32,13 @@ qemu-img convert -O raw disk.qcow2 active.raw
 qemu-img snapshot -l disk.qcow2
 before=$(md5sum disk.qcow2 base.raw)
 
-check() {   # check RAW OPTION...: nbdforge-img OPTION... serves RAW, as qemu-nbd OPTION... does
+image=disk.qcow2
+check() {   # check RAW OPTION...: nbdforge-img OPTION... $image serves RAW, as qemu-nbd's does
     local raw=$1
     shift
-    start_img -t -e 0 "$@" disk.qcow2
+    start_img -t -e 0 "$@" "$image"
     local ours=$uri ours_pid=$server_pid
-    start_qemu_nbd -t -e 0 "$@" disk.qcow2
+    start_qemu_nbd -t -e 0 "$@" "$image"
     local theirs=$uri theirs_pid=$server_pid
     qemu-img compare -q -f raw -F raw "$ours" "$raw" || fail "$*: not the contents of $raw"
     qemu-img compare -q -f raw -F raw "$ours" "$theirs" || fail "$*: differs from qemu-nbd"
@@ -70,6 +73,27 @@ qemu-img check -q disk.qcow2 || fail "qemu-img check"
 start_img -t disk.qcow2
 qemu-img compare -q -f raw -F raw "$uri" active.raw || fail "the active layer changed"
 stop_server "$server_pid"
+
+# Images only the own driver reads: zstd, then zstd with extended L2 entries over base.raw.
+qemu-img create -q -f qcow2 -o compression_type=zstd zstd.qcow2 16M
+qemu-img create -q -f qcow2 -o compression_type=zstd,extended_l2=on -b base.raw -F raw sub.qcow2 16M
+for image in zstd.qcow2 sub.qcow2; do
+    qemu-io -c 'write -P 0x61 1M 2M' -c 'write -c -P 0x62 8M 128k' -c 'write -z 12M 1M' \
+        -c 'write -P 0x63 5000 3000' "$image" >/dev/null
+    qemu-img convert -O raw "$image" "$image.first.raw"
+    qemu-img snapshot -c first "$image"
+    qemu-io -c 'write -P 0x71 2M 2M' -c 'write -c -P 0x72 10M 64k' -c 'write -P 0x73 8M 4k' -c 'write -z 1M 64k' "$image" >/dev/null
+    qemu-img convert -O raw "$image" "$image.second.raw"
+    qemu-img snapshot -c second "$image"
+    qemu-io -c 'write -P 0x81 0 4M' "$image" >/dev/null
+    qemu-img info "$image" | grep -qE 'compression type: zstd' || fail "$image: not zstd"
+    before=$(md5sum "$image")
+    check "$image.first.raw" -l first
+    check "$image.second.raw" -l snapshot.id=2 -A
+    [ "$(md5sum "$image")" = "$before" ] || fail "serving snapshots of $image changed it"
+    qemu-img check -q "$image" || fail "qemu-img check $image"
+done
+image=disk.qcow2
 
 # A snapshot of a smaller disk is served at its size (the active layer's beyond is not shown).
 qemu-img create -q -f qcow2 grow.qcow2 4M

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::file::{storage_error, ImageFile};
 use crate::image::{Format, Image, ImageOptions, Status};
-use crate::qcow2::header::{COMPRESSION_TYPE, EXTENDED_L2, MAGIC};
+use crate::qcow2::header::{Header, COMPRESSION_TYPE, EXTENDED_L2, MAGIC};
 use crate::qcow2::l2::Kind;
 use crate::qcow2::{Backing, Qcow2, Source};
 
@@ -67,9 +67,22 @@ pub fn wanted(path: &Path) -> bool {
 /// Opens the qcow2 image at `path` with its backing chain (read-only), for writing with
 /// `opts.writable` (and not `-s`); `depth` is how deep in a chain it is.
 pub fn open(path: &Path, opts: &ImageOptions, depth: u32) -> io::Result<OwnQcow2> {
-    let writable = opts.writable && !opts.snapshot;
-    let file = ImageFile::open(path, writable, opts.direct)?;
+    let file = ImageFile::open(path, opts.writable && !opts.snapshot, opts.direct)?;
     let header = OwnQcow2::header(&file)?;
+    open_with(path, file, header, opts, depth)
+}
+
+/// Opens the qcow2 image at `path`, already open as `file`, with `header`: the file's own, or
+/// a view of it with an internal snapshot's L1 table and size ([`crate::snapshot`], read-only).
+pub fn open_with(
+    path: &Path,
+    file: ImageFile,
+    header: Header,
+    opts: &ImageOptions,
+    depth: u32,
+) -> io::Result<OwnQcow2> {
+    header.check_supported()?;
+    let writable = opts.writable && !opts.snapshot;
     let backing = match &header.backing_file {
         None => None,
         Some(_) if depth >= MAX_CHAIN => {
