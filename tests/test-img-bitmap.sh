@@ -85,22 +85,10 @@ qemu-nbd -k "$tmp/q.sock" -B b0 disk.qcow2 2>err.out || status=$?
 [ "$status" = 1 ] && grep -q "Bitmap 'b0' is not found" err.out || fail "qemu-nbd -B b0 afterwards: $(cat err.out)"
 echo "after a writable session qemu drops the bitmaps: $(grep -m1 warning info.out)"
 
-bad() {   # bad OPTIONS... -- EXPECTED: both refuse with status 1; ours says EXPECTED
-    local args=() status cmd
-    while [ "$1" != -- ]; do args+=("$1"); shift; done
-    for cmd in "$NBDFORGE_IMG" qemu-nbd; do
-        status=0
-        timeout 20 "$cmd" -k "$tmp/bad.sock" "${args[@]}" >out 2>err </dev/null || status=$?
-        [ "$status" -eq 1 ] || fail "$cmd ${args[*]}: exit status $status, want 1: $(cat err)"
-        grep -qF -- "$2" err || fail "$cmd ${args[*]}: the message does not say '$2': $(cat err)"
-        rm -f "$tmp/bad.sock"
-    done
-    echo "${args[*]}: $(grep -v warning err | head -1) / ours: $("$NBDFORGE_IMG" -k "$tmp/bad.sock" "${args[@]}" 2>&1 | head -1)"
-}
-bad -r -B nosuch theirs.qcow2 -- "Bitmap 'nosuch' is not found"
-bad -B b0 -B nosuch theirs.qcow2 -- "Bitmap 'nosuch' is not found"
+img_refuses --both-say -r -B nosuch theirs.qcow2 -- "Bitmap 'nosuch' is not found"
+img_refuses --both-say -B b0 -B nosuch theirs.qcow2 -- "Bitmap 'nosuch' is not found"
 cp theirs.qcow2 killed.qcow2
 (qemu-io -c 'write 0 64k' -c 'sigraise 9' killed.qcow2 >/dev/null 2>&1 || :) 2>/dev/null
-bad -r -B b4k killed.qcow2 -- "Bitmap 'b4k' is inconsistent and cannot be used"
+img_refuses --both-say -r -B b4k killed.qcow2 -- "Bitmap 'b4k' is inconsistent and cannot be used"
 qemu-img create -q -f raw disk.raw 1M
-bad -f raw -B b0 disk.raw -- "Bitmap 'b0' is not found"
+img_refuses --both-say -f raw -B b0 disk.raw -- "Bitmap 'b0' is not found"

@@ -108,21 +108,9 @@ qemu-img compare -q -f raw -F raw "$uri" grow-small.raw || fail "-l small: not t
 stop_server "$server_pid"
 echo "-l small: a 4M snapshot of a disk grown to 8M is served at 4M"
 
-bad() {   # bad OPTIONS... -- EXPECTED: both refuse with status 1; ours says EXPECTED
-    local args=() status cmd
-    while [ "$1" != -- ]; do args+=("$1"); shift; done
-    for cmd in "$NBDFORGE_IMG" qemu-nbd; do
-        status=0
-        timeout 20 "$cmd" -k "$tmp/bad.sock" "${args[@]}" >out 2>err </dev/null || status=$?
-        [ "$status" -eq 1 ] || fail "$cmd ${args[*]}: exit status $status, want 1: $(cat err)"
-        [ "$cmd" = qemu-nbd ] || grep -qF -- "$2" err || fail "${args[*]}: the message does not say '$2': $(cat err)"
-        rm -f "$tmp/bad.sock"
-    done
-    echo "${args[*]}: $(cat err | head -1) / ours: $("$NBDFORGE_IMG" -k "$tmp/bad.sock" "${args[@]}" 2>&1 | head -1)"
-}
-bad -l nope disk.qcow2 -- "Can't find snapshot 'nope'"
-bad -l snapshot.id=2,snapshot.name=first disk.qcow2 -- "Can't find snapshot with id '2' and name 'first'"
-bad -l snapshot.id=9 disk.qcow2 -- "Can't find snapshot"
-bad -l snapshot.size=1 disk.qcow2 -- "Invalid parameter 'snapshot.size'"
-bad -s -l first disk.qcow2 -- "Can't find snapshot"
-bad -f raw -l first base.raw -- "Failed to load snapshot"
+img_refuses -l nope disk.qcow2 -- "Can't find snapshot 'nope'"
+img_refuses -l snapshot.id=2,snapshot.name=first disk.qcow2 -- "Can't find snapshot with id '2' and name 'first'"
+img_refuses -l snapshot.id=9 disk.qcow2 -- "Can't find snapshot"
+img_refuses -l snapshot.size=1 disk.qcow2 -- "Invalid parameter 'snapshot.size'"
+img_refuses -s -l first disk.qcow2 -- "Can't find snapshot"
+img_refuses -f raw -l first base.raw -- "Failed to load snapshot"
