@@ -9,7 +9,9 @@
 # An unknown bitmap, one left in use by a qemu that was killed, and -B on a raw image are errors
 # before listening, as with qemu-nbd; after a writable session, qemu considers the bitmaps
 # inconsistent (nbdforge-img does not store them back) and qemu-nbd -B refuses them too; after a
-# writable session without writes, the bitmaps are still valid (same map from qemu-nbd -B).
+# writable session without writes, the bitmaps are still valid (same map from qemu-nbd -B). A zstd
+# image (served by the own driver, which updates bitmaps) is written without a warning, and
+# qemu-nbd -B then shows the write.
 source "$(dirname "$0")/lib/functions.sh"
 cd "$tmp"
 
@@ -84,6 +86,20 @@ status=0
 qemu-nbd -k "$tmp/q.sock" -B b0 disk.qcow2 2>err.out || status=$?
 [ "$status" = 1 ] && grep -q "Bitmap 'b0' is not found" err.out || fail "qemu-nbd -B b0 afterwards: $(cat err.out)"
 echo "after a writable session qemu drops the bitmaps: $(grep -m1 warning info.out)"
+
+# An image of the own driver (zstd) keeps its bitmaps up to date: a writable session neither
+# warns that they become inconsistent nor leaves them so, and qemu-nbd -B shows the writes.
+qemu-img create -q -f qcow2 -o compression_type=zstd zstd.qcow2 64M
+qemu-img bitmap --add zstd.qcow2 b0
+start_img -t -e 0 zstd.qcow2
+qemu-io -f raw -c 'write 1M 64k' "$uri" >/dev/null
+stop_server "$server_pid"
+grep -i 'inconsistent\|does not update' "$server_log" && fail "zstd.qcow2: a warning about the bitmaps"
+start_qemu_nbd -t -r -B b0 zstd.qcow2
+nbdinfo --map=qemu:dirty-bitmap:b0 "$uri" > zstd.map
+grep -Eq '^ *1048576 +65536 +1 +dirty' zstd.map || fail "zstd.qcow2: the write is not in b0: $(cat zstd.map)"
+stop_server "$server_pid"
+echo "zstd.qcow2: bitmaps kept up to date, without a warning"
 
 img_refuses --both-say -r -B nosuch theirs.qcow2 -- "Bitmap 'nosuch' is not found"
 img_refuses --both-say -B b0 -B nosuch theirs.qcow2 -- "Bitmap 'nosuch' is not found"

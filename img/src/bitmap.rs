@@ -14,7 +14,9 @@
 //! serves, in memory, so that clients see what qemu-nbd would show them; nothing is written back.
 //! When no client wrote anything, the image is exactly as it was, and the server puts the
 //! autoclear bits back as it exits ([`Bitmaps::close`]), so that serving an image writable but
-//! only reading it does not cost its bitmaps (with or without `-B`).
+//! only reading it does not cost its bitmaps (with or without `-B`). The own driver (zstd,
+//! extended L2 entries) keeps the bitmaps of the images it writes up to date on disk and their
+//! autoclear bit set: for those there is nothing to warn about and nothing to put back.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -86,6 +88,7 @@ impl Bitmaps {
         let keep = header
             .as_ref()
             .filter(|h| track && h.bitmaps_extension.is_some() && h.autoclear & AUTOCLEAR_BITMAPS != 0)
+            .filter(|h| !h.needs_own_driver())
             .map(|h| Keep { path: path.to_path_buf(), autoclear: h.autoclear, wrote: AtomicBool::new(false) });
         if names.is_empty() {
             return Ok(Bitmaps { keep, ..Bitmaps::default() }.warned(path));
@@ -165,6 +168,10 @@ impl Keep {
         // Only over the header imago wrote: bitmaps still there, autoclear bits cleared.
         let file = ImageFile::open(&self.path, false, false).map_err(|e| e.to_string())?;
         let header = Header::probe(&file).map_err(|e| e.to_string())?.ok_or("the image is no longer qcow2")?;
+        // Written by the own driver (a backing file needed it), which kept them consistent.
+        if header.bitmaps_extension.is_some() && header.autoclear & AUTOCLEAR_BITMAPS != 0 {
+            return Ok(());
+        }
         if header.bitmaps_extension.is_none() || header.autoclear != 0 {
             return Err("the header changed".into());
         }

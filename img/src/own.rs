@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::file::{storage_error, ImageFile};
 use crate::image::{Format, Image, ImageOptions, Status};
-use crate::qcow2::header::{Header, COMPRESSION_TYPE, EXTENDED_L2, MAGIC};
+use crate::qcow2::header::{be32, be64, looks_like_qcow2, Header, COMPRESSION_TYPE, EXTENDED_L2};
 use crate::qcow2::l2::Kind;
 use crate::qcow2::{Backing, Qcow2, Source};
 
@@ -57,11 +57,10 @@ impl Backing for Image {
 pub fn wanted(path: &Path) -> bool {
     let Ok(file) = ImageFile::open(path, false, false) else { return false };
     let mut head = [0u8; 80];
-    if file.read_at(&mut head, 0).is_err() || &head[..4] != MAGIC || head[4..8] != [0, 0, 0, 3] {
+    if file.read_at(&mut head, 0).is_err() || !looks_like_qcow2(&head[..8].try_into().expect("8 bytes")) {
         return false;
     }
-    let incompatible = u64::from_be_bytes(head[72..80].try_into().expect("8 bytes"));
-    incompatible & (COMPRESSION_TYPE | EXTENDED_L2) != 0
+    be32(&head, 4) == 3 && be64(&head, 72) & (COMPRESSION_TYPE | EXTENDED_L2) != 0
 }
 
 /// Opens the qcow2 image at `path` with its backing chain (read-only), for writing with
