@@ -24,7 +24,7 @@ use imago::{FormatAccess, FormatDriverBuilder, PermissiveImplicitOpenGate, Stora
 use crate::file::ImageFile;
 use crate::image::{Image, ImageOptions};
 use crate::qcow2::header::{be16, be32, be64, Header};
-use crate::qcow2::{corrupt, read_bounded, Source};
+use crate::qcow2::{check_in_file, corrupt, read_bounded, Source};
 
 /// At most this many snapshots in a table (qemu's limit).
 const MAX_SNAPSHOTS: u32 = 65536;
@@ -169,12 +169,8 @@ fn checked_size(file: &dyn Source, header: &Header, snapshot: &Snapshot) -> io::
             snapshot.l1_size
         )));
     }
-    let (offset, bytes, file_size) = (snapshot.l1_table_offset, u64::from(snapshot.l1_size) * 8, file.size()?);
-    if offset.checked_add(bytes).is_none_or(|end| end > file_size) {
-        return Err(corrupt(format!(
-            "the L1 table of {what} at offset {offset} ({bytes} bytes) is past the end of the file ({file_size} bytes)"
-        )));
-    }
+    let l1_bytes = u64::from(snapshot.l1_size) * 8;
+    check_in_file(file, &format!("the L1 table of {what}"), snapshot.l1_table_offset, l1_bytes)?;
     // The L1 table of a snapshot covers the disk it recorded (as the active one covers its disk).
     let covered = u128::from(snapshot.l1_size) * u128::from(header.l1_entry_covers());
     match snapshot.disk_size {

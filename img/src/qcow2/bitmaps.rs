@@ -12,7 +12,7 @@ use std::io;
 use super::header::{be16, be32, be64, Header};
 use super::l2::OFFSET_MASK;
 use super::refcount::Refcounts;
-use super::{corrupt, read_bounded, Source};
+use super::{check_in_file, corrupt, read_bounded, Source};
 
 /// Directory entry flags.
 pub const IN_USE: u32 = 1 << 0;
@@ -133,18 +133,15 @@ impl Entry {
         let what = format!("the table of bitmap '{name}'");
         let raw = read_bounded(source, &what, self.table_offset, u64::from(self.table_size) * 8)?;
         let table: Vec<u64> = raw.chunks_exact(8).map(|c| be64(c, 0)).collect();
-        let (cluster_size, file_size) = (header.cluster_size(), source.size()?);
+        let cluster_size = header.cluster_size();
         for (i, &t) in table.iter().enumerate() {
             let offset = t & OFFSET_MASK;
             let reserved = t & !OFFSET_MASK & !ALL_ONES;
             if reserved != 0 || (offset != 0 && t & ALL_ONES != 0) || !offset.is_multiple_of(cluster_size) {
                 return Err(corrupt(format!("bitmap '{name}': invalid table entry {i}: {t:#x}")));
             }
-            if offset != 0 && offset + cluster_size > file_size {
-                return Err(corrupt(format!(
-                    "bitmap '{name}' cluster {i} at offset {offset} ({cluster_size} bytes) is past the end of the \
-                     file ({file_size} bytes)"
-                )));
+            if offset != 0 {
+                check_in_file(source, &format!("bitmap '{name}' cluster {i}"), offset, cluster_size)?;
             }
         }
         Ok(table)

@@ -59,16 +59,22 @@ pub fn corrupt(what: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("qcow2: {what}"))
 }
 
-/// Reads `length` bytes at `offset` of `source` (`what` they are, for the error), refusing a
-/// range past the end of the file before allocating anything for it: a hostile table may claim
-/// any size, but never gets more memory than the file has bytes.
-pub fn read_bounded(source: &dyn Source, what: &str, offset: u64, length: u64) -> io::Result<Vec<u8>> {
+/// Checks that `length` bytes at `offset` (`what` they are, for the error) lie inside `source`.
+pub fn check_in_file(source: &dyn Source, what: &str, offset: u64, length: u64) -> io::Result<()> {
     let size = source.size()?;
     if offset.checked_add(length).is_none_or(|end| end > size) {
         return Err(corrupt(format!(
             "{what} at offset {offset} ({length} bytes) is past the end of the file ({size} bytes)"
         )));
     }
+    Ok(())
+}
+
+/// Reads `length` bytes at `offset` of `source` (`what` they are, for the error), refusing a
+/// range past the end of the file before allocating anything for it: a hostile table may claim
+/// any size, but never gets more memory than the file has bytes.
+pub fn read_bounded(source: &dyn Source, what: &str, offset: u64, length: u64) -> io::Result<Vec<u8>> {
+    check_in_file(source, what, offset, length)?;
     let mut buf = vec![0u8; length as usize];
     source.read_at(&mut buf, offset)?;
     Ok(buf)
