@@ -97,44 +97,31 @@ cmp -i 1114112:1114112 whole.raw before.raw || fail "bytes after the window chan
 qemu-io -f raw -c "read -P 0xab 1M 64k" whole.raw | grep -q "read 65536" || fail "the window's bytes"
 
 # Refusals: both exit 1; ours before listening, saying what qemu-nbd says.
-bad() {   # bad ARGS... -- EXPECTED: both refuse ARGS; our message contains EXPECTED
-    local args=() status cmd
-    while [ "$1" != -- ]; do args+=("$1"); shift; done
-    for cmd in qemu-nbd "$NBDFORGE_IMG"; do
-        status=0
-        timeout 20 "$cmd" -k "$tmp/bad.sock" "${args[@]}" >out 2>err </dev/null || status=$?
-        [ "$status" -eq 1 ] || fail "$cmd ${args[*]}: exit status $status, want 1: $(cat err)"
-        [ "$cmd" = qemu-nbd ] || [ ! -e "$tmp/bad.sock" ] || fail "${args[*]}: our socket was created"
-        rm -f "$tmp/bad.sock"
-    done
-    grep -qF -- "$2" err || fail "${args[*]}: our message does not say '$2': $(cat err)"
-    echo "refused: ${args[*]}: $(head -1 err)"
-}
-bad -f raw --image-opts "driver=raw,$raw" -- "--image-opts and --format are mutually exclusive"
-bad --image-opts "driver=raw,$raw,bogus=1" -- "Block format 'raw' does not support the option 'bogus'"
-bad --image-opts "driver=raw,$raw,foo" -- "Block format 'raw' does not support the option 'foo'"
-bad --image-opts "driver=raw,$raw,file.bogus=1" -- "Block protocol 'file' doesn't support the option 'bogus'"
-bad --image-opts "driver=qcow2,file.filename=$tmp/disk.qcow2,offset=1" -- "'qcow2' does not support the option 'offset'"
-bad --image-opts "driver=file,filename=$tmp/whole.raw,offset=1" -- "doesn't support the option 'offset'"
-bad --image-opts "driver=raw" -- "A block device must be specified for \"file\""
-bad --image-opts "filename=$tmp/whole.raw" -- "Must specify either driver or file"
-bad --image-opts "$tmp/whole.raw" -- "Cannot find device='$tmp/whole.raw' nor node-name"
-bad --image-opts "driver=raw,$raw,offset=4M,size=512" -- "has to be smaller or equal to the actual size"
-bad --image-opts "driver=raw,$raw,size=1000" -- "Specified size is not multiple of 512"
-bad --image-opts "driver=raw,$raw,offset=-1" -- "out of range for parameter 'offset'"
-bad --image-opts "driver=raw,$raw,offset=1x" -- "Parameter 'offset' expects a non-negative number"
-bad --image-opts "driver=raw,$raw,read-only=maybe" -- "Parameter 'read-only' expects 'on' or 'off'"
-bad --image-opts "driver=raw,$raw,read-only=on" -- "Block node is read-only"
-bad --image-opts "driver=raw,$raw,force-share=on" -- "force-share=on can only be used with read-only images"
-bad --image-opts "driver=raw,$raw,file.aio=bad" -- "invalid parameter value: bad"
-bad --image-opts "driver=raw,$raw,discard=bad" -- "Invalid discard option"
-bad --image-opts "driver=qcow2,file.filename=$tmp/whole.raw" -- "$tmp/whole.raw"
-bad --image-opts "driver=raw,file.filename=$tmp/a,,b.raw" -- "$tmp/a,b.raw"
-bad --image-opts "driver=qcow2,file.filename=$tmp/top.qcow2,backing=nothing" -- "Cannot find device='nothing'"
-bad --image-opts "driver=qcow2,file.filename=$tmp/top.qcow2,backing.bogus=1" -- "Could not open backing file"
-bad --image-opts "driver=qcow2,file.filename=$tmp/top.qcow2,backing.driver=qcow2,backing.file.filename=$tmp/whole.raw" -- \
+img_refuses -f raw --image-opts "driver=raw,$raw" -- "--image-opts and --format are mutually exclusive"
+img_refuses --image-opts "driver=raw,$raw,bogus=1" -- "Block format 'raw' does not support the option 'bogus'"
+img_refuses --image-opts "driver=raw,$raw,foo" -- "Block format 'raw' does not support the option 'foo'"
+img_refuses --image-opts "driver=raw,$raw,file.bogus=1" -- "Block protocol 'file' doesn't support the option 'bogus'"
+img_refuses --image-opts "driver=qcow2,file.filename=$tmp/disk.qcow2,offset=1" -- "'qcow2' does not support the option 'offset'"
+img_refuses --image-opts "driver=file,filename=$tmp/whole.raw,offset=1" -- "doesn't support the option 'offset'"
+img_refuses --image-opts "driver=raw" -- "A block device must be specified for \"file\""
+img_refuses --image-opts "filename=$tmp/whole.raw" -- "Must specify either driver or file"
+img_refuses --image-opts "$tmp/whole.raw" -- "Cannot find device='$tmp/whole.raw' nor node-name"
+img_refuses --image-opts "driver=raw,$raw,offset=4M,size=512" -- "has to be smaller or equal to the actual size"
+img_refuses --image-opts "driver=raw,$raw,size=1000" -- "Specified size is not multiple of 512"
+img_refuses --image-opts "driver=raw,$raw,offset=-1" -- "out of range for parameter 'offset'"
+img_refuses --image-opts "driver=raw,$raw,offset=1x" -- "Parameter 'offset' expects a non-negative number"
+img_refuses --image-opts "driver=raw,$raw,read-only=maybe" -- "Parameter 'read-only' expects 'on' or 'off'"
+img_refuses --image-opts "driver=raw,$raw,read-only=on" -- "Block node is read-only"
+img_refuses --image-opts "driver=raw,$raw,force-share=on" -- "force-share=on can only be used with read-only images"
+img_refuses --image-opts "driver=raw,$raw,file.aio=bad" -- "invalid parameter value: bad"
+img_refuses --image-opts "driver=raw,$raw,discard=bad" -- "Invalid discard option"
+img_refuses --image-opts "driver=qcow2,file.filename=$tmp/whole.raw" -- "$tmp/whole.raw"
+img_refuses --image-opts "driver=raw,file.filename=$tmp/a,,b.raw" -- "$tmp/a,b.raw"
+img_refuses --image-opts "driver=qcow2,file.filename=$tmp/top.qcow2,backing=nothing" -- "Cannot find device='nothing'"
+img_refuses --image-opts "driver=qcow2,file.filename=$tmp/top.qcow2,backing.bogus=1" -- "Could not open backing file"
+img_refuses --image-opts "driver=qcow2,file.filename=$tmp/top.qcow2,backing.driver=qcow2,backing.file.filename=$tmp/whole.raw" -- \
     "$tmp/whole.raw"
-bad --image-opts 'json:{"driver":"raw"}' -- "Cannot find device='json:{\"driver\":\"raw\"}'"
-bad "json:{\"driver\":\"raw\",\"file\":{\"driver\":\"file\",\"filename\":\"$tmp/whole.raw\"},\"bogus\":1}" -- \
+img_refuses --image-opts 'json:{"driver":"raw"}' -- "Cannot find device='json:{\"driver\":\"raw\"}'"
+img_refuses "json:{\"driver\":\"raw\",\"file\":{\"driver\":\"file\",\"filename\":\"$tmp/whole.raw\"},\"bogus\":1}" -- \
     "Block format 'raw' does not support the option 'bogus'"
-bad 'json:[1]' -- "Invalid JSON object given"
+img_refuses 'json:[1]' -- "Invalid JSON object given"

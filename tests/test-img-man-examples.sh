@@ -42,17 +42,6 @@ wait_tcp() {   # wait_tcp PORT PID: until PID's server listens on TCP PORT (with
     fail "nothing listens on port $1 after 30 s"
 }
 
-wait_gone() {   # wait_gone PID WHAT: the process ends within 10 s; sets gone_status
-    local i
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$1" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -0 "$1" 2>/dev/null && fail "$2: still running"
-    gone_status=0
-    wait "$1" 2>/dev/null || gone_status=$?
-}
-
 servers=(qemu-nbd "$NBDFORGE_IMG")
 
 # --- 1. A one-shot server of a qcow2 file's guest view on port 10809 ------------------------
@@ -64,8 +53,8 @@ for cmd in "${servers[@]}"; do
     rm -f ex1.raw
     nbdcopy nbd://localhost ex1.raw
     cmp ex1.raw guest.raw || fail "example 1 ($cmd): the guest view differs"
-    wait_gone "$pid" "example 1 ($cmd): one-shot server after its client left"
-    [ "$gone_status" -eq 0 ] || fail "example 1 ($cmd): exit status $gone_status: $(cat ex1.err)"
+    wait_exit "$pid" "example 1 ($cmd): the one-shot server, its client gone,"
+    [ "$exit_status" -eq 0 ] || fail "example 1 ($cmd): exit status $exit_status: $(cat ex1.err)"
     echo "example 1 ($cmd): served the guest view to one client, then exited 0"
 done
 
@@ -142,7 +131,7 @@ EOF
     cmp ex3.raw guest.raw || fail "example 3 ($cmd): nbdcopy"
     kill -0 "$pid" || fail "example 3 ($cmd): the persistent server left with its clients"
     kill "$pid"
-    wait_gone "$pid" "example 3 ($cmd): SIGTERM"
+    wait_exit "$pid" "example 3 ($cmd), sent SIGTERM,"
     echo "example 3 ($cmd): forked, 5 simultaneous readers and nbdcopy, read-only, persistent"
 done
 

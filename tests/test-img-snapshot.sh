@@ -19,8 +19,8 @@ for image in disk.raw disk.qcow2 top.qcow2; do
         -c 'read -P 0xc3 1M 2M' -c 'read -P 0 0 64k' -c 'read -P 0x5a 64k 960k' > io.out ||
         fail "$image: the snapshot did not read back its writes: $(cat io.out)"
     grep -q 'Pattern verification failed' io.out && fail "$image: wrong data read back: $(cat io.out)"
-    for ((i = 0; i < 100; i++)); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
-    wait "$server_pid" || fail "$image: exit status $?"
+    wait_exit "$server_pid" "$image: the server, its client gone,"
+    [ "$exit_status" -eq 0 ] || fail "$image: exit status $exit_status"
     [ "$(md5sum disk.raw disk.qcow2 top.qcow2)" = "$before" ] || fail "$image: -s changed an image file"
     [ -z "$(ls -A overlays)" ] || fail "$image: overlay left behind: $(ls overlays)"
     echo "-s leaves $image untouched"

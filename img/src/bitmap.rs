@@ -1,10 +1,11 @@
 //! `-B`: a qcow2 image's persistent dirty bitmaps as `qemu:dirty-bitmap:NAME` meta contexts,
 //! as qemu-nbd offers them (flag 1: dirty).
 //!
-//! `imago` does not read bitmaps, so this module does: the bitmaps header extension (valid only
-//! while autoclear bit 0 is set), the bitmap directory, and each bitmap's table, whose entries
-//! say "all clean" (0), "all dirty" (1) or where a cluster of bits is. The table is kept in memory
-//! (it is bounded by the file's size); clusters of bits are read when a client asks about them.
+//! `imago` does not read bitmaps, so this module does, through the own driver's reader
+//! ([`crate::qcow2::bitmaps`]): the bitmaps header extension (valid only while autoclear bit 0 is
+//! set), the bitmap directory, and each bitmap's table, whose entries say "all clean" (0), "all
+//! dirty" (1) or where a cluster of bits is. The table is kept in memory (it is bounded by the
+//! file's size); clusters of bits are read when a client asks about them.
 //!
 //! Bitmaps must be loaded before imago opens the image for writing: imago clears every autoclear
 //! bit of an image it opens writable, so that qemu afterwards considers the bitmaps inconsistent
@@ -13,7 +14,9 @@
 //! serves, in memory, so that clients see what qemu-nbd would show them; nothing is written back.
 //! When no client wrote anything, the image is exactly as it was, and the server puts the
 //! autoclear bits back as it exits ([`Bitmaps::close`]), so that serving an image writable but
-//! only reading it does not cost its bitmaps (with or without `-B`).
+//! only reading it does not cost its bitmaps (with or without `-B`). The own driver (zstd,
+//! extended L2 entries) keeps the bitmaps of the images it writes up to date on disk and their
+//! autoclear bit set: for those there is nothing to warn about and nothing to put back.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -21,24 +24,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+use crate::file::ImageFile;
 use crate::image::Format;
-use crate::qcow2_header::{be16, be32, be64, Header, MetaFile, EXT_BITMAPS};
+use crate::qcow2::bitmaps::{directory, Entry, AUTOCLEAR_BITMAPS};
+use crate::qcow2::header::Header;
+use crate::qcow2::l2::OFFSET_MASK;
+use crate::qcow2::Source;
 
 /// The prefix of the meta contexts.
 pub const CONTEXT_PREFIX: &str = "qemu:dirty-bitmap:";
-
-/// Directory entry flags.
-const IN_USE: u32 = 1;
-const AUTO: u32 = 2;
-const EXTRA_DATA_COMPATIBLE: u32 = 4;
-/// The autoclear bit that says the bitmaps extension is consistent.
-const AUTOCLEAR_BITMAPS: u64 = 1;
-/// qemu's limits.
-const MAX_BITMAPS: u32 = 65535;
-const MAX_DIRECTORY_BYTES: u64 = 64 << 20;
-const MAX_NAME: u64 = 1023;
-/// Bits of a bitmap table entry that hold the cluster's offset.
-const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 
 /// One bitmap.
 pub struct Bitmap {
@@ -48,7 +42,7 @@ pub struct Bitmap {
     size: u64,
     cluster_size: u64,
     table: Vec<u64>,
-    file: MetaFile,
+    file: ImageFile,
     /// The bitmap records writes (its `auto` flag).
     enabled: bool,
     /// Granule-aligned ranges written since the server started: start -> end.
@@ -80,41 +74,43 @@ impl Bitmaps {
         if format == Some(Format::Raw) && names.is_empty() || !track && names.is_empty() {
             return Ok(Bitmaps::default());
         }
-        // Without -B, whether the file opens and what its header holds is for imago to judge.
-        let file = match MetaFile::open(path) {
+        // Without -B, whether the file opens and what its header holds is for the image to judge.
+        let file = match ImageFile::open(path, false, false) {
             Err(_) if names.is_empty() => return Ok(Bitmaps::default()),
-            opened => opened?,
+            opened => opened.map_err(|e| error(path, e))?,
         };
-        let header = match Header::read(&file) {
+        let header = match Header::probe(&file) {
             _ if format == Some(Format::Raw) => None,
             Ok(header) => header,
-            Err(e) if !names.is_empty() => return Err(e),
+            Err(e) if !names.is_empty() => return Err(error(path, e)),
             Err(_) => None,
         };
         let keep = header
             .as_ref()
-            .filter(|h| track && h.extension(EXT_BITMAPS).is_some() && h.autoclear_features & AUTOCLEAR_BITMAPS != 0)
-            .map(|h| Keep { path: path.to_path_buf(), autoclear: h.autoclear_features, wrote: AtomicBool::new(false) });
+            .filter(|h| track && h.bitmaps_extension.is_some() && h.autoclear & AUTOCLEAR_BITMAPS != 0)
+            .filter(|h| !h.needs_own_driver())
+            .map(|h| Keep { path: path.to_path_buf(), autoclear: h.autoclear, wrote: AtomicBool::new(false) });
         if names.is_empty() {
             return Ok(Bitmaps { keep, ..Bitmaps::default() }.warned(path));
         }
-        let not_found = |name: &str, why: &str| file.error(format!("Bitmap '{name}' is not found{why}"));
+        let not_found = |name: &str, why: &str| error(path, format!("Bitmap '{name}' is not found{why}"));
         let Some(header) = header else {
             return Err(not_found(&names[0], " (the image is raw)"));
         };
         let entries =
-            match header.extension(EXT_BITMAPS) {
+            match header.bitmaps_extension {
                 None => Vec::new(),
-                Some(_) if header.autoclear_features & AUTOCLEAR_BITMAPS == 0 => return Err(not_found(
+                Some(_) if header.autoclear & AUTOCLEAR_BITMAPS == 0 => return Err(not_found(
                     &names[0],
                     " (the image's bitmaps are inconsistent: it was written by a program that does not update them)",
                 )),
-                Some(ext) => directory(&file, &header, ext)?,
+                Some(_) => directory(&file, &header).map_err(|e| error(path, e))?,
             };
         let mut list = Vec::new();
         for name in names {
             let entry = entries.iter().find(|e| e.name == *name).ok_or_else(|| not_found(name, ""))?;
-            list.push(Bitmap::load(MetaFile::open(path)?, &header, entry)?);
+            let file = ImageFile::open(path, false, false).map_err(|e| error(path, e))?;
+            list.push(Bitmap::load(file, path, &header, entry)?);
         }
         Ok(Bitmaps { list, track, keep }.warned(path))
     }
@@ -170,8 +166,13 @@ impl Keep {
     fn restore(&self) -> Result<(), String> {
         use std::os::unix::fs::FileExt;
         // Only over the header imago wrote: bitmaps still there, autoclear bits cleared.
-        let header = Header::read(&MetaFile::open(&self.path)?)?.ok_or("the image is no longer qcow2")?;
-        if header.extension(EXT_BITMAPS).is_none() || header.autoclear_features != 0 {
+        let file = ImageFile::open(&self.path, false, false).map_err(|e| e.to_string())?;
+        let header = Header::probe(&file).map_err(|e| e.to_string())?.ok_or("the image is no longer qcow2")?;
+        // Written by the own driver (a backing file needed it), which kept them consistent.
+        if header.bitmaps_extension.is_some() && header.autoclear & AUTOCLEAR_BITMAPS != 0 {
+            return Ok(());
+        }
+        if header.bitmaps_extension.is_none() || header.autoclear != 0 {
             return Err("the header changed".into());
         }
         let file = std::fs::OpenOptions::new().write(true).open(&self.path).map_err(|e| e.to_string())?;
@@ -179,109 +180,30 @@ impl Keep {
     }
 }
 
-/// A bitmap directory entry.
-struct Entry {
-    name: String,
-    table_offset: u64,
-    table_size: u32,
-    flags: u32,
-    kind: u8,
-    granularity_bits: u8,
-    extra_data_size: u32,
-}
-
-/// The bitmap directory the extension `ext` describes.
-fn directory(file: &MetaFile, header: &Header, ext: &[u8]) -> Result<Vec<Entry>, String> {
-    if ext.len() != 24 {
-        return Err(file.error(format!("the bitmaps extension is {} bytes long (24 expected)", ext.len())));
-    }
-    let (count, size, offset) = (be32(ext, 0), be64(ext, 8), be64(ext, 16));
-    if count == 0 || count > MAX_BITMAPS {
-        return Err(file.error(format!("the bitmaps extension claims {count} bitmaps (1 to {MAX_BITMAPS} allowed)")));
-    }
-    if size > MAX_DIRECTORY_BYTES || !offset.is_multiple_of(header.cluster_size()) {
-        return Err(file.error(format!("invalid bitmap directory: {size} bytes at offset {offset}")));
-    }
-    let dir = file.read("the bitmap directory", offset, size)?;
-    let mut entries = Vec::new();
-    let mut at = 0usize;
-    for i in 0..count {
-        let bad = || file.error(format!("bitmap directory entry {i} runs past the directory ({size} bytes)"));
-        let fixed = dir.get(at..at + 24).ok_or_else(bad)?;
-        let name_size = u64::from(be16(fixed, 18));
-        let extra_data_size = be32(fixed, 20);
-        if name_size == 0 || name_size > MAX_NAME {
-            return Err(file.error(format!("bitmap directory entry {i}: invalid name length {name_size}")));
-        }
-        let name_at = at + 24 + extra_data_size as usize;
-        let name = dir.get(name_at..name_at + name_size as usize).ok_or_else(bad)?;
-        entries.push(Entry {
-            name: String::from_utf8_lossy(name).into_owned(),
-            table_offset: be64(fixed, 0),
-            table_size: be32(fixed, 8),
-            flags: be32(fixed, 12),
-            kind: fixed[16],
-            granularity_bits: fixed[17],
-            extra_data_size,
-        });
-        at = (name_at + name_size as usize).next_multiple_of(8);
-    }
-    Ok(entries)
+/// An error naming the file.
+fn error(path: &Path, what: impl std::fmt::Display) -> String {
+    format!("{}: {what}", path.display())
 }
 
 impl Bitmap {
     /// Checks the entry as qemu does before using a bitmap, and reads its table.
-    fn load(file: MetaFile, header: &Header, e: &Entry) -> Result<Bitmap, String> {
+    fn load(file: ImageFile, path: &Path, header: &Header, e: &Entry) -> Result<Bitmap, String> {
         let name = &e.name;
-        let unusable = |why: String| file.error(format!("Bitmap '{name}' cannot be used: {why}"));
-        if e.flags & IN_USE != 0 {
-            return Err(file.error(format!("Bitmap '{name}' is inconsistent and cannot be used")));
+        if e.in_use() {
+            return Err(error(path, format!("Bitmap '{name}' is inconsistent and cannot be used")));
         }
-        if e.flags & !(IN_USE | AUTO | EXTRA_DATA_COMPATIBLE) != 0 {
-            return Err(unusable(format!("unknown flags {:#x}", e.flags)));
+        if let Some(why) = e.unusable(header) {
+            return Err(error(path, format!("Bitmap '{name}' cannot be used: {why}")));
         }
-        if e.kind != 1 {
-            return Err(unusable(format!("unknown type {} (1, dirty tracking, is known)", e.kind)));
-        }
-        if e.extra_data_size != 0 && e.flags & EXTRA_DATA_COMPATIBLE == 0 {
-            return Err(unusable("it has extra data of an unknown kind".into()));
-        }
-        if !(9..=31).contains(&e.granularity_bits) {
-            return Err(unusable(format!("granularity 2^{} (2^9 to 2^31 allowed)", e.granularity_bits)));
-        }
-        let granularity = 1u64 << e.granularity_bits;
-        let cluster_size = header.cluster_size();
-        let bytes = header.size.div_ceil(granularity).div_ceil(8);
-        let expected = bytes.div_ceil(cluster_size);
-        if u64::from(e.table_size) != expected {
-            return Err(unusable(format!(
-                "its table has {} entries, and {expected} cover the disk at this granularity",
-                e.table_size
-            )));
-        }
-        if !e.table_offset.is_multiple_of(cluster_size) {
-            return Err(unusable(format!("table offset {} is not cluster aligned", e.table_offset)));
-        }
-        let raw = file.read(&format!("the table of bitmap '{name}'"), e.table_offset, expected * 8)?;
-        let table: Vec<u64> = raw.chunks_exact(8).map(|c| be64(c, 0)).collect();
-        for (i, &t) in table.iter().enumerate() {
-            let offset = t & OFFSET_MASK;
-            let reserved = t & !OFFSET_MASK & !1;
-            if reserved != 0 || (offset != 0 && t & 1 != 0) || !offset.is_multiple_of(cluster_size) {
-                return Err(unusable(format!("invalid table entry {i}: {t:#x}")));
-            }
-            if offset != 0 {
-                file.check(&format!("bitmap '{name}' cluster {i}"), offset, cluster_size)?;
-            }
-        }
+        let table = e.table(&file, header).map_err(|err| error(path, err))?;
         Ok(Bitmap {
             name: name.clone(),
-            granularity,
+            granularity: 1 << e.granularity_bits,
             size: header.size,
-            cluster_size,
+            cluster_size: header.cluster_size(),
             table,
             file,
-            enabled: e.flags & AUTO != 0,
+            enabled: e.enabled(),
             written: Mutex::new(BTreeMap::new()),
         })
     }
@@ -324,7 +246,7 @@ impl Bitmap {
                 continue;
             }
             cluster.resize(self.cluster_size as usize, 0);
-            self.file.read_into(&mut cluster, entry & OFFSET_MASK)?;
+            Source::read_at(&self.file, &mut cluster, entry & OFFSET_MASK)?;
             while granule < cluster_end {
                 let bit = granule % bits_per_cluster;
                 let byte = cluster[(bit / 8) as usize];
@@ -378,7 +300,9 @@ impl Bitmap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::qcow2_header::testing::{append, refused, write_at, Scratch, Spoil, CLUSTER};
+    use crate::qcow2::bitmaps::{AUTO, IN_USE};
+    use crate::qcow2::header::{be32, EXT_BITMAPS};
+    use crate::testing::{append, refused, write_at, Scratch, Spoil, CLUSTER};
 
     const SIZE: u64 = 4 << 20;
 

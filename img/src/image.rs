@@ -31,9 +31,7 @@ use imago::{
 use nbdforge_storage::{Allocation, FileStorage, PageCache};
 
 use crate::file::{storage_error, ImageFile};
-
-/// The magic at the start of a qcow2 image.
-const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
+use crate::qcow2::header::looks_like_qcow2;
 
 /// An image format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,17 +213,27 @@ impl Image {
         if format != Format::Qcow2 {
             return Err(err(path, "Failed to load snapshot: a raw image has no internal snapshots"));
         }
-        let access = crate::snapshot::open(path, selector, StorageOpenOptions::new().direct(opts.direct))?;
+        crate::snapshot::open(path, selector, opts.direct)
+    }
+
+    /// An image served by imago (`-l`'s snapshot view of a qcow2 image).
+    pub(crate) fn from_imago(access: FormatAccess<ImageFile>) -> Image {
         let size = access.size();
-        Ok(Image { body: Body::Imago(RwLock::new(access)), size, format, probed_raw: false })
+        Image { body: Body::Imago(RwLock::new(access)), size, format: Format::Qcow2, probed_raw: false }
+    }
+
+    /// An image served by the own driver.
+    pub(crate) fn from_own(own: crate::own::OwnQcow2) -> Image {
+        let size = own.size();
+        Image { body: Body::Own(Box::new(own)), size, format: Format::Qcow2, probed_raw: false }
     }
 
     /// Opens a qcow2 image with the own driver; `imago_error` is imago's refusal, reported
     /// when the own driver cannot open the image either.
     fn open_own(path: &Path, opts: &ImageOptions, depth: u32, imago_error: Option<io::Error>) -> Result<Image, String> {
         let own = crate::own::open(path, opts, depth).map_err(|e| err(path, imago_error.unwrap_or(e)))?;
-        let size = own.size();
-        let image = Image { body: Body::Own(Box::new(own)), size, format: Format::Qcow2, probed_raw: false };
+        let image = Image::from_own(own);
+        let size = image.size;
         if !opts.snapshot {
             return Ok(image);
         }
@@ -413,11 +421,6 @@ impl Image {
     }
 }
 
-/// A qcow2 header: the magic, then version 2 or 3.
-fn looks_like_qcow2(head: &[u8; 8]) -> bool {
-    &head[..4] == QCOW2_MAGIC && matches!(u32::from_be_bytes([head[4], head[5], head[6], head[7]]), 2 | 3)
-}
-
 /// The format from the image's first bytes: qcow2 by its magic, raw otherwise.
 fn probe(path: &Path) -> io::Result<Format> {
     use std::io::Read;
@@ -506,28 +509,7 @@ fn write_zero_buffers(length: u64, offset: u64, mut write: impl FnMut(&[u8], u64
 mod tests {
     use super::*;
 
-    /// A scratch directory removed on drop.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(name: &str) -> Scratch {
-            let dir = std::env::temp_dir().join(format!("nbdforge-img-{name}-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            Scratch(dir)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn qcow2(path: &Path, size: u64) {
-        OpenOptions::new().read(true).write(true).create_new(true).open(path).unwrap();
-        let storage = ImageFile::open(path, true, false).unwrap();
-        Qcow2::<ImageFile>::create_builder(storage).size(size).create().unwrap();
-    }
+    use crate::testing::Scratch;
 
     #[test]
     fn qcow2_headers_are_told_by_magic_and_version() {
@@ -559,8 +541,7 @@ mod tests {
     #[test]
     fn qcow2_status_depth_and_snapshot() {
         let dir = Scratch::new("qcow2");
-        let path = dir.0.join("disk.qcow2");
-        qcow2(&path, 4 << 20);
+        let path = dir.qcow2("disk.qcow2", 4 << 20);
         let rw = ImageOptions { writable: true, ..Default::default() };
         {
             let image = Image::open(&path, &rw).unwrap();

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::file::{storage_error, ImageFile};
 use crate::image::{Format, Image, ImageOptions, Status};
-use crate::qcow2::header::{COMPRESSION_TYPE, EXTENDED_L2, MAGIC};
+use crate::qcow2::header::{be32, be64, looks_like_qcow2, Header, COMPRESSION_TYPE, EXTENDED_L2};
 use crate::qcow2::l2::Kind;
 use crate::qcow2::{Backing, Qcow2, Source};
 
@@ -57,19 +57,31 @@ impl Backing for Image {
 pub fn wanted(path: &Path) -> bool {
     let Ok(file) = ImageFile::open(path, false, false) else { return false };
     let mut head = [0u8; 80];
-    if file.read_at(&mut head, 0).is_err() || &head[..4] != MAGIC || head[4..8] != [0, 0, 0, 3] {
+    if file.read_at(&mut head, 0).is_err() || !looks_like_qcow2(&head[..8].try_into().expect("8 bytes")) {
         return false;
     }
-    let incompatible = u64::from_be_bytes(head[72..80].try_into().expect("8 bytes"));
-    incompatible & (COMPRESSION_TYPE | EXTENDED_L2) != 0
+    be32(&head, 4) == 3 && be64(&head, 72) & (COMPRESSION_TYPE | EXTENDED_L2) != 0
 }
 
 /// Opens the qcow2 image at `path` with its backing chain (read-only), for writing with
 /// `opts.writable` (and not `-s`); `depth` is how deep in a chain it is.
 pub fn open(path: &Path, opts: &ImageOptions, depth: u32) -> io::Result<OwnQcow2> {
-    let writable = opts.writable && !opts.snapshot;
-    let file = ImageFile::open(path, writable, opts.direct)?;
+    let file = ImageFile::open(path, opts.writable && !opts.snapshot, opts.direct)?;
     let header = OwnQcow2::header(&file)?;
+    open_with(path, file, header, opts, depth)
+}
+
+/// Opens the qcow2 image at `path`, already open as `file`, with `header`: the file's own, or
+/// a view of it with an internal snapshot's L1 table and size ([`crate::snapshot`], read-only).
+pub fn open_with(
+    path: &Path,
+    file: ImageFile,
+    header: Header,
+    opts: &ImageOptions,
+    depth: u32,
+) -> io::Result<OwnQcow2> {
+    header.check_supported()?;
+    let writable = opts.writable && !opts.snapshot;
     let backing = match &header.backing_file {
         None => None,
         Some(_) if depth >= MAX_CHAIN => {

@@ -5,7 +5,9 @@
 //! the name and, in the extra data, the snapshot's disk size), picks the snapshot the user named,
 //! and opens the image through imago over the same file whose header shows the snapshot's L1
 //! table and size in place of the active layer's ([`ImageFile::with_header`]). imago then does the
-//! L2 lookups, compressed clusters and the backing chain as for the active layer.
+//! L2 lookups, compressed clusters and the backing chain as for the active layer. An image only
+//! the own driver reads (zstd, extended L2 entries) is opened by it, read-only, with the header
+//! it parsed given the snapshot's L1 table and size ([`Header::with_l1`]).
 //!
 //! The snapshot is served at its own size, which `qemu-img snapshot -a` would restore; qemu-nbd
 //! serves it at the active layer's size instead (cutting a larger snapshot short).
@@ -13,13 +15,16 @@
 //! Every offset and count in the table is checked against the file before it is used: a hostile
 //! image gets an error naming the file, never a panic or an allocation it asked for.
 
+use std::io;
 use std::path::Path;
 
 use imago::qcow2::Qcow2;
 use imago::{FormatAccess, FormatDriverBuilder, PermissiveImplicitOpenGate, StorageOpenOptions};
 
 use crate::file::ImageFile;
-use crate::qcow2_header::{be16, be32, be64, Header, MetaFile};
+use crate::image::{Image, ImageOptions};
+use crate::qcow2::header::{be16, be32, be64, Header};
+use crate::qcow2::{check_in_file, corrupt, read_bounded, Source};
 
 /// At most this many snapshots in a table (qemu's limit).
 const MAX_SNAPSHOTS: u32 = 65536;
@@ -100,9 +105,9 @@ pub struct Snapshot {
 }
 
 /// The snapshot table of the qcow2 image in `file`.
-pub fn table(file: &MetaFile, header: &Header) -> Result<Vec<Snapshot>, String> {
+pub fn table(file: &dyn Source, header: &Header) -> io::Result<Vec<Snapshot>> {
     if header.nb_snapshots > MAX_SNAPSHOTS {
-        return Err(file.error(format!(
+        return Err(corrupt(format!(
             "the image claims {} snapshots (at most {MAX_SNAPSHOTS} are allowed)",
             header.nb_snapshots
         )));
@@ -111,22 +116,22 @@ pub fn table(file: &MetaFile, header: &Header) -> Result<Vec<Snapshot>, String> 
         return Ok(Vec::new());
     }
     if !header.snapshots_offset.is_multiple_of(header.cluster_size()) {
-        return Err(file.error(format!("snapshot table offset {} is not cluster aligned", header.snapshots_offset)));
+        return Err(corrupt(format!("snapshot table offset {} is not cluster aligned", header.snapshots_offset)));
     }
     let mut at = header.snapshots_offset;
     let mut snapshots = Vec::new();
     for i in 0..header.nb_snapshots {
         if at - header.snapshots_offset > MAX_TABLE_BYTES {
-            return Err(file.error(format!("the snapshot table is larger than {MAX_TABLE_BYTES} bytes")));
+            return Err(corrupt(format!("the snapshot table is larger than {MAX_TABLE_BYTES} bytes")));
         }
         let what = format!("snapshot table entry {i}");
-        let fixed = file.read(&what, at, 40)?;
+        let fixed = read_bounded(file, &what, at, 40)?;
         let (id_len, name_len) = (u64::from(be16(&fixed, 12)), u64::from(be16(&fixed, 14)));
         let extra_len = u64::from(be32(&fixed, 36));
         if extra_len > MAX_EXTRA_DATA {
-            return Err(file.error(format!("{what} has {extra_len} bytes of extra data (at most {MAX_EXTRA_DATA})")));
+            return Err(corrupt(format!("{what} has {extra_len} bytes of extra data (at most {MAX_EXTRA_DATA})")));
         }
-        let rest = file.read(&what, at + 40, extra_len + id_len + name_len)?;
+        let rest = read_bounded(file, &what, at + 40, extra_len + id_len + name_len)?;
         let (extra, strings) = rest.split_at(extra_len as usize);
         let (id, name) = strings.split_at(id_len as usize);
         snapshots.push(Snapshot {
@@ -151,40 +156,42 @@ pub fn find<'a>(snapshots: &'a [Snapshot], selector: &Selector) -> Option<&'a Sn
     }
 }
 
-/// The header to present for `snapshot`: the image's, with the snapshot's L1 table and size.
-fn header_for(file: &MetaFile, header: &Header, snapshot: &Snapshot) -> Result<Vec<u8>, String> {
+/// Checks the L1 table of `snapshot` against the image in `file`; returns the snapshot's disk
+/// size (the active layer's when the entry does not say).
+fn checked_size(file: &dyn Source, header: &Header, snapshot: &Snapshot) -> io::Result<u64> {
     let what = format!("snapshot '{}' (id {})", snapshot.name, snapshot.id);
     if !snapshot.l1_table_offset.is_multiple_of(header.cluster_size()) {
-        return Err(file.error(format!("{what}: L1 table offset {} is not cluster aligned", snapshot.l1_table_offset)));
+        return Err(corrupt(format!("{what}: L1 table offset {} is not cluster aligned", snapshot.l1_table_offset)));
     }
     if snapshot.l1_size > MAX_L1_ENTRIES {
-        return Err(
-            file.error(format!("{what}: its L1 table has {} entries (at most {MAX_L1_ENTRIES})", snapshot.l1_size))
-        );
-    }
-    file.check(&format!("the L1 table of {what}"), snapshot.l1_table_offset, u64::from(snapshot.l1_size) * 8)?;
-    // The L1 table of a snapshot covers the disk it recorded (as the active one covers its disk).
-    let covered =
-        u128::from(snapshot.l1_size) * u128::from(header.cluster_size() / 8) * u128::from(header.cluster_size());
-    if let Some(size) = snapshot.disk_size.filter(|&size| u128::from(size) > covered) {
-        return Err(file.error(format!(
-            "{what}: its disk size {size} is larger than its L1 table ({} entries) covers",
+        return Err(corrupt(format!(
+            "{what}: its L1 table has {} entries (at most {MAX_L1_ENTRIES})",
             snapshot.l1_size
         )));
     }
-    let mut v2 = header.v2.clone();
-    v2[24..32].copy_from_slice(&snapshot.disk_size.unwrap_or(header.size).to_be_bytes());
-    v2[36..40].copy_from_slice(&snapshot.l1_size.to_be_bytes());
-    v2[40..48].copy_from_slice(&snapshot.l1_table_offset.to_be_bytes());
-    Ok(v2)
+    let l1_bytes = u64::from(snapshot.l1_size) * 8;
+    check_in_file(file, &format!("the L1 table of {what}"), snapshot.l1_table_offset, l1_bytes)?;
+    // The L1 table of a snapshot covers the disk it recorded (as the active one covers its disk).
+    let covered = u128::from(snapshot.l1_size) * u128::from(header.l1_entry_covers());
+    match snapshot.disk_size {
+        Some(size) if u128::from(size) > covered => Err(corrupt(format!(
+            "{what}: its disk size {size} is larger than its L1 table ({} entries) covers",
+            snapshot.l1_size
+        ))),
+        size => Ok(size.unwrap_or(header.size)),
+    }
 }
 
 /// Opens the snapshot of the qcow2 image at `path` that `selector` names, read-only, with its
-/// backing chain. Errors name the file and, for a snapshot not found, are worded as qemu-nbd's.
-pub fn open(path: &Path, selector: &Selector, opts: StorageOpenOptions) -> Result<FormatAccess<ImageFile>, String> {
-    let file = MetaFile::open(path)?;
-    let header = Header::read(&file)?.ok_or_else(|| file.error("-l: the image is not qcow2; it has no snapshots"))?;
-    let snapshots = table(&file, &header)?;
+/// backing chain; `direct` bypasses the page cache. Errors name the file and, for a snapshot not
+/// found, are worded as qemu-nbd's.
+pub fn open(path: &Path, selector: &Selector, direct: bool) -> Result<Image, String> {
+    let error = |what: &dyn std::fmt::Display| format!("{}: {what}", path.display());
+    let file = ImageFile::open(path, false, direct).map_err(|e| error(&e))?;
+    let header = Header::probe(&file)
+        .map_err(|e| error(&e))?
+        .ok_or_else(|| error(&"-l: the image is not qcow2; it has no snapshots"))?;
+    let snapshots = table(&file, &header).map_err(|e| error(&e))?;
     let snapshot = find(&snapshots, selector).ok_or_else(|| {
         let asked = match selector {
             Selector::IdOrName(s) => format!("'{s}'"),
@@ -194,16 +201,25 @@ pub fn open(path: &Path, selector: &Selector, opts: StorageOpenOptions) -> Resul
                 format!("with {}", [id, name].into_iter().flatten().collect::<Vec<_>>().join(" and "))
             }
         };
-        file.error(format!("Failed to load snapshot: Can't find snapshot {asked}"))
+        error(&format!("Failed to load snapshot: Can't find snapshot {asked}"))
     })?;
-    let v2 = header_for(&file, &header, snapshot)?;
-    let storage = ImageFile::open(path, false, opts.get_direct()).map_err(|e| file.error(e))?.with_header(v2);
-    let q = Qcow2::<ImageFile>::builder(storage)
+    let size = checked_size(&file, &header, snapshot).map_err(|e| error(&e))?;
+    let failed = |e: io::Error| error(&format!("snapshot '{}': {e}", snapshot.name));
+    if header.needs_own_driver() {
+        let view = header.with_l1(size, snapshot.l1_table_offset, snapshot.l1_size).map_err(failed)?;
+        let opts = ImageOptions { direct, ..ImageOptions::default() };
+        return Ok(Image::from_own(crate::own::open_with(path, file, view, &opts, 0).map_err(failed)?));
+    }
+    let mut v2 = header.v2;
+    v2[24..32].copy_from_slice(&size.to_be_bytes());
+    v2[36..40].copy_from_slice(&snapshot.l1_size.to_be_bytes());
+    v2[40..48].copy_from_slice(&snapshot.l1_table_offset.to_be_bytes());
+    let q = Qcow2::<ImageFile>::builder(file.with_header(v2.to_vec()))
         .write(false)
-        .storage_open_options(opts)
+        .storage_open_options(StorageOpenOptions::new().direct(direct))
         .open(PermissiveImplicitOpenGate::default())
-        .map_err(|e| file.error(format!("snapshot '{}': {e}", snapshot.name)))?;
-    Ok(FormatAccess::new(q))
+        .map_err(failed)?;
+    Ok(Image::from_imago(FormatAccess::new(q)))
 }
 
 #[cfg(test)]
@@ -246,8 +262,7 @@ mod tests {
         assert_eq!(id("nope"), None);
     }
 
-    use crate::image::{Image, ImageOptions};
-    use crate::qcow2_header::testing::{append, refused, write_at, Scratch, Spoil};
+    use crate::testing::{append, refused, write_at, Scratch, Spoil};
 
     /// A snapshot table entry with qemu's 16 bytes of extra data (VM state size, disk size).
     fn entry(l1_offset: u64, l1_size: u32, id: &str, name: &str, disk_size: u64) -> Vec<u8> {
@@ -273,7 +288,7 @@ mod tests {
     }
 
     fn open_err(path: &Path, selector: &str) -> String {
-        match open(path, &Selector::parse(selector).unwrap(), StorageOpenOptions::new()) {
+        match open(path, &Selector::parse(selector).unwrap(), false) {
             Ok(_) => panic!("-l {selector} opened"),
             Err(e) => e,
         }
@@ -287,9 +302,8 @@ mod tests {
         image.write(&[0x5a; 65536], 1 << 20).unwrap();
         image.flush().unwrap();
         drop(image);
-        let file = MetaFile::open(&path).unwrap();
-        let header = Header::read(&file).unwrap().unwrap();
-        let l1 = be64(&header.v2, 40);
+        let header = Header::read(&ImageFile::open(&path, false, false).unwrap()).unwrap();
+        let l1 = header.l1_offset;
         let table = append(&path, &entry(l1, header.l1_size, "1", "s", disk_size));
         set_table(&path, 1, table);
         (path, l1)
@@ -300,7 +314,7 @@ mod tests {
         let dir = Scratch::new("snapshot-size");
         for size in [2 << 20, 8 << 20] {
             let (path, _) = image_with_snapshot(&dir, size);
-            let access = open(&path, &Selector::parse("s").unwrap(), StorageOpenOptions::new()).unwrap();
+            let access = open(&path, &Selector::parse("s").unwrap(), false).unwrap();
             assert_eq!(access.size(), size);
             let mut buf = vec![0u8; 65536];
             access.read(&mut buf, 1 << 20).unwrap();
@@ -338,8 +352,8 @@ mod tests {
             (Box::new(|| write_at(&path, table + 48, &u64::MAX.to_be_bytes())), "larger than its L1 table"),
             (Box::new(|| write_at(&path, table + 12, &u16::MAX.to_be_bytes())), "past the end of the file"),
         ];
-        refused(&path, cases, || open(&path, &Selector::parse("s").unwrap(), StorageOpenOptions::new()));
+        refused(&path, cases, || open(&path, &Selector::parse("s").unwrap(), false));
         assert!(open_err(&path, "t").contains("Can't find snapshot 't'"));
-        assert!(open(&path, &Selector::parse("1").unwrap(), StorageOpenOptions::new()).is_ok());
+        assert!(open(&path, &Selector::parse("1").unwrap(), false).is_ok());
     }
 }

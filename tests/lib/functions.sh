@@ -78,17 +78,25 @@ start_server() {
     wait_for_socket "$sock" "$server_pid"
 }
 
-# stop_server PID [SIGNAL]: signal the server and wait; sets stop_status to its exit status.
-stop_server() {
-    local pid=$1 sig=${2:-TERM} i
-    kill -"$sig" "$pid"
-    for ((i = 0; i < 300; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
+# wait_exit PID WHAT [SECONDS]: the process PID ends within SECONDS (10), or the test fails saying
+# WHAT is still running; sets exit_status to its exit status (127 if it is not this shell's child).
+wait_exit() {
+    local i
+    for ((i = 0; i < ${3:-10} * 10; i++)); do
+        kill -0 "$1" 2>/dev/null || break
         sleep 0.1
     done
-    kill -0 "$pid" 2>/dev/null && fail "server (pid $pid) still running 30 s after SIG$sig"
-    stop_status=0
-    wait "$pid" || stop_status=$?
+    kill -0 "$1" 2>/dev/null && fail "$2: still running after ${3:-10} s"
+    exit_status=0
+    wait "$1" 2>/dev/null || exit_status=$?
+}
+
+# stop_server PID [SIGNAL]: signal the server and wait; sets stop_status to its exit status.
+stop_server() {
+    local pid=$1 sig=${2:-TERM}
+    kill -"$sig" "$pid"
+    wait_exit "$pid" "server (pid $pid), sent SIG$sig," 30
+    stop_status=$exit_status
 }
 
 # expect_fail CMD...: CMD must exit non-zero.
@@ -164,13 +172,12 @@ start_qemu_nbd() { start_qemu_style qemu-nbd "$@"; }
 # `-f qcow2 OPTIONS...`, the qemu-io commands in the array `session` run over it, and the server,
 # started without -t, must exit by itself once its client has gone (having flushed).
 img_session() {
-    local start=$1 file=$2 i
+    local start=$1 file=$2
     shift 2
     "$start" -f qcow2 "$@" "$file"
     qemu-io -f raw "$uri" "${session[@]}" > session.out || fail "$file: qemu-io failed: $(cat session.out)"
-    for ((i = 0; i < 100; i++)); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$server_pid" 2>/dev/null && fail "$start $file: still running after its client left"
-    wait "$server_pid" || fail "$start $file: exit status $?"
+    wait_exit "$server_pid" "$start $file, its client gone,"
+    [ "$exit_status" -eq 0 ] || fail "$start $file: exit status $exit_status"
 }
 
 # fio_qcow2_check IMAGE...: for each, nbdforge-img serves it, fio_verify writes and verifies,
@@ -213,6 +220,33 @@ same_image_as_qemu_nbd() {
     stop_server "${server_pids[-2]}"
     stop_server "${server_pids[-1]}"
     echo "same as qemu-nbd: $file $*"
+}
+
+# img_refuses [--both-say] ARGS... -- EXPECTED...: nbdforge-img and qemu-nbd both refuse ARGS
+# (after `-k SOCKET`) with exit status 1, ours before creating its socket, and our message says
+# every EXPECTED (with --both-say, qemu-nbd's too). Prints both messages' first lines.
+img_refuses() {
+    local both= args=() who cmd status s
+    [ "$1" = --both-say ] && { both=1; shift; }
+    while [ "$1" != -- ]; do args+=("$1"); shift; done
+    shift
+    for who in theirs ours; do
+        cmd=qemu-nbd
+        [ "$who" = ours ] && cmd=$NBDFORGE_IMG
+        status=0
+        timeout 20 "$cmd" -k "$tmp/refused.sock" "${args[@]}" >"$tmp/refused.out" 2>"$tmp/refused.$who" \
+            </dev/null || status=$?
+        [ "$status" -eq 1 ] || fail "$cmd ${args[*]}: exit status $status, want 1: $(cat "$tmp/refused.$who")"
+        # (qemu-nbd leaves its socket behind when the image does not open; ours never binds.)
+        [ "$who" = theirs ] || [ ! -e "$tmp/refused.sock" ] || fail "$cmd ${args[*]}: the socket was created"
+        rm -f "$tmp/refused.sock"
+        [ "$who" = ours ] || [ -n "$both" ] || continue
+        for s in "$@"; do
+            grep -qF -- "$s" "$tmp/refused.$who" ||
+                fail "$cmd ${args[*]}: the message does not say '$s': $(cat "$tmp/refused.$who")"
+        done
+    done
+    echo "${args[*]}: $(grep -v warning "$tmp/refused.theirs" | head -1) / ours: $(grep -v warning "$tmp/refused.ours" | head -1)"
 }
 
 start_qemu_style() {

@@ -1,26 +1,152 @@
-//! Persistent dirty bitmaps, for writing: every write, zero and discard sets the bits of the
-//! enabled ("auto") bitmaps it touches, as qemu does, so that incremental backups stay right.
-//! Bits are written through: a bitmap data cluster is allocated the first time one of its bits
-//! is set (an all-ones cluster needs nothing). Bitmaps marked in use (inconsistent already)
-//! and disabled ones are left alone. Reading bitmaps for export is not done here.
+//! Persistent dirty bitmaps: the bitmaps extension, the bitmap directory and each bitmap's table,
+//! read with every field checked and every allocation bounded by the file's size (the one reader
+//! of the crate: `-B` ([`crate::bitmap`]) serves bitmaps from it), and, for writing, the enabled
+//! bitmaps kept up to date: every write, zero and discard sets the bits of the enabled ("auto")
+//! bitmaps it touches, as qemu does, so that incremental backups stay right. Bits are written
+//! through: a bitmap data cluster is allocated the first time one of its bits is set (an all-ones
+//! cluster needs nothing). Bitmaps marked in use (inconsistent already) and disabled ones are
+//! left alone.
 
 use std::io;
 
-use super::header::{be32, be64, unsupported, Header};
+use super::header::{be16, be32, be64, Header};
 use super::l2::OFFSET_MASK;
 use super::refcount::Refcounts;
-use super::{corrupt, Source};
+use super::{check_in_file, corrupt, read_bounded, Source};
 
-const IN_USE: u32 = 1 << 0;
-const AUTO: u32 = 1 << 1;
-const EXTRA_DATA_COMPATIBLE: u32 = 1 << 2;
+/// Directory entry flags.
+pub const IN_USE: u32 = 1 << 0;
+pub const AUTO: u32 = 1 << 1;
+pub const EXTRA_DATA_COMPATIBLE: u32 = 1 << 2;
+/// The autoclear bit that says the bitmaps extension is consistent.
+pub const AUTOCLEAR_BITMAPS: u64 = 1;
 /// A bitmap table entry with no cluster that reads as all ones.
 const ALL_ONES: u64 = 1;
 /// The only bitmap type: dirty tracking.
 const DIRTY_TRACKING: u8 = 1;
-/// Bounds for hostile directories and tables, QEMU's own limits.
-const MAX_DIRECTORY: u64 = 64 << 20;
-const MAX_TABLE_ENTRIES: u64 = 0x800_0000;
+/// Bounds for hostile directories, QEMU's own limits.
+const MAX_BITMAPS: u32 = 65535;
+const MAX_DIRECTORY_BYTES: u64 = 64 << 20;
+const MAX_NAME: u64 = 1023;
+
+/// A bitmap directory entry.
+pub struct Entry {
+    pub name: String,
+    pub table_offset: u64,
+    pub table_size: u32,
+    pub flags: u32,
+    pub kind: u8,
+    pub granularity_bits: u8,
+    pub extra_data_size: u32,
+}
+
+/// The bitmap directory of the image (empty without the bitmaps extension). Whether the
+/// extension is consistent (autoclear bit [`AUTOCLEAR_BITMAPS`]) is for the caller to judge.
+pub fn directory(source: &dyn Source, header: &Header) -> io::Result<Vec<Entry>> {
+    let Some(ext) = &header.bitmaps_extension else { return Ok(Vec::new()) };
+    if ext.len() != 24 {
+        return Err(corrupt(format!("the bitmaps extension is {} bytes long (24 expected)", ext.len())));
+    }
+    let (count, size, offset) = (be32(ext, 0), be64(ext, 8), be64(ext, 16));
+    if count == 0 || count > MAX_BITMAPS {
+        return Err(corrupt(format!("the bitmaps extension claims {count} bitmaps (1 to {MAX_BITMAPS} allowed)")));
+    }
+    if size > MAX_DIRECTORY_BYTES || !offset.is_multiple_of(header.cluster_size()) {
+        return Err(corrupt(format!("invalid bitmap directory: {size} bytes at offset {offset}")));
+    }
+    let dir = read_bounded(source, "the bitmap directory", offset, size)?;
+    let mut entries = Vec::new();
+    let mut at = 0usize;
+    for i in 0..count {
+        let bad = || corrupt(format!("bitmap directory entry {i} runs past the directory ({size} bytes)"));
+        let fixed = dir.get(at..at + 24).ok_or_else(bad)?;
+        let name_size = u64::from(be16(fixed, 18));
+        let extra_data_size = be32(fixed, 20);
+        if name_size == 0 || name_size > MAX_NAME {
+            return Err(corrupt(format!("bitmap directory entry {i}: invalid name length {name_size}")));
+        }
+        let name_at = at + 24 + extra_data_size as usize;
+        let name = dir.get(name_at..name_at + name_size as usize).ok_or_else(bad)?;
+        entries.push(Entry {
+            name: String::from_utf8_lossy(name).into_owned(),
+            table_offset: be64(fixed, 0),
+            table_size: be32(fixed, 8),
+            flags: be32(fixed, 12),
+            kind: fixed[16],
+            granularity_bits: fixed[17],
+            extra_data_size,
+        });
+        at = (name_at + name_size as usize).next_multiple_of(8);
+    }
+    Ok(entries)
+}
+
+impl Entry {
+    /// Marked in use: a qemu that had it open did not close it, so it may have missed writes.
+    pub fn in_use(&self) -> bool {
+        self.flags & IN_USE != 0
+    }
+
+    /// Enabled: it records writes.
+    pub fn enabled(&self) -> bool {
+        self.flags & AUTO != 0
+    }
+
+    /// Why the bitmap cannot be used, as qemu checks it before use (not counting [`Entry::in_use`]);
+    /// `None` when it can.
+    pub fn unusable(&self, header: &Header) -> Option<String> {
+        if self.flags & !(IN_USE | AUTO | EXTRA_DATA_COMPATIBLE) != 0 {
+            return Some(format!("unknown flags {:#x}", self.flags));
+        }
+        if self.kind != DIRTY_TRACKING {
+            return Some(format!("unknown type {} (1, dirty tracking, is known)", self.kind));
+        }
+        if self.extra_data_size != 0 && self.flags & EXTRA_DATA_COMPATIBLE == 0 {
+            return Some("it has extra data of an unknown kind".into());
+        }
+        if !(9..=31).contains(&self.granularity_bits) {
+            return Some(format!("granularity 2^{} (2^9 to 2^31 allowed)", self.granularity_bits));
+        }
+        let expected = self.expected_table_size(header);
+        if u64::from(self.table_size) != expected {
+            return Some(format!(
+                "its table has {} entries, and {expected} cover the disk at this granularity",
+                self.table_size
+            ));
+        }
+        if !self.table_offset.is_multiple_of(header.cluster_size()) {
+            return Some(format!("table offset {} is not cluster aligned", self.table_offset));
+        }
+        None
+    }
+
+    /// The entries a table needs to cover the disk: one cluster of bits each.
+    fn expected_table_size(&self, header: &Header) -> u64 {
+        let granularity = 1u64 << self.granularity_bits.min(63);
+        header.size.div_ceil(granularity).div_ceil(8).div_ceil(header.cluster_size())
+    }
+
+    /// The bitmap's table, of a bitmap that is not [`Entry::unusable`]: each entry 0 (all
+    /// clean), 1 (all dirty) or the offset of a cluster of bits inside the file.
+    pub fn table(&self, source: &dyn Source, header: &Header) -> io::Result<Vec<u64>> {
+        let name = &self.name;
+        let what = format!("the table of bitmap '{name}'");
+        let raw = read_bounded(source, &what, self.table_offset, u64::from(self.table_size) * 8)?;
+        let table: Vec<u64> = raw.chunks_exact(8).map(|c| be64(c, 0)).collect();
+        let cluster_size = header.cluster_size();
+        for (i, &t) in table.iter().enumerate() {
+            let offset = t & OFFSET_MASK;
+            let reserved = t & !OFFSET_MASK & !ALL_ONES;
+            if reserved != 0 || (offset != 0 && t & ALL_ONES != 0) || !offset.is_multiple_of(cluster_size) {
+                return Err(corrupt(format!("bitmap '{name}': invalid table entry {i}: {t:#x}")));
+            }
+            if offset != 0 {
+                check_in_file(source, &format!("bitmap '{name}' cluster {i}"), offset, cluster_size)?;
+            }
+        }
+        Ok(table)
+    }
+}
 
 /// One enabled bitmap.
 struct Bitmap {
@@ -40,46 +166,22 @@ impl Bitmaps {
     /// the extension is stale).
     pub fn load(source: &dyn Source, header: &Header) -> io::Result<Bitmaps> {
         let mut bitmaps = Bitmaps { list: Vec::new(), cluster_bits: header.cluster_bits };
-        let Some((count, dir_size, dir_offset)) = header.bitmaps.filter(|_| header.autoclear & 1 != 0) else {
+        if header.autoclear & AUTOCLEAR_BITMAPS == 0 {
             return Ok(bitmaps);
-        };
-        if dir_size > MAX_DIRECTORY {
-            return Err(corrupt(format!("bitmap directory of {dir_size} bytes")));
         }
-        let mut dir = vec![0u8; dir_size as usize];
-        source.read_at(&mut dir, dir_offset)?;
-        let mut at = 0usize;
-        for _ in 0..count {
-            if at + 24 > dir.len() {
-                return Err(corrupt("the bitmap directory is shorter than its bitmaps"));
-            }
-            let e = &dir[at..];
-            let (table_offset, table_size, flags) = (be64(e, 0), u64::from(be32(e, 8)), be32(e, 12));
-            let (kind, granularity_bits) = (e[16], u32::from(e[17]));
-            let name_size = usize::from(u16::from_be_bytes([e[18], e[19]]));
-            let extra = be32(e, 20) as usize;
-            at += (24 + extra + name_size).next_multiple_of(8);
-            if flags & IN_USE != 0 || flags & AUTO == 0 {
+        for e in directory(source, header)? {
+            if e.in_use() || !e.enabled() {
                 continue;
             }
-            if kind != DIRTY_TRACKING || (extra != 0 && flags & EXTRA_DATA_COMPATIBLE == 0) {
-                return Err(unsupported(format!("writing an image with a bitmap of type {kind} (or extra data)")));
+            if let Some(why) = e.unusable(header) {
+                return Err(corrupt(format!("bitmap '{}' cannot be used: {why}", e.name)));
             }
-            if !(9..=31).contains(&granularity_bits) {
-                return Err(corrupt(format!("bitmap granularity_bits {granularity_bits}")));
-            }
-            let bits = header.size.div_ceil(1 << granularity_bits);
-            let expected = bits.div_ceil(8 << header.cluster_bits);
-            if table_size != expected || table_size > MAX_TABLE_ENTRIES {
-                return Err(corrupt(format!("bitmap table of {table_size} entries, {expected} expected")));
-            }
-            if table_offset & ((1 << header.cluster_bits) - 1) != 0 {
-                return Err(corrupt(format!("bitmap table at {table_offset:#x} is not aligned to a cluster")));
-            }
-            let mut raw = vec![0u8; table_size as usize * 8];
-            source.read_at(&mut raw, table_offset)?;
-            let table = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes"))).collect();
-            bitmaps.list.push(Bitmap { table_offset, table, granularity_bits });
+            let table = e.table(source, header)?;
+            bitmaps.list.push(Bitmap {
+                table_offset: e.table_offset,
+                table,
+                granularity_bits: u32::from(e.granularity_bits),
+            });
         }
         Ok(bitmaps)
     }
@@ -124,6 +226,7 @@ impl Bitmaps {
 #[cfg(test)]
 mod tests {
     use super::super::header::tests::image;
+    use super::super::header::EXT_BITMAPS as EXT;
     use super::*;
 
     /// An image with one bitmap (directory at 0x20000, table at 0x50000) of the given table size,
@@ -147,8 +250,6 @@ mod tests {
         b[e + 24..e + 26].copy_from_slice(b"b0");
         b
     }
-
-    const EXT: u32 = 0x2385_2875;
 
     #[test]
     fn enabled_bitmaps_load_and_hostile_ones_are_errors() {

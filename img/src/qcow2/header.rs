@@ -1,7 +1,11 @@
 //! The qcow2 header and its extensions, parsed and checked before anything else is read: every
 //! field that later sizes an allocation or a loop (cluster bits, the L1 table, the refcount
 //! table, name lengths) is bounded here, so that a hostile header gives an error, not a panic or
-//! a huge allocation.
+//! a huge allocation. The one header parser of the crate: the own driver ([`super::Qcow2`]),
+//! internal snapshots (`-l`, [`crate::snapshot`]) and dirty bitmaps (`-B`, [`crate::bitmap`])
+//! all start from [`Header`]. What only the own driver cannot serve (encryption, an external
+//! data file, unknown feature bits) is refused by [`Header::check_supported`], not here, as
+//! imago serves some of it.
 
 use std::io;
 
@@ -22,7 +26,7 @@ const KNOWN_INCOMPATIBLE: u64 = DIRTY | CORRUPT | EXTERNAL_DATA | COMPRESSION_TY
 const EXT_END: u32 = 0;
 const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
 const EXT_FEATURE_NAMES: u32 = 0x6803_f857;
-const EXT_BITMAPS: u32 = 0x2385_2875;
+pub const EXT_BITMAPS: u32 = 0x2385_2875;
 
 /// QEMU's own limits, which images in the wild respect: 2 MiB clusters, a 32 MiB L1 table,
 /// an 8 MiB refcount table, 1023-byte backing file names.
@@ -56,24 +60,53 @@ pub struct Header {
     pub autoclear: u64,
     /// Internal snapshots: clusters may be shared with them.
     pub nb_snapshots: u32,
+    pub snapshots_offset: u64,
+    pub crypt_method: u32,
     pub compression: Compression,
     /// Bytes of the header proper (72 for v2), where the extensions start.
     pub header_length: u32,
     pub backing_file: Option<String>,
     pub backing_format: Option<String>,
-    /// The bitmaps extension: how many bitmaps, the directory's size and offset.
-    pub bitmaps: Option<(u32, u64, u64)>,
+    /// The data of the bitmaps extension, as stored ([`super::bitmaps`] reads it).
+    pub bitmaps_extension: Option<Vec<u8>>,
+    /// The header's first 72 bytes (version 2's whole header), as read: imago is shown a
+    /// snapshot as this with the snapshot's L1 table and size.
+    pub v2: [u8; 72],
 }
 
-pub(super) fn be32(b: &[u8], at: usize) -> u32 {
+/// A qcow2 header: the magic, then version 2 or 3.
+pub fn looks_like_qcow2(head: &[u8; 8]) -> bool {
+    &head[..4] == MAGIC && matches!(be32(head, 4), 2 | 3)
+}
+
+/// Big-endian fields of a byte slice whose length the caller has checked.
+pub fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+pub fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
-pub(super) fn be64(b: &[u8], at: usize) -> u64 {
+pub fn be64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
 impl Header {
+    /// The header of `source` if it is a qcow2 image ([`looks_like_qcow2`]), checked; `None`
+    /// when it is not one.
+    pub fn probe(source: &dyn Source) -> io::Result<Option<Header>> {
+        let mut head = [0u8; 8];
+        if source.size()? < 8 {
+            return Ok(None);
+        }
+        source.read_at(&mut head, 0)?;
+        if !looks_like_qcow2(&head) {
+            return Ok(None);
+        }
+        Header::read(source).map(Some)
+    }
+
     /// Reads and checks the header at the start of `source`.
     pub fn read(source: &dyn Source) -> io::Result<Header> {
         let file_size = source.size()?;
@@ -109,16 +142,6 @@ impl Header {
         {
             return Err(corrupt(format!("header_length {header_length}")));
         }
-        if be32(&b, 32) != 0 {
-            return Err(unsupported("encryption (crypt_method is not 0)"));
-        }
-        let unknown = incompatible & !KNOWN_INCOMPATIBLE;
-        if unknown != 0 {
-            return Err(unsupported(format!("incompatible feature bits {unknown:#x}")));
-        }
-        if incompatible & EXTERNAL_DATA != 0 {
-            return Err(unsupported("an external data file"));
-        }
         if refcount_order > 6 {
             return Err(corrupt(format!("refcount_order {refcount_order} is above 6")));
         }
@@ -141,17 +164,7 @@ impl Header {
         let refcount_table_offset = be64(&b, 48);
         let refcount_table_clusters = be32(&b, 56);
         let entry_bytes = if incompatible & EXTENDED_L2 != 0 { 16 } else { 8 };
-        let per_l2 = cluster_size / entry_bytes;
-        // Bytes one L1 entry covers; the disk must fit in the L1 table, which must fit QEMU's limit.
-        let per_l1 = per_l2 << cluster_bits;
-        let needed = size.div_ceil(per_l1);
-        if u64::from(l1_size) < needed {
-            return Err(corrupt(format!("l1_size {l1_size} is too small for a {size}-byte disk")));
-        }
-        if u64::from(l1_size) * 8 > MAX_L1_BYTES {
-            return Err(corrupt(format!("l1_size {l1_size} is above QEMU's limit")));
-        }
-        check_table("L1 table", l1_offset, u64::from(l1_size) * 8, cluster_size)?;
+        check_l1(size, l1_offset, l1_size, cluster_bits, entry_bytes)?;
         let reftable_bytes = u64::from(refcount_table_clusters) << cluster_bits;
         if reftable_bytes > MAX_REFTABLE_BYTES || refcount_table_clusters == 0 {
             return Err(corrupt(format!("refcount_table_clusters {refcount_table_clusters}")));
@@ -170,11 +183,14 @@ impl Header {
             incompatible,
             autoclear: if version == 3 { be64(&b, 88) } else { 0 },
             nb_snapshots: be32(&b, 60),
+            snapshots_offset: be64(&b, 64),
+            crypt_method: be32(&b, 32),
             compression,
             header_length,
             backing_file: None,
             backing_format: None,
-            bitmaps: None,
+            bitmaps_extension: None,
+            v2: b[..72].try_into().expect("72 bytes"),
         };
         header.read_backing_name(source, be64(&b, 8), be32(&b, 16))?;
         header.read_extensions(source, file_size)?;
@@ -187,6 +203,40 @@ impl Header {
 
     pub fn extended_l2(&self) -> bool {
         self.incompatible & EXTENDED_L2 != 0
+    }
+
+    /// Whether this is an image only the own driver reads (imago refuses it).
+    pub fn needs_own_driver(&self) -> bool {
+        self.incompatible & (COMPRESSION_TYPE | EXTENDED_L2) != 0
+    }
+
+    /// Bytes of the disk one L1 entry covers.
+    pub fn l1_entry_covers(&self) -> u64 {
+        let entry_bytes = if self.extended_l2() { 16 } else { 8 };
+        (self.cluster_size() / entry_bytes) << self.cluster_bits
+    }
+
+    /// Refuses what the own driver does not serve (imago serves an external data file).
+    pub fn check_supported(&self) -> io::Result<()> {
+        if self.crypt_method != 0 {
+            return Err(unsupported("encryption (crypt_method is not 0)"));
+        }
+        let unknown = self.incompatible & !KNOWN_INCOMPATIBLE;
+        if unknown != 0 {
+            return Err(unsupported(format!("incompatible feature bits {unknown:#x}")));
+        }
+        if self.incompatible & EXTERNAL_DATA != 0 {
+            return Err(unsupported("an external data file"));
+        }
+        Ok(())
+    }
+
+    /// This header with another disk size and L1 table (an internal snapshot's), checked as
+    /// the active layer's are.
+    pub fn with_l1(&self, size: u64, l1_offset: u64, l1_size: u32) -> io::Result<Header> {
+        let entry_bytes = if self.extended_l2() { 16 } else { 8 };
+        check_l1(size, l1_offset, l1_size, self.cluster_bits, entry_bytes)?;
+        Ok(Header { size, l1_offset, l1_size, ..self.clone() })
     }
 
     fn read_backing_name(&mut self, source: &dyn Source, offset: u64, len: u32) -> io::Result<()> {
@@ -225,10 +275,10 @@ impl Header {
                     let name = String::from_utf8(name).map_err(|_| corrupt("the backing format is not UTF-8"))?;
                     self.backing_format = Some(name.trim_end_matches('\0').to_string());
                 }
-                EXT_BITMAPS if len >= 24 => {
-                    let mut e = [0u8; 24];
+                EXT_BITMAPS => {
+                    let mut e = vec![0u8; len as usize];
                     source.read_at(&mut e, at)?;
-                    self.bitmaps = Some((be32(&e, 0), be64(&e, 8), be64(&e, 16)));
+                    self.bitmaps_extension = Some(e);
                 }
                 // Names of features for messages; the bits are what count. Other extensions
                 // (encryption, data file name) are refused above.
@@ -239,6 +289,18 @@ impl Header {
         }
         Ok(())
     }
+}
+
+/// The disk must fit in the L1 table, which must fit QEMU's limit and be well placed.
+fn check_l1(size: u64, l1_offset: u64, l1_size: u32, cluster_bits: u32, entry_bytes: u64) -> io::Result<()> {
+    let per_l1 = ((1u64 << cluster_bits) / entry_bytes) << cluster_bits;
+    if u64::from(l1_size) < size.div_ceil(per_l1) {
+        return Err(corrupt(format!("l1_size {l1_size} is too small for a {size}-byte disk")));
+    }
+    if u64::from(l1_size) * 8 > MAX_L1_BYTES {
+        return Err(corrupt(format!("l1_size {l1_size} is above QEMU's limit")));
+    }
+    check_table("L1 table", l1_offset, u64::from(l1_size) * 8, 1 << cluster_bits)
 }
 
 /// A table must be cluster-aligned and must not wrap around.
@@ -302,8 +364,9 @@ pub mod tests {
         b[at..at + 8].copy_from_slice(&v.to_be_bytes());
     }
 
+    /// Refused by the parser, or by the own driver's checks.
     fn refused(b: Vec<u8>, what: &str) {
-        match Header::read(&b) {
+        match Header::read(&b).and_then(|h| h.check_supported().map(|()| h)) {
             Ok(h) => panic!("{what}: accepted {h:?}"),
             Err(e) => assert!(e.to_string().starts_with("qcow2: "), "{what}: {e}"),
         }
@@ -370,6 +433,29 @@ pub mod tests {
         put32(&mut b, 112, EXT_BACKING_FORMAT);
         put32(&mut b, 116, 70000);
         refused(b, "extension past the cluster");
+    }
+
+    #[test]
+    fn probing_and_snapshot_views() {
+        assert!(Header::probe(&b"QFI".to_vec()).unwrap().is_none());
+        assert!(Header::probe(&vec![0u8; 4096]).unwrap().is_none());
+        let mut b = image(1 << 30, true, true);
+        assert!(Header::probe(&b).unwrap().is_some());
+        put32(&mut b, 20, 40);
+        assert!(Header::probe(&b).is_err(), "a qcow2 magic with a hostile header is an error, not 'not qcow2'");
+        // An external data file is imago's to serve: parsed, refused by the own driver only.
+        let mut b = image(1 << 30, false, false);
+        put64(&mut b, 72, EXTERNAL_DATA);
+        assert!(Header::read(&b).unwrap().check_supported().is_err());
+        // A snapshot's L1 table is checked as the active one is: 16 entries of 2^28 bytes each
+        // with extended L2 entries and 64 KiB clusters.
+        let h = Header::read(&image(1 << 30, true, false)).unwrap();
+        assert_eq!(h.l1_entry_covers(), 1 << 28);
+        let view = h.with_l1(4 << 30, 0x40000, 16).unwrap();
+        assert_eq!((view.size, view.l1_offset, view.l1_size), (4 << 30, 0x40000, 16));
+        assert!(h.with_l1((4 << 30) + 1, 0x40000, 16).is_err(), "too small for the disk");
+        assert!(h.with_l1(1 << 20, 0x40200, 1).is_err(), "misaligned");
+        assert!(h.with_l1(1 << 20, 0x40000, u32::MAX).is_err(), "huge");
     }
 
     #[test]

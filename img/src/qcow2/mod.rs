@@ -7,7 +7,8 @@
 //! backing chain of any format and any depth). Its pieces: [`header`] (header and extensions,
 //! every size checked), [`l2`] (entries, standard and extended, and the bounded L2 cache),
 //! [`compressed`] (zlib and zstd clusters), [`refcount`] (refcounts and allocation), `write`
-//! (writes, zeroes, discards, copy-on-write) and [`bitmaps`] (dirty bitmaps kept up to date).
+//! (writes, zeroes, discards, copy-on-write) and [`bitmaps`] (dirty bitmaps: read, for `-B` too,
+//! and kept up to date).
 
 pub mod bitmaps;
 pub mod compressed;
@@ -58,6 +59,27 @@ pub fn corrupt(what: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("qcow2: {what}"))
 }
 
+/// Checks that `length` bytes at `offset` (`what` they are, for the error) lie inside `source`.
+pub fn check_in_file(source: &dyn Source, what: &str, offset: u64, length: u64) -> io::Result<()> {
+    let size = source.size()?;
+    if offset.checked_add(length).is_none_or(|end| end > size) {
+        return Err(corrupt(format!(
+            "{what} at offset {offset} ({length} bytes) is past the end of the file ({size} bytes)"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads `length` bytes at `offset` of `source` (`what` they are, for the error), refusing a
+/// range past the end of the file before allocating anything for it: a hostile table may claim
+/// any size, but never gets more memory than the file has bytes.
+pub fn read_bounded(source: &dyn Source, what: &str, offset: u64, length: u64) -> io::Result<Vec<u8>> {
+    check_in_file(source, what, offset, length)?;
+    let mut buf = vec![0u8; length as usize];
+    source.read_at(&mut buf, offset)?;
+    Ok(buf)
+}
+
 /// An open qcow2 image.
 pub struct Qcow2<S, B> {
     source: S,
@@ -73,10 +95,12 @@ pub struct Qcow2<S, B> {
 }
 
 impl<S: Source, B: Backing> Qcow2<S, B> {
-    /// Reads the header of `source`, without opening anything else: the caller opens the
-    /// backing file it names, if any.
+    /// Reads the header of `source` and checks that this driver serves it, without opening
+    /// anything else: the caller opens the backing file it names, if any.
     pub fn header(source: &S) -> io::Result<Header> {
-        Header::read(source)
+        let header = Header::read(source)?;
+        header.check_supported()?;
+        Ok(header)
     }
 
     /// Opens the image in `source` with its `header`, over `backing`, read-only (see

@@ -9,7 +9,7 @@
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::bitmaps::Bitmaps;
+use super::bitmaps::{Bitmaps, AUTOCLEAR_BITMAPS};
 use super::header::{unsupported, CORRUPT, DIRTY};
 use super::l2::{Kind, COMPRESSED, COPIED, OFFSET_MASK, SUBCLUSTERS, ZERO_FLAG};
 use super::refcount::Refcounts;
@@ -17,8 +17,6 @@ use super::{Backing, Qcow2, Source};
 
 /// The header field of the autoclear feature bits.
 const HEADER_AUTOCLEAR: u64 = 88;
-/// The autoclear bit saying the bitmaps extension is consistent, which writes keep so.
-const AUTOCLEAR_BITMAPS: u64 = 1;
 /// All 32 allocation bits, all 32 zero bits of an extended L2 bitmap.
 const ALL_ALLOCATED: u64 = 0xffff_ffff;
 const ALL_ZERO: u64 = 0xffff_ffff << 32;
