@@ -21,15 +21,24 @@ export NBDFORGE
 export PYTHONDONTWRITEBYTECODE=1
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/nbdforge-test.XXXXXX")"
+# Every process this test starts carries its directory in the environment, so that cleanup can
+# tell its own servers from unrelated processes that reuse a pid of theirs after they exited
+# (pids wrap at 32768, and the suite runs tests in parallel).
+export NBDFORGE_TEST_DIR="$tmp"
 server_pids=()
 server_logs=()
 server_count=0
+
+# ours PID: whether PID is a process this test started (see NBDFORGE_TEST_DIR).
+ours() {
+    tr '\0' '\n' <"/proc/$1/environ" 2>/dev/null | grep -qxF "NBDFORGE_TEST_DIR=$tmp"
+}
 
 cleanup() {
     local status=$?
     local pid
     for pid in "${server_pids[@]}"; do
-        if kill -0 "$pid" 2>/dev/null; then
+        if kill -0 "$pid" 2>/dev/null && ours "$pid"; then
             kill -TERM "$pid" 2>/dev/null || :
             # Give it a moment, then insist.
             for _ in 1 2 3 4 5 6 7 8 9 10; do

@@ -5,13 +5,15 @@
 //! - [`reply`]: how a read's data and a block status become reply chunks, and reach the socket;
 //! - [`splice`]: large reads from a backend's pages sent by reference, without a copy;
 //! - [`budget`]: the bound on the memory clients can make the server hold for request data;
-//! - [`parking`]: where idle connections wait without a thread.
+//! - [`parking`]: where idle connections wait without a thread;
+//! - [`pacing`]: reading later from a client that is behind on its replies, so requests batch.
 //!
 //! Around them, this module runs the connection's life as layers see it: `preconnect` before the
 //! handshake, `finalize` after the last request, and the [`Connection`] context throughout.
 
 mod budget;
 mod handshake;
+mod pacing;
 mod parking;
 mod reply;
 mod splice;

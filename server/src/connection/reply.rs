@@ -83,6 +83,7 @@ impl<'t> ReadSink for ReplySink<'t, '_> {
             let reply = t.read_reply(self.req, self.offset, self.df, parts);
             let mut iov = reply.iov();
             let total: usize = iov.iter().map(|s| s.len()).sum();
+            t.last_reply.store(total as u64, Ordering::Relaxed);
             if t.corked.load(Ordering::Relaxed) && writer.held.len() + total <= HOLD_LIMIT {
                 // Another request is waiting: this reply goes out with the next ones.
                 iov.iter().for_each(|s| writer.held.extend_from_slice(s));

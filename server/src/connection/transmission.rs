@@ -30,6 +30,7 @@ use nbdforge_protocol::{Command, Negotiated, Refusal, Replies, Request, Session}
 use tracing::{debug, error, warn};
 
 use super::budget::{Budget, Reservation, PER_CONNECTION};
+use super::pacing::Pacing;
 use super::parking::{Parked, IDLE_BEFORE_PARK};
 use super::wire_errno;
 use crate::server::{LiveGuard, Shared};
@@ -86,7 +87,13 @@ pub(super) fn run(
         handle,
         session: Session::new(negotiated),
         replies: Replies { structured: negotiated.structured, extended: negotiated.extended },
-        reader: Mutex::new(Reader { input: BufReader::with_capacity(READ_BUFFER, read), done: false, parked: false }),
+        reader: Mutex::new(Reader {
+            input: BufReader::with_capacity(READ_BUFFER, read),
+            done: false,
+            parked: false,
+            pacing: Pacing::default(),
+        }),
+        last_reply: AtomicU64::new(0),
         writer: Mutex::new(Output { w: write, held: Vec::new() }),
         corked: AtomicBool::new(false),
         service_ns: AtomicU64::new(0),
@@ -130,6 +137,7 @@ struct Reader {
     done: bool,
     /// The connection is in the poller: workers that find this leave.
     parked: bool,
+    pacing: Pacing,
 }
 
 pub(super) struct Transmission {
@@ -145,6 +153,8 @@ pub(super) struct Transmission {
     pub corked: AtomicBool,
     /// The backend's recent time per request (a moving average), in nanoseconds.
     service_ns: AtomicU64,
+    /// The length of the last reply sent, for [`Pacing`].
+    pub last_reply: AtomicU64,
     pub failed: AtomicBool,
     /// The socket, for replies sent on it directly (borrowed reads, `sendfile`) and for waiting
     /// on it; `None` for TLS and pipes.
@@ -377,6 +387,7 @@ impl Transmission {
             if rd.input.buffer().len() < header_len {
                 // The next read may wait for the client: what was held back goes out first.
                 self.flush_held();
+                self.pace(&rd);
             }
             if rd.done || self.failed.load(Ordering::Relaxed) {
                 break Next::End;
@@ -404,6 +415,7 @@ impl Transmission {
                     }
                     rd.done |= incoming.req.kind == CMD_DISC || incoming.close;
                     self.in_flight.fetch_add(1, Ordering::SeqCst);
+                    rd.pacing.request();
                     let more = !rd.done && rd.input.buffer().len() >= header_len;
                     break Next::Request(incoming, buf, more);
                 }
@@ -419,6 +431,18 @@ impl Transmission {
         drop(rd);
         self.reading.fetch_sub(1, Ordering::SeqCst);
         result
+    }
+
+    /// Waits a little before reading when the lone worker's client is behind on its replies (see
+    /// [`Pacing`]).
+    fn pace(&self, rd: &Reader) {
+        if rd.done || self.workers.load(Ordering::Relaxed) != 1 {
+            return;
+        }
+        let Some(socket) = self.socket.as_deref().filter(|_| self.parkable) else { return };
+        if let Some(pause) = rd.pacing.pause(socket, self.last_reply.load(Ordering::Relaxed)) {
+            std::thread::sleep(pause);
+        }
     }
 
     /// Hands the connection to the server's poller; its idle buffers go back to the system.
@@ -490,6 +514,7 @@ impl Transmission {
     pub(super) fn send(&self, parts: &mut [IoSlice<'_>]) {
         let mut out = lock(&self.writer);
         let size: usize = parts.iter().map(|p| p.len()).sum();
+        self.last_reply.store(size as u64, Ordering::Relaxed);
         if self.corked.load(Ordering::Relaxed) && out.held.len() + size <= HOLD_LIMIT {
             parts.iter().for_each(|p| out.held.extend_from_slice(p));
             return;
