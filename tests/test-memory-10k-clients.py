@@ -22,7 +22,9 @@ from nbdwire import CMD_READ, Client  # noqa: E402
 
 CLIENTS = 10000
 MAX_THREADS = 100
-MAX_RSS_KIB = 1 << 20
+# The goal is under 1 GiB; the server holds about 86 MiB. A quarter of the goal catches memory a
+# parked connection keeps by mistake (a 64 KiB read buffer each would be 640 MiB).
+MAX_RSS_KIB = 256 << 10
 NOFILE = 10500
 
 
@@ -63,7 +65,7 @@ def main():
             print("with %d idle clients: %d threads, VmRSS %d MiB" % (CLIENTS, threads, rss // 1024))
             check(threads < MAX_THREADS, "%d threads for %d idle clients, want under %d"
                   % (threads, CLIENTS, MAX_THREADS))
-            check(rss < MAX_RSS_KIB, "VmRSS %d KiB with %d idle clients, want under 1 GiB"
+            check(rss < MAX_RSS_KIB, "VmRSS %d KiB with %d idle clients, want under 256 MiB"
                   % (rss, CLIENTS))
 
             # A busy client among them.

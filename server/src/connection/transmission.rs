@@ -40,9 +40,11 @@ use crate::transport::{write_all_vectored, Stream};
 const KEEP_BUFFER: usize = 2 << 20;
 /// Idle buffers a connection keeps for its next requests.
 const POOL: usize = 8;
-/// Read-side buffer, so a burst of small requests costs one system call. Kept small because
-/// whatever part of a large WRITE payload lands in it is copied once more on its way out.
-const READ_BUFFER: usize = 16 << 10;
+/// Read-side buffer, so a burst of small requests costs one system call: 64 KiB holds fifteen
+/// 4 KiB writes (16 KiB held four, and fio's 4 KiB random writes to memory went 9% slower). The
+/// part of a large WRITE payload that lands in it is copied once more, which costs 256 KiB
+/// writes nothing measurable. Pages of it that were never filled cost no memory.
+const READ_BUFFER: usize = 64 << 10;
 /// An oversized payload up to this size is read and thrown away, so the connection stays in step;
 /// a larger one is refused and the connection closed, without reading it.
 const DRAIN_LIMIT: u64 = 2 * super::MAX_REQUEST as u64;
@@ -383,6 +385,7 @@ impl Transmission {
         self.reading.fetch_add(1, Ordering::SeqCst);
         let mut rd = lock(&self.reader);
         let header_len = if self.session.extended { 32 } else { 28 };
+        set_read_buffer(&mut rd, READ_BUFFER);
         let result = loop {
             if rd.input.buffer().len() < header_len {
                 // The next read may wait for the client: what was held back goes out first.
@@ -452,6 +455,7 @@ impl Transmission {
         rd.parked = true;
         lock(&self.buffers).clear();
         lock(&self.writer).held = Vec::new();
+        set_read_buffer(rd, 0);
         let this: Arc<dyn Parked> = Arc::clone(self) as Arc<dyn Parked>;
         if let Err(e) = parking.park(this) {
             debug!("{}: cannot park the idle connection: {e}", self.peer);
@@ -649,6 +653,17 @@ impl Drop for Transmission {
         super::handshake::finalize(self.handle.as_ref(), &self.conn);
         debug!("{}: connection closed", self.peer);
     }
+}
+
+/// Gives the read buffer's memory back (a parked connection has read all it holds), or takes
+/// it again; nothing happens while it holds unread bytes.
+fn set_read_buffer(rd: &mut Reader, capacity: usize) {
+    if rd.input.capacity() == capacity || !rd.input.buffer().is_empty() {
+        return;
+    }
+    let placeholder: Box<dyn Read + Send> = Box::new(io::empty());
+    let input = std::mem::replace(&mut rd.input, BufReader::with_capacity(0, placeholder));
+    rd.input = BufReader::with_capacity(capacity, input.into_inner());
 }
 
 /// `read_exact` that waits through the read timeout a parkable socket has: a client pausing in
