@@ -8,7 +8,7 @@
 source "$(dirname "$0")/lib/functions.sh"
 
 start_server memory 64M
-fio_args=(--name=w --ioengine=nbd --uri="$uri" --size=64M --bs=4k)
+fio_args=(--name=w --ioengine=nbd --uri="$uri" --size=64M --bs=4k --verify_state_save=0)
 fio "${fio_args[@]}" --rw=write --iodepth=16 --verify=crc32c --do_verify=0 --output=/dev/null
 
 reads() { awk '/^syscr:/ { print $2 }' /proc/"$server_pid"/io; }
