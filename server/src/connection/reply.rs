@@ -193,6 +193,7 @@ impl Transmission {
             }
         }
         if let (Some(n), Some(socket)) = (sink.spliced.take(), &self.socket) {
+            self.last_reply.store(n as u64, Ordering::Relaxed);
             let mut out = lock(&self.writer);
             if let Err(e) = out.flush_held().and_then(|()| ReplyPipe::send(socket, n)) {
                 self.reply_failed(e);
@@ -238,6 +239,7 @@ impl Transmission {
             vec![(offset, length, false)]
         };
         let last = runs.len() - 1;
+        self.last_reply.store(length, Ordering::Relaxed);
         let mut out = lock(&self.writer);
         let mut sent = out.flush_held();
         let writer = &mut out.w;

@@ -11,8 +11,9 @@
 //! (see [`FAST_SERVICE`]): a busy client gets the concurrency it uses. When the backend answers
 //! fast, one worker serves the connection alone: threads handing the reader to each other would
 //! cost more than the requests, and the lone worker sends the replies to requests that were
-//! already waiting behind each other together, in one system call ([`Output`]). A client idle for a second, with nothing in flight, costs no thread at all:
-//! its connection is parked in the server's poller (see `parking`) until it sends again.
+//! already waiting behind each other together, in one system call ([`Output`]). A client idle
+//! for a second, with nothing in flight, costs no thread at all: its connection is parked in the
+//! server's poller (see `parking`) until it sends again.
 //!
 //! The connection's state is shared by its workers (an `Arc`), so it outlives any one thread;
 //! when the last reference goes, the handle is finalized and the connection counted out.
@@ -596,24 +597,20 @@ impl Transmission {
             }
         };
         let _serialized = self.shared.serialize_all.as_ref().map(lock);
-        match cmd {
+        let h = self.handle.as_ref();
+        let fua = |fua: bool| if fua { Flags::FUA } else { Flags::NONE };
+        let result = match cmd {
             Command::Disconnect => return None,
             Command::Read { offset, length, df } => return self.read(&req, offset, length, df, buf),
             Command::BlockStatus { offset, length, req_one } => {
                 return self.block_status(&req, offset, length, req_one, wanted_ids.as_deref())
             }
-            _ => {}
-        }
-        let h = self.handle.as_ref();
-        let fua = |fua: bool| if fua { Flags::FUA } else { Flags::NONE };
-        let data = if matches!(cmd, Command::Write { .. }) { req.length } else { 0 };
-        let result = self.timed(data, || match cmd {
-            Command::Disconnect => Ok(()),
-            Command::Read { .. } | Command::BlockStatus { .. } => Ok(()),
-            Command::Write { offset, length, fua: f } => h.pwrite(&buf[..length as usize], offset, fua(f)),
-            Command::Flush => h.flush(Flags::NONE),
-            Command::Trim { offset, length, fua: f } => h.trim(length, offset, fua(f)),
-            Command::Cache { offset, length } => h.cache(length, offset, Flags::NONE),
+            Command::Write { offset, length, fua: f } => {
+                self.timed(u64::from(length), || h.pwrite(&buf[..length as usize], offset, fua(f)))
+            }
+            Command::Flush => self.timed(0, || h.flush(Flags::NONE)),
+            Command::Trim { offset, length, fua: f } => self.timed(0, || h.trim(length, offset, fua(f))),
+            Command::Cache { offset, length } => self.timed(0, || h.cache(length, offset, Flags::NONE)),
             Command::WriteZeroes { offset, length, fua: f, may_trim, fast } => {
                 let mut flags = fua(f);
                 if may_trim {
@@ -622,9 +619,9 @@ impl Transmission {
                 if fast {
                     flags |= Flags::FAST_ZERO;
                 }
-                h.zero(length, offset, flags)
+                self.timed(0, || h.zero(length, offset, flags))
             }
-        });
+        };
         match result {
             Ok(()) => {
                 self.send(&mut [IoSlice::new(self.replies.ok(req.cookie, req.offset).as_bytes())]);
