@@ -92,3 +92,13 @@ for args in "--tls-creds nope" "--object tls-creds-x509,id=t,dir=$tmp/c-alice,en
 done
 "$NBDFORGE_IMG" -k bad.sock --tls-creds nope disk.qcow2 2>err && fail "--tls-creds nope: accepted"
 grep -q "No TLS credentials with id 'nope'" err || fail "--tls-creds nope: $(cat err)"
+
+# Secrets are accepted, inline or from a file, by both servers, which then serve the image.
+printf 'letmein' > "$tmp/secret.txt"
+for secret in "secret,id=s0,data=letmein" "secret,id=s1,file=$tmp/secret.txt"; do
+    for start in start_qemu_nbd start_img; do
+        "$start" -t -r --object "$secret" -f qcow2 disk.qcow2
+        nbdinfo --size "$uri" >/dev/null || fail "$start --object $secret: not served"
+        stop_server "$server_pid"
+    done
+done
