@@ -23,8 +23,11 @@ start_swift() {
     swift_root="$tmp/swift"
     mkdir -p "$swift_root/etc" "$swift_root/log"
     local base i kind port
-    # Ports: a free one for the proxy; the storage servers take the ten above a random base.
-    base=$(( 20000 + (RANDOM % 2000) * 10 ))
+    # Ports: a free one for the proxy; the storage servers take nine of the twenty above a random
+    # base. The bases stay below the kernel's ephemeral range (32768 and up): there any client's
+    # connection may hold the port, and a storage server that cannot bind it dies (seen in a
+    # fresh-clone run). Twenty apart, so clusters of tests running at once never share a port.
+    base=$(( 20000 + (RANDOM % 600) * 20 ))
     swift_proxy_port=$(free_tcp_port)
     swift_memcache_port=$(free_tcp_port)
     cat > "$swift_root/etc/swift.conf" <<EOF
