@@ -59,6 +59,8 @@ const PAYLOAD_STEP: usize = 1 << 20;
 /// the request's data at memory speed ([`COPY_NS_PER_KIB`]) does not count: more workers on the
 /// same data would not copy it faster.
 const FAST_SERVICE: Duration = Duration::from_micros(10);
+/// The most one backend call counts for in the moving average (see `Transmission::timed`).
+const SAMPLE_CAP: u64 = 3 * FAST_SERVICE.as_nanos() as u64;
 /// Nanoseconds per KiB a backend may spend copying data and still count as fast (4 GB/s, a
 /// slow memcpy; a 256 KiB write to the memory plugin takes 20-30 µs).
 const COPY_NS_PER_KIB: u64 = 256;
@@ -293,11 +295,17 @@ impl Transmission {
     /// Runs a backend call that moves `length` bytes of data, folding its time into the moving
     /// average (an eighth of it). Only the backend's time counts: waiting for the client to take
     /// a reply is not work more workers do faster, since they would wait for the same socket.
+    ///
+    /// One sample counts as at most [`SAMPLE_CAP`]: a fast call whose thread was preempted
+    /// (busy connections sharing a core) takes milliseconds of wall time, and one such sample
+    /// would make a fast backend look slow, start a worker and retire it again at once; with
+    /// several connections on a core that cost a thousand threads a second. A backend slow on
+    /// every call still counts as slow after three calls.
     pub(super) fn timed<R>(&self, length: u64, call: impl FnOnce() -> R) -> R {
         let started = Instant::now();
         let result = call();
         let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let took = took.saturating_sub(length / 1024 * COPY_NS_PER_KIB);
+        let took = took.saturating_sub(length / 1024 * COPY_NS_PER_KIB).min(SAMPLE_CAP);
         let old = self.service_ns.load(Ordering::Relaxed);
         self.service_ns.store(old - old / 8 + took / 8, Ordering::Relaxed);
         result
@@ -308,11 +316,13 @@ impl Transmission {
         self.service_ns.load(Ordering::Relaxed) < FAST_SERVICE.as_nanos() as u64
     }
 
-    /// A worker leaves, giving up its count, when the backend has become fast and another worker
-    /// is waiting to read (one busy with a long request would leave the requests behind it
-    /// waiting): true if this worker is to stop.
+    /// A worker leaves, giving up its count, when the backend has become clearly fast (under half
+    /// of [`FAST_SERVICE`], so that an average hovering near it does not start and stop threads)
+    /// and another worker is waiting to read (one busy with a long request would leave the
+    /// requests behind it waiting): true if this worker is to stop.
     fn retire(&self) -> bool {
-        if !self.fast() || self.reading.load(Ordering::SeqCst) == 0 {
+        let clearly_fast = self.service_ns.load(Ordering::Relaxed) < FAST_SERVICE.as_nanos() as u64 / 2;
+        if !clearly_fast || self.reading.load(Ordering::SeqCst) == 0 {
             return false;
         }
         let mut n = self.workers.load(Ordering::SeqCst);
