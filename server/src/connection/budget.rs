@@ -52,9 +52,7 @@ impl Budget {
     /// Takes `n` bytes if they fit now (or nothing is held: a request for more than the whole
     /// budget is served alone instead of never).
     fn try_take(&self, n: usize) -> bool {
-        self.used
-            .fetch_update(SeqCst, SeqCst, |used| (used == 0 || used + n <= self.limit).then_some(used + n))
-            .is_ok()
+        self.used.fetch_update(SeqCst, SeqCst, |used| (used == 0 || used + n <= self.limit).then_some(used + n)).is_ok()
     }
 
     /// Takes `n` bytes, waiting until they are free; false if nothing was given back for
@@ -129,7 +127,6 @@ impl<'a> Reservation<'a> {
         self.held += n;
         true
     }
-
 }
 
 impl Drop for Reservation<'_> {

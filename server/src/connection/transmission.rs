@@ -59,8 +59,6 @@ const PAYLOAD_STEP: usize = 1 << 20;
 /// the request's data at memory speed ([`COPY_NS_PER_KIB`]) does not count: more workers on the
 /// same data would not copy it faster.
 const FAST_SERVICE: Duration = Duration::from_micros(10);
-/// The most one backend call counts for in the moving average (see `Transmission::timed`).
-const SAMPLE_CAP: u64 = 3 * FAST_SERVICE.as_nanos() as u64;
 /// Nanoseconds per KiB a backend may spend copying data and still count as fast (4 GB/s, a
 /// slow memcpy; a 256 KiB write to the memory plugin takes 20-30 µs).
 const COPY_NS_PER_KIB: u64 = 256;
@@ -104,6 +102,7 @@ pub(super) fn run(
         writer: Mutex::new(Output { w: write, held: Vec::new() }),
         corked: AtomicBool::new(false),
         service_ns: AtomicU64::new(0),
+        last_service_ns: AtomicU64::new(u64::MAX),
         failed: AtomicBool::new(false),
         buffers: Mutex::new(Vec::new()),
         // Only plain sockets park: a TLS session may hold decrypted bytes the socket does not show.
@@ -162,6 +161,8 @@ pub(super) struct Transmission {
     pub corked: AtomicBool,
     /// The backend's recent time per request (a moving average), in nanoseconds.
     service_ns: AtomicU64,
+    /// The last backend call's time, in nanoseconds (see `timed`).
+    last_service_ns: AtomicU64,
     /// The length of the last reply sent, for [`Pacing`].
     pub last_reply: AtomicU64,
     pub failed: AtomicBool,
@@ -296,16 +297,17 @@ impl Transmission {
     /// average (an eighth of it). Only the backend's time counts: waiting for the client to take
     /// a reply is not work more workers do faster, since they would wait for the same socket.
     ///
-    /// One sample counts as at most [`SAMPLE_CAP`]: a fast call whose thread was preempted
-    /// (busy connections sharing a core) takes milliseconds of wall time, and one such sample
-    /// would make a fast backend look slow, start a worker and retire it again at once; with
-    /// several connections on a core that cost a thousand threads a second. A backend slow on
-    /// every call still counts as slow after three calls.
+    /// A call counts as the shorter of its time and the previous call's: a fast call whose
+    /// thread was preempted (busy connections sharing a core) takes milliseconds of wall time,
+    /// and alone it made a fast backend look slow, which started a worker and retired it again
+    /// at once; with four connections on a core that was a thousand threads a second. Two slow
+    /// calls in a row still count, so a backend slow on every call (or on most) is seen at once.
     pub(super) fn timed<R>(&self, length: u64, call: impl FnOnce() -> R) -> R {
         let started = Instant::now();
         let result = call();
         let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let took = took.saturating_sub(length / 1024 * COPY_NS_PER_KIB).min(SAMPLE_CAP);
+        let took = took.saturating_sub(length / 1024 * COPY_NS_PER_KIB);
+        let took = took.min(self.last_service_ns.swap(took, Ordering::Relaxed));
         let old = self.service_ns.load(Ordering::Relaxed);
         self.service_ns.store(old - old / 8 + took / 8, Ordering::Relaxed);
         result
