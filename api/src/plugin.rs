@@ -133,27 +133,39 @@ pub trait Filter: Layer {
 }
 
 /// A configured stack seen from above: a plugin, or a filter over the rest of the stack. The server
-/// builds it; filters receive the part below them as `next`.
+/// builds it; filters receive the part below them as `next`. A stand-in for the layers below in a
+/// filter's unit tests implements `name` and `open`; the other methods default to what a plain
+/// plugin does.
 pub trait Backend: Send + Sync {
     /// The name of the top layer.
     fn name(&self) -> &str;
     /// The most restrictive thread model of this layer and everything below.
-    fn thread_model(&self) -> ThreadModel;
+    fn thread_model(&self) -> ThreadModel {
+        ThreadModel::Parallel
+    }
     /// Runs `after_fork` on this layer and everything below, the plugin first.
-    fn after_fork(&self) -> Result<()>;
-    /// See [`Plugin::preconnect`].
-    fn preconnect(&self, client: &ClientInfo, readonly: bool) -> Result<()>;
-    /// See [`Plugin::list_exports`].
-    fn list_exports(&self, readonly: bool, tls: bool) -> Result<Vec<Export>>;
-    /// See [`Plugin::default_export`].
-    fn default_export(&self, readonly: bool, tls: bool) -> Result<String>;
+    fn after_fork(&self) -> Result<()> {
+        Ok(())
+    }
+    /// See [`Plugin::preconnect`]. The default lets every client in.
+    fn preconnect(&self, _client: &ClientInfo, _readonly: bool) -> Result<()> {
+        Ok(())
+    }
+    /// See [`Plugin::default_export`]. The default is `""`.
+    fn default_export(&self, _readonly: bool, _tls: bool) -> Result<String> {
+        Ok(String::new())
+    }
+    /// See [`Plugin::list_exports`]. The default lists the default export alone.
+    fn list_exports(&self, readonly: bool, tls: bool) -> Result<Vec<Export>> {
+        Ok(vec![Export::named(self.default_export(readonly, tls)?)])
+    }
     /// Opens (and prepares) this layer and everything below for one connection. The handle
     /// returned emulates what the layer lacks (zero, FUA, cache, extents), so a filter can call any
     /// method of it. Call [`Handle::finalize`] on it before dropping it when the data must be
     /// durable (the server does for the handles it opens).
     fn open(&self, args: &OpenArgs) -> Result<Box<dyn Handle>>;
     /// Runs `cleanup` on this layer and everything below, the outermost first.
-    fn cleanup(&self);
+    fn cleanup(&self) {}
 }
 
 /// An error for a parameter no layer took.

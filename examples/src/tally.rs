@@ -188,7 +188,6 @@ mod tests {
             fn open(&self, args: &OpenArgs) -> Result<Box<dyn Handle>> {
                 self.0.open(args)
             }
-            fn cleanup(&self) {}
         }
         let mut plugin = ramdisk::registration().new_plugin().unwrap();
         plugin.config("size", "1M").unwrap();

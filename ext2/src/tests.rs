@@ -9,10 +9,7 @@ use std::time::{Duration, Instant};
 
 use nbdforge_api::extents::{HOLE, ZERO};
 use nbdforge_api::prng::Xoshiro256;
-use nbdforge_api::{
-    Backend, Capabilities, ClientInfo, Error, Export, Extents, Filter, Flags, Handle, Layer, OpenArgs, Result,
-    ThreadModel,
-};
+use nbdforge_api::{Backend, Capabilities, Error, Extents, Filter, Flags, Handle, Layer, OpenArgs, Result};
 
 use crate::filter::Ext2Filter;
 
@@ -53,25 +50,9 @@ impl Backend for Disk {
     fn name(&self) -> &str {
         "disk"
     }
-    fn thread_model(&self) -> ThreadModel {
-        ThreadModel::Parallel
-    }
-    fn after_fork(&self) -> Result<()> {
-        Ok(())
-    }
-    fn preconnect(&self, _client: &ClientInfo, _readonly: bool) -> Result<()> {
-        Ok(())
-    }
-    fn list_exports(&self, _readonly: bool, _tls: bool) -> Result<Vec<Export>> {
-        Ok(vec![Export::named("")])
-    }
-    fn default_export(&self, _readonly: bool, _tls: bool) -> Result<String> {
-        Ok(String::new())
-    }
     fn open(&self, _args: &OpenArgs) -> Result<Box<dyn Handle>> {
         Ok(Box::new(self.clone()))
     }
-    fn cleanup(&self) {}
 }
 
 fn tool(name: &str) -> PathBuf {

@@ -51,7 +51,7 @@ impl Handle for NoFilterHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nbdforge_api::{Capabilities, ClientInfo, Error, Export, Extents, Flags, Support, ThreadModel};
+    use nbdforge_api::{Capabilities, Error, Export, Extents, Flags, Support};
     use std::sync::Mutex;
 
     type CallLog = Arc<Mutex<Vec<&'static str>>>;
@@ -106,16 +106,6 @@ mod tests {
         fn name(&self) -> &str {
             "recording"
         }
-        fn thread_model(&self) -> ThreadModel {
-            ThreadModel::Parallel
-        }
-        fn after_fork(&self) -> Result<()> {
-            Ok(())
-        }
-        fn preconnect(&self, _client: &ClientInfo, _readonly: bool) -> Result<()> {
-            Ok(())
-        }
-        fn cleanup(&self) {}
         fn list_exports(&self, _readonly: bool, _tls: bool) -> Result<Vec<Export>> {
             Ok(vec![Export::named("only")])
         }

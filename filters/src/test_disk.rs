@@ -7,9 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nbdforge_api::extents::{DATA, HOLE, ZERO};
-use nbdforge_api::{
-    Backend, Capabilities, ClientInfo, Error, Export, Extents, Filter, Flags, Handle, OpenArgs, Result, ThreadModel,
-};
+use nbdforge_api::{Backend, Capabilities, Error, Extents, Filter, Flags, Handle, OpenArgs, Result};
 
 /// A RAM disk whose 512-byte blocks of zeroes are holes, logging `"op offset+count flags"`.
 /// `fail_requests` counts down: while above zero, each request fails with `EIO` and takes one
@@ -152,21 +150,6 @@ impl Backend for MemBackend {
     fn name(&self) -> &str {
         "memdisk"
     }
-    fn thread_model(&self) -> ThreadModel {
-        ThreadModel::Parallel
-    }
-    fn after_fork(&self) -> Result<()> {
-        Ok(())
-    }
-    fn preconnect(&self, _client: &ClientInfo, _readonly: bool) -> Result<()> {
-        Ok(())
-    }
-    fn list_exports(&self, _readonly: bool, _tls: bool) -> Result<Vec<Export>> {
-        Ok(vec![Export::named("")])
-    }
-    fn default_export(&self, _readonly: bool, _tls: bool) -> Result<String> {
-        Ok(String::new())
-    }
     fn open(&self, args: &OpenArgs) -> Result<Box<dyn Handle>> {
         self.opens.fetch_add(1, Ordering::SeqCst);
         if take_one(&self.fail_opens) {
@@ -174,7 +157,6 @@ impl Backend for MemBackend {
         }
         Ok(Box::new(MemDisk { readonly: args.readonly, ..self.disk.clone() }))
     }
-    fn cleanup(&self) {}
 }
 
 /// Configures `filter` with `params` as the server would and opens it over `disk`.
