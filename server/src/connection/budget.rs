@@ -31,7 +31,8 @@ pub(crate) struct Budget {
     /// Takers inside the slow path. A giver that sees none needs not wake anyone: a taker counts
     /// itself before it looks at `used` again, and a giver lowers `used` before it looks here.
     waiters: AtomicUsize,
-    /// Counts every give-back, so a waiter can tell whether anything moved.
+    /// Counts give-backs while someone waits, so a waiter can tell whether anything moved. A
+    /// give-back that saw no waiter lowered `used` before any later waiter's first look.
     gives: AtomicU64,
     lock: Mutex<()>,
     freed: Condvar,
@@ -88,8 +89,8 @@ impl Budget {
             return;
         }
         self.used.fetch_sub(n, SeqCst);
-        self.gives.fetch_add(1, SeqCst);
         if self.waiters.load(SeqCst) > 0 {
+            self.gives.fetch_add(1, SeqCst);
             // Taken so the wake cannot fall between a waiter's last look and its wait.
             drop(self.lock.lock().unwrap_or_else(|p| p.into_inner()));
             self.freed.notify_all();

@@ -295,20 +295,21 @@ impl Transmission {
         self.workers.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Runs a backend call that moves `length` bytes of data, folding its time into the moving
-    /// average (an eighth of it). Only the backend's time counts: waiting for the client to take
-    /// a reply is not work more workers do faster, since they would wait for the same socket.
+    /// Runs a backend call, folding its time into the moving average (an eighth of it), less the
+    /// time copying `copied` bytes would take (see [`FAST_SERVICE`]: reads pass their length,
+    /// writes 0). Only the backend's time counts: waiting for the client to take a reply is not
+    /// work more workers do faster, since they would wait for the same socket.
     ///
     /// A call counts as the shorter of its time and the previous call's: a fast call whose
     /// thread was preempted (busy connections sharing a core) takes milliseconds of wall time,
     /// and alone it made a fast backend look slow, which started a worker and retired it again
     /// at once; with four connections on a core that was a thousand threads a second. Two slow
     /// calls in a row still count, so a backend slow on every call (or on most) is seen at once.
-    pub(super) fn timed<R>(&self, length: u64, call: impl FnOnce() -> R) -> R {
+    pub(super) fn timed<R>(&self, copied: u64, call: impl FnOnce() -> R) -> R {
         let started = Instant::now();
         let result = call();
         let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let took = took.saturating_sub(length / 1024 * COPY_NS_PER_KIB);
+        let took = took.saturating_sub(copied / 1024 * COPY_NS_PER_KIB);
         let took = took.min(self.last_service_ns.swap(took, Ordering::Relaxed));
         let old = self.service_ns.load(Ordering::Relaxed);
         self.service_ns.store(old - old / 8 + took / 8, Ordering::Relaxed);
