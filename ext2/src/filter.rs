@@ -232,6 +232,18 @@ impl Ext2Handle {
     }
 }
 
+/// Whether every block of `blocks` holds data, looked up a run (an extent) at a time, so a
+/// write over an allocated file does not ask for each of its blocks.
+fn all_data(fs: &mut Ext2, mut blocks: std::ops::Range<u64>) -> bool {
+    while blocks.start < blocks.end {
+        match fs.map_run(blocks.start) {
+            Ok((Mapping::Data(_), n)) => blocks.start = blocks.start.saturating_add(n.max(1)),
+            _ => return false,
+        }
+    }
+    true
+}
+
 impl Handle for Ext2Handle {
     fn next(&self) -> Option<&dyn Handle> {
         Some(self.device.below())
@@ -308,7 +320,7 @@ impl Handle for Ext2Handle {
         self.with("write", |o| {
             // A hole, an unwritten extent or a file without a block map (inline data, which
             // a write may move out to a block): the write may change metadata.
-            if !o.allocated && blocks.into_iter().any(|b| !matches!(o.fs.map(b), Ok(Mapping::Data(_)))) {
+            if !o.allocated && !all_data(&mut o.fs, blocks) {
                 self.device.take_error();
                 o.allocated = true;
             }
