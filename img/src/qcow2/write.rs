@@ -88,15 +88,10 @@ impl<S: Source, B: Backing> Qcow2<S, B> {
     pub fn write(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.check_range(offset, buf.len() as u64)?;
         let mut w = self.writer()?;
-        let cs = self.geo.cluster_size();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let at = offset + done as u64;
-            let within = at & (cs - 1);
-            let n = ((cs - within) as usize).min(buf.len() - done);
-            self.write_in_cluster(&mut w, at - within, within, &buf[done..done + n])?;
-            done += n;
-        }
+        self.each_cluster(offset, buf.len() as u64, |cstart, within, n| {
+            let from = (cstart + within - offset) as usize;
+            self.write_in_cluster(&mut w, cstart, within, &buf[from..from + n as usize])
+        })?;
         w.dirty(&self.source, offset, buf.len() as u64)
     }
 
