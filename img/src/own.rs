@@ -67,7 +67,7 @@ pub fn wanted(path: &Path) -> bool {
 /// `opts.writable` (and not `-s`); `depth` is how deep in a chain it is.
 pub fn open(path: &Path, opts: &ImageOptions, depth: u32) -> io::Result<OwnQcow2> {
     let file = ImageFile::open(path, opts.writable && !opts.snapshot, opts.direct)?;
-    let header = OwnQcow2::header(&file)?;
+    let header = Header::read(&file)?;
     open_with(path, file, header, opts, depth)
 }
 

@@ -95,14 +95,6 @@ pub struct Qcow2<S, B> {
 }
 
 impl<S: Source, B: Backing> Qcow2<S, B> {
-    /// Reads the header of `source` and checks that this driver serves it, without opening
-    /// anything else: the caller opens the backing file it names, if any.
-    pub fn header(source: &S) -> io::Result<Header> {
-        let header = Header::read(source)?;
-        header.check_supported()?;
-        Ok(header)
-    }
-
     /// Opens the image in `source` with its `header`, over `backing`, read-only (see
     /// [`Qcow2::enable_writes`]).
     pub fn open(source: S, header: Header, backing: Option<B>) -> io::Result<Self> {
