@@ -213,10 +213,16 @@ impl Bitmaps {
                 // Bit i of the cluster is bit i % 8 of its byte i / 8.
                 let mut bytes = vec![0u8; (hi / 8 - lo / 8 + 1) as usize];
                 source.read_at(&mut bytes, host + lo / 8)?;
+                let mut changed = false;
                 for bit in lo..=hi {
-                    bytes[(bit / 8 - lo / 8) as usize] |= 1 << (bit % 8);
+                    let byte = &mut bytes[(bit / 8 - lo / 8) as usize];
+                    changed |= *byte & (1 << (bit % 8)) == 0;
+                    *byte |= 1 << (bit % 8);
                 }
-                source.write_at(&bytes, host + lo / 8)?;
+                // Rewriting a range already dirty, the common case, would change nothing.
+                if changed {
+                    source.write_at(&bytes, host + lo / 8)?;
+                }
             }
         }
         Ok(())
