@@ -19,7 +19,7 @@ use tracing::warn;
 
 use super::budget::Reservation;
 use super::splice::{ReplyPipe, SPLICE_MIN};
-use super::transmission::{lock, Output, Replied, Transmission, HOLD_LIMIT};
+use super::transmission::{lock, Output, Replied, Transmission};
 use crate::transport::write_all_vectored;
 
 /// How long one BLOCK_STATUS reply may spend collecting extents before it is cut short.
@@ -82,11 +82,8 @@ impl<'t> ReadSink for ReplySink<'t, '_> {
         if let (Some(socket), Ok(mut writer)) = (&t.socket, t.writer.try_lock()) {
             let reply = t.read_reply(self.req, self.offset, self.df, parts);
             let mut iov = reply.iov();
-            let total: usize = iov.iter().map(|s| s.len()).sum();
-            t.last_reply.store(total as u64, Ordering::Relaxed);
-            if t.corked.load(Ordering::Relaxed) && writer.held.len() + total <= HOLD_LIMIT {
+            if t.hold(&mut writer, &iov) {
                 // Another request is waiting: this reply goes out with the next ones.
-                iov.iter().for_each(|s| writer.held.extend_from_slice(s));
                 self.outcome = Outcome::Sent;
                 return Ok(());
             }
@@ -94,7 +91,7 @@ impl<'t> ReadSink for ReplySink<'t, '_> {
             if !held.is_empty() {
                 iov.insert(0, IoSlice::new(&held));
             }
-            let total = total + held.len();
+            let total: usize = iov.iter().map(|s| s.len()).sum();
             let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
             let sent = match nix::sys::socket::sendmsg::<()>(socket.as_raw_fd(), &iov, &[], flags, None) {
                 Ok(n) => n,

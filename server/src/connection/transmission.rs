@@ -65,7 +65,7 @@ const FAST_SERVICE: Duration = Duration::from_micros(10);
 /// memcpy; a 256 KiB read of the memory plugin copies for 20-30 µs).
 const COPY_NS_PER_KIB: u64 = 256;
 /// Replies held back for one system call, at most (see [`Output`]).
-pub(super) const HOLD_LIMIT: usize = 64 << 10;
+const HOLD_LIMIT: usize = 64 << 10;
 
 /// Serves the transmission phase on this thread (and the workers it starts) until the client
 /// leaves or its connection is parked; what remains of it then belongs to its workers or to the
@@ -539,15 +539,24 @@ impl Transmission {
     /// Sends a whole reply; or holds it back while the connection is corked.
     pub(super) fn send(&self, parts: &mut [IoSlice<'_>]) {
         let mut out = lock(&self.writer);
-        let size: usize = parts.iter().map(|p| p.len()).sum();
-        self.last_reply.store(size as u64, Ordering::Relaxed);
-        if self.corked.load(Ordering::Relaxed) && out.held.len() + size <= HOLD_LIMIT {
-            parts.iter().for_each(|p| out.held.extend_from_slice(p));
+        if self.hold(&mut out, parts) {
             return;
         }
         if let Err(e) = out.send(parts) {
             self.reply_failed(e);
         }
+    }
+
+    /// Notes a reply's size (for [`Pacing`]) and, while the connection is corked, holds it back
+    /// in `out` if there is room: true if it was held (see [`Output`]).
+    pub(super) fn hold(&self, out: &mut Output, parts: &[IoSlice<'_>]) -> bool {
+        let size: usize = parts.iter().map(|p| p.len()).sum();
+        self.last_reply.store(size as u64, Ordering::Relaxed);
+        if !self.corked.load(Ordering::Relaxed) || out.held.len() + size > HOLD_LIMIT {
+            return false;
+        }
+        parts.iter().for_each(|p| out.held.extend_from_slice(p));
+        true
     }
 
     /// Sends the replies held back.
