@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use crate::image::{Backing, Format};
 use crate::objects::split_properties;
-use crate::plugin::DetectZeroes;
+use crate::plugin::{parse_discard, qemu_bool, DetectZeroes};
 
 /// One block node: an image file in a format.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,11 +124,9 @@ fn take(opts: &mut Options, key: &str) -> Result<Option<String>, String> {
 
 /// qemu's boolean values.
 fn take_bool(opts: &mut Options, key: &str) -> Result<Option<bool>, String> {
-    match take(opts, key)?.as_deref() {
+    match take(opts, key)? {
         None => Ok(None),
-        Some("on" | "yes" | "true") => Ok(Some(true)),
-        Some("off" | "no" | "false") => Ok(Some(false)),
-        Some(_) => Err(format!("Parameter '{key}' expects 'on' or 'off'")),
+        Some(v) => qemu_bool(&v).map(Some).ok_or_else(|| format!("Parameter '{key}' expects 'on' or 'off'")),
     }
 }
 
@@ -176,18 +174,15 @@ fn interpret(mut opts: Options) -> Result<ImageOpts, String> {
     let direct = take_bool(&mut opts, "cache.direct")?;
     take_bool(&mut opts, "cache.no-flush")?;
     take_bool(&mut opts, "auto-read-only")?;
-    let discard_unmap = match take(&mut opts, "discard")?.as_deref() {
+    let discard_unmap = match take(&mut opts, "discard")? {
         None => None,
-        Some("unmap" | "on") => Some(true),
-        Some("ignore" | "off") => Some(false),
-        Some(v) => return Err(format!("discard={v}: Invalid discard option")),
+        Some(v) => Some(parse_discard(&v).ok_or_else(|| format!("discard={v}: Invalid discard option"))?),
     };
-    let detect_zeroes = match take(&mut opts, "detect-zeroes")?.as_deref() {
+    let detect_zeroes = match take(&mut opts, "detect-zeroes")? {
         None => None,
-        Some("off") => Some(DetectZeroes::Off),
-        Some("on") => Some(DetectZeroes::On),
-        Some("unmap") => Some(DetectZeroes::Unmap),
-        Some(v) => return Err(format!("detect-zeroes={v}: invalid parameter value: {v}")),
+        Some(v) => {
+            Some(DetectZeroes::parse(&v).ok_or_else(|| format!("detect-zeroes={v}: invalid parameter value: {v}"))?)
+        }
     };
     let node = node(&mut opts, "")?;
     Ok(ImageOpts { node, readonly, direct, discard_unmap, detect_zeroes })

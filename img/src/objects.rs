@@ -9,6 +9,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use crate::plugin::qemu_bool;
+
 /// Which side of a TLS connection credentials are for (`endpoint=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -59,11 +61,7 @@ pub fn split_properties(value: &str) -> Vec<String> {
 }
 
 fn parse_bool(kind: &str, key: &str, v: &str) -> Result<bool, String> {
-    match v {
-        "on" | "yes" | "true" => Ok(true),
-        "off" | "no" | "false" => Ok(false),
-        _ => Err(format!("--object {kind}: {key}={v}: expected 'on' or 'off'")),
-    }
+    qemu_bool(v).ok_or_else(|| format!("--object {kind}: {key}={v}: expected 'on' or 'off'"))
 }
 
 impl Objects {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use lexopt::prelude::*;
 
 use nbdforge_img::image::Format;
-use nbdforge_img::plugin::DetectZeroes;
+use nbdforge_img::plugin::{parse_discard, DetectZeroes};
 use nbdforge_img::snapshot::Selector;
 
 /// Everything the command line says.
@@ -145,24 +145,15 @@ pub fn parse(args: Vec<OsString>) -> Result<Options, Usage> {
             }
             Long("discard") => {
                 let v = string(p.value()?)?;
-                o.discard_unmap = match v.as_str() {
-                    "ignore" | "off" => false,
-                    "unmap" | "on" => true,
-                    _ => return Err(Usage(format!("Invalid discard mode `{v}'"))),
-                };
+                o.discard_unmap = parse_discard(&v).ok_or_else(|| Usage(format!("Invalid discard mode `{v}'")))?;
             }
             Long("detect-zeroes") => {
                 let v = string(p.value()?)?;
-                o.detect_zeroes = match v.as_str() {
-                    "off" => DetectZeroes::Off,
-                    "on" => DetectZeroes::On,
-                    "unmap" => DetectZeroes::Unmap,
-                    _ => {
-                        return Err(Usage(format!(
-                            "Failed to parse detect_zeroes mode: invalid parameter value: {v} (off, on or unmap)"
-                        )))
-                    }
-                };
+                o.detect_zeroes = DetectZeroes::parse(&v).ok_or_else(|| {
+                    Usage(format!(
+                        "Failed to parse detect_zeroes mode: invalid parameter value: {v} (off, on or unmap)"
+                    ))
+                })?;
             }
             Long("fork") => o.fork = true,
             Long("pid-file") => o.pid_file = Some(p.value()?.into()),

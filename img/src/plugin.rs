@@ -32,6 +32,37 @@ pub enum DetectZeroes {
     Unmap,
 }
 
+impl DetectZeroes {
+    /// The mode a `--detect-zeroes` or `detect-zeroes=` value names.
+    pub fn parse(v: &str) -> Option<DetectZeroes> {
+        match v {
+            "off" => Some(DetectZeroes::Off),
+            "on" => Some(DetectZeroes::On),
+            "unmap" => Some(DetectZeroes::Unmap),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a `--discard` or `discard=` value frees space (`unmap`, `on`) or not (`ignore`,
+/// `off`).
+pub fn parse_discard(v: &str) -> Option<bool> {
+    match v {
+        "unmap" | "on" => Some(true),
+        "ignore" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// One of qemu's boolean words.
+pub fn qemu_bool(v: &str) -> Option<bool> {
+    match v {
+        "on" | "yes" | "true" => Some(true),
+        "off" | "no" | "false" => Some(false),
+        _ => None,
+    }
+}
+
 /// What the plugin serves and how.
 pub struct Settings {
     /// The image file as the user named it, for messages.
