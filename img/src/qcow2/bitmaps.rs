@@ -9,7 +9,7 @@
 
 use std::io;
 
-use super::header::{be16, be32, be64, Header};
+use super::header::{be16, be32, be64, be64_words, Header};
 use super::l2::OFFSET_MASK;
 use super::refcount::Refcounts;
 use super::{check_in_file, corrupt, read_bounded, Source};
@@ -132,7 +132,7 @@ impl Entry {
         let name = &self.name;
         let what = format!("the table of bitmap '{name}'");
         let raw = read_bounded(source, &what, self.table_offset, u64::from(self.table_size) * 8)?;
-        let table: Vec<u64> = raw.chunks_exact(8).map(|c| be64(c, 0)).collect();
+        let table = be64_words(&raw);
         let cluster_size = header.cluster_size();
         for (i, &t) in table.iter().enumerate() {
             let offset = t & OFFSET_MASK;

@@ -92,6 +92,11 @@ pub fn be64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
+/// A table of big-endian 64-bit entries (L1, L2, refcount and bitmap tables), as read.
+pub fn be64_words(raw: &[u8]) -> Vec<u64> {
+    raw.chunks_exact(8).map(|c| be64(c, 0)).collect()
+}
+
 impl Header {
     /// The header of `source` if it is a qcow2 image ([`looks_like_qcow2`]), checked; `None`
     /// when it is not one.

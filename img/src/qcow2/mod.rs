@@ -102,7 +102,7 @@ impl<S: Source, B: Backing> Qcow2<S, B> {
             Geometry { cluster_bits: header.cluster_bits, extended: header.extended_l2(), v3: header.version == 3 };
         let mut raw = vec![0u8; header.l1_size as usize * 8];
         source.read_at(&mut raw, header.l1_offset)?;
-        let l1 = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes"))).collect();
+        let l1 = header::be64_words(&raw);
         let l2 = l2::Cache::new((L2_CACHE_BYTES >> header.cluster_bits) as usize);
         Ok(Qcow2 { source, header, geo, l1: RwLock::new(l1), l2, backing, last: Mutex::new(None), writer: None })
     }
@@ -181,7 +181,7 @@ impl<S: Source, B: Backing> Qcow2<S, B> {
             }
             let mut raw = vec![0u8; cluster_size as usize];
             self.source.read_at(&mut raw, host)?;
-            Ok(raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes"))).collect())
+            Ok(header::be64_words(&raw))
         })
     }
 

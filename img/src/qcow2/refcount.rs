@@ -30,7 +30,7 @@ impl Refcounts {
         let bytes = (header.refcount_table_clusters as usize) << header.cluster_bits;
         let mut raw = vec![0u8; bytes];
         source.read_at(&mut raw, header.refcount_table_offset)?;
-        let table = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes"))).collect();
+        let table = super::header::be64_words(&raw);
         let end = source.size()?.next_multiple_of(header.cluster_size());
         Ok(Refcounts {
             table,
