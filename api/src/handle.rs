@@ -33,6 +33,18 @@ macro_rules! pass_through {
     };
 }
 
+/// Zero bytes any layer may lend: to write zeroes a piece at a time, or as the data of a hole in
+/// a borrowed read. A borrowed part that lies in here is sent as a hole (structured replies)
+/// without the server looking at its bytes; see [`is_zeroes`].
+pub static ZEROES: [u8; 1 << 20] = [0; 1 << 20];
+
+/// Whether `part` lies within [`ZEROES`]: decided by where it is, not by reading it.
+pub fn is_zeroes(part: &[u8]) -> bool {
+    let zeroes = ZEROES.as_ptr_range();
+    let part = part.as_ptr_range();
+    zeroes.start <= part.start && part.end <= zeroes.end
+}
+
 /// Where a read's data goes. The server gives one to [`Handle::read`]; exactly one of the three
 /// methods is called once by the layer that has the data.
 pub trait ReadSink {
@@ -49,7 +61,9 @@ pub trait ReadSink {
     /// allocator. The server may then send them without copying them (`vmsplice`): the kernel
     /// keeps the pages until the client has read them, so a write that lands on them meanwhile
     /// may show in this reply, as it may for any read and write of the same bytes in flight
-    /// together. The default sends them as `borrowed` does.
+    /// together. Sent that way, the bytes are never read by the server, so it does not look for
+    /// zeroes in them as it does in copied data: lend holes as slices of [`ZEROES`]. The
+    /// default sends them as `borrowed` does.
     fn borrowed_pages(&mut self, parts: &[&[u8]]) -> Result<()> {
         self.borrowed(parts)
     }
@@ -273,6 +287,15 @@ mod tests {
         fn reads_unchanged(&self) -> bool {
             self.1
         }
+    }
+
+    #[test]
+    fn zeroes_are_known_by_where_they_are() {
+        assert!(is_zeroes(&ZEROES[..]));
+        assert!(is_zeroes(&ZEROES[4096..8192]));
+        assert!(!is_zeroes(&[0u8; 16]), "zero bytes elsewhere are not ZEROES");
+        let copy = ZEROES[..64].to_vec();
+        assert!(!is_zeroes(&copy));
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub use config::{
 pub use context::{server, ClientInfo, Connection, Peer, TlsPeer};
 pub use error::{Error, Result};
 pub use extents::{Extent, Extents};
-pub use handle::{BufferSink, Handle, ReadSink, BASE_ALLOCATION};
+pub use handle::{is_zeroes, BufferSink, Handle, ReadSink, BASE_ALLOCATION, ZEROES};
 pub use layer::{find, Constructor, Layer, LayerInfo, Registration};
 pub use plugin::{unknown_parameter, Backend, Filter, OpenArgs, Plugin};
 pub use types::{BlockSize, Capabilities, Export, Flags, Support, ThreadModel};

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use nbdforge_api::extents::{DATA, HOLE, ZERO};
 use nbdforge_api::{
     Backend, BlockSize, Capabilities, Error, Export, Extents, Filter, Flags, Handle, Layer, LayerInfo, OpenArgs,
-    Registration, Result, Support, ThreadModel,
+    Registration, Result, Support, ThreadModel, ZEROES,
 };
 
 use crate::device::Device;
@@ -332,7 +332,6 @@ impl Handle for Ext2Handle {
     // Holes and unwritten extents already read as zeroes: only blocks with data are written,
     // so zeroing never allocates (the core's emulation, writing zeroes, would fill the holes).
     fn zero(&self, count: u64, offset: u64, _flags: Flags) -> Result<()> {
-        static ZEROES: [u8; 65536] = [0; 65536];
         let bs = self.block_size;
         let end = offset + count;
         self.with("zero", |o| {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use nbdforge_api::{
     parse_choice, Backend, Capabilities, Error, Filter, Flags, Handle, Layer, LayerInfo, OpenArgs, Registration,
-    Result, Support,
+    Result, Support, ZEROES,
 };
 
 /// The filter's entry in the server's table.
@@ -92,9 +92,6 @@ struct NozeroHandle {
     zero: ZeroMode,
     fast: FastZeroMode,
 }
-
-/// Zeroes for the emulation, shared and never written.
-static ZEROES: [u8; 1 << 16] = [0; 1 << 16];
 
 impl Handle for NozeroHandle {
     fn next(&self) -> Option<&dyn Handle> {

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use nbdforge_api::extents::{DATA, HOLE, ZERO};
-use nbdforge_api::{Error, Extents, Result};
+use nbdforge_api::{Error, Extents, Result, ZEROES};
 
 use slab::{Page, SlabPool};
 
@@ -88,14 +88,24 @@ impl SparseArray {
         }
     }
 
-    /// Calls `send` with slices of the pages that hold the `count` bytes at `offset` (a static zero
-    /// page for absent ones), with those pages' stripes read-locked so no write changes them
+    /// Calls `send` with slices of the pages that hold the `count` bytes at `offset` (slices of the
+    /// SDK's `ZEROES` for absent ones, which a server sends as holes), with those pages' stripes read-locked so no write changes them
     /// meanwhile. Returns false without calling `send` for a range of more than `STRIPES` pages,
     /// which would need one stripe twice.
     ///
     /// Stripes are locked in stripe order. Every other operation holds one stripe at a time, so
     /// readers that hold several and wait behind a writer cannot form a cycle.
     pub fn read_borrowed(&self, offset: u64, count: u64, send: &mut dyn FnMut(&[&[u8]])) -> bool {
+        let in_page = (offset % PAGE_SIZE as u64) as usize;
+        if in_page as u64 + count <= PAGE_SIZE as u64 {
+            // Within one page (every small read): one lock and no lists.
+            let index = offset / PAGE_SIZE as u64;
+            let map = self.read_stripe(index);
+            let len = count as usize;
+            let slice = map.get(&index).map_or(&ZEROES[..len], |page| &page[in_page..in_page + len]);
+            send(&[slice]);
+            return true;
+        }
         let runs: Vec<(u64, usize, usize)> = page_runs(offset, count).collect();
         if runs.len() > STRIPES {
             return false;
@@ -112,7 +122,7 @@ impl SparseArray {
                 let map = &guards[guards.partition_point(|g| g.0 < stripe)].1;
                 match map.get(&index) {
                     Some(page) => &page[in_page..in_page + len],
-                    None => &ZERO_PAGE[..len],
+                    None => &ZEROES[..len],
                 }
             })
             .collect();
@@ -282,9 +292,6 @@ impl SparseArray {
         }
     }
 }
-
-/// What an absent page reads as.
-static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
 fn stripe_of(index: u64) -> usize {
     (index % STRIPES as u64) as usize

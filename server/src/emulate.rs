@@ -12,11 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use nbdforge_api::context::enter_layer;
 use nbdforge_api::{
     extents, BlockSize, BufferSink, Capabilities, Error, Extents, Flags, Handle, ReadSink, Result, Support,
-    BASE_ALLOCATION,
+    BASE_ALLOCATION, ZEROES,
 };
-
-/// Zeroes for emulated zeroing, shared and never written.
-static ZEROES: [u8; 1 << 20] = [0; 1 << 20];
 
 /// A layer's handle with the core's emulation around it.
 pub(crate) struct Emulated {

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
-use nbdforge_api::{Error, Extents, Flags, ReadSink, Result};
+use nbdforge_api::{is_zeroes, Error, Extents, Flags, ReadSink, Result};
 use nbdforge_protocol::transmission::command_name;
 use nbdforge_protocol::{ReplyHeader, Request};
 use nix::sys::socket::MsgFlags;
@@ -269,15 +269,23 @@ impl Transmission {
     /// The reply to a successful read of `parts`: data chunks, and hole chunks for the blocks
     /// that read as zeroes (structured replies, without DF).
     ///
-    /// Finding zero blocks by looking at the data costs next to nothing for real data (the scan
-    /// stops at the first non-zero word) and less than sending them for zeroes; asking the
+    /// Parts lent from the SDK's `ZEROES` are holes, known without reading them. Other zero
+    /// blocks are found by looking at the data: that costs next to nothing for real data (the
+    /// scan stops at the first non-zero word) and less than sending them for zeroes; asking the
     /// backend's extents instead can cost a scan of the whole file per read (SEEK_HOLE on tmpfs).
     fn read_reply<'a>(&self, req: &Request, offset: u64, df: bool, parts: &[&'a [u8]]) -> ReadReply<'a> {
         let mut runs: Vec<Run> = Vec::new();
         let mut data: Vec<&'a [u8]> = Vec::with_capacity(parts.len());
         let mut pos = offset;
+        let holes = self.replies.structured && !df;
         for &part in parts {
-            let pieces = if self.replies.structured && !df { zero_pieces(part) } else { vec![(0, part.len(), false)] };
+            let pieces = if holes && is_zeroes(part) {
+                vec![(0, part.len(), true)]
+            } else if holes {
+                zero_pieces(part)
+            } else {
+                vec![(0, part.len(), false)]
+            };
             for (at, n, zero) in pieces {
                 match runs.last_mut() {
                     Some(run) if run.zero == zero => run.length += n as u64,
