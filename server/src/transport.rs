@@ -2,9 +2,10 @@
 //! uses it whole and unbuffered, so nothing reads ahead of a TLS handshake; the transmission phase
 //! splits it into a read half (one reader at a time) and a write half (one reply at a time).
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, IoSlice, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,8 +90,27 @@ impl Stream {
 /// One half of a socket shared by reference: `&File` reads and writes.
 struct Shared(Arc<File>);
 
+thread_local! {
+    /// Set while socket reads on this thread must not wait (see [`without_waiting`]).
+    static DONT_WAIT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with the reads it makes from a plain socket's read half returning `WouldBlock`
+/// rather than waiting for the client. A reader that would otherwise ask the kernel first
+/// whether bytes are there (`FIONREAD`) reads them instead: one system call, not two.
+pub(crate) fn without_waiting<R>(f: impl FnOnce() -> R) -> R {
+    DONT_WAIT.set(true);
+    let result = f();
+    DONT_WAIT.set(false);
+    result
+}
+
 impl Read for Shared {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if DONT_WAIT.get() {
+            let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT;
+            return nix::sys::socket::recv(self.0.as_raw_fd(), buf, flags).map_err(io::Error::from);
+        }
         (&*self.0).read(buf)
     }
 }
@@ -121,4 +141,29 @@ pub(crate) fn write_all_vectored(w: &mut dyn Write, mut bufs: &mut [IoSlice<'_>]
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn a_read_without_waiting_takes_what_is_there_or_would_block() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let (mut read, _, _) = Stream::socket(OwnedFd::from(ours)).split().unwrap();
+        let mut buf = [0u8; 8];
+        let e = without_waiting(|| read.read(&mut buf)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        theirs.write_all(b"abc").unwrap();
+        assert_eq!(without_waiting(|| read.read(&mut buf)).unwrap(), 3);
+        assert_eq!(&buf[..3], b"abc");
+        // Outside, reads wait again: this one for the byte a thread sends later.
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            theirs.write_all(b"d").unwrap();
+        });
+        assert_eq!(read.read(&mut buf).unwrap(), 1);
+        sender.join().unwrap();
+    }
 }

@@ -35,7 +35,7 @@ use super::pacing::Pacing;
 use super::parking::{Parked, IDLE_BEFORE_PARK};
 use super::wire_errno;
 use crate::server::{LiveGuard, Shared};
-use crate::transport::{write_all_vectored, Stream};
+use crate::transport::{without_waiting, write_all_vectored, Stream};
 
 /// Buffers bigger than this are given back after the request that needed them.
 const KEEP_BUFFER: usize = 2 << 20;
@@ -409,9 +409,9 @@ impl Transmission {
             if rd.input.buffer().len() < header_len {
                 // The next read may wait for the client: what was held back goes out first.
                 self.flush_held();
-                self.pace(&rd);
                 let size = if rd.last_payload >= 32 << 10 { READ_BUFFER_LARGE_WRITES } else { READ_BUFFER };
                 set_read_buffer(&mut rd, size);
+                self.pace(&mut rd);
             }
             if rd.done || self.failed.load(Ordering::Relaxed) {
                 break Next::End;
@@ -459,12 +459,18 @@ impl Transmission {
     }
 
     /// Waits a little before reading when the lone worker's client is behind on its replies (see
-    /// [`Pacing`]).
-    fn pace(&self, rd: &Reader) {
-        if rd.done || self.workers.load(Ordering::Relaxed) != 1 {
+    /// [`Pacing`]). Never when the client's next request is arriving: whatever it has sent is
+    /// read first, without waiting, which also spares asking the kernel whether bytes are there.
+    fn pace(&self, rd: &mut Reader) {
+        if rd.done || self.workers.load(Ordering::Relaxed) != 1 || !rd.input.buffer().is_empty() {
             return;
         }
         let Some(socket) = self.socket.as_deref().filter(|_| self.parkable) else { return };
+        match without_waiting(|| rd.input.fill_buf().map(|b| b.len())) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // Bytes, the end of the stream, or an error the next read reports.
+            _ => return,
+        }
         if let Some(pause) = rd.pacing.pause(socket, self.last_reply.load(Ordering::Relaxed)) {
             std::thread::sleep(pause);
         }
