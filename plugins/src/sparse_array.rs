@@ -5,27 +5,27 @@
 //! that was trimmed or zeroed, is absent and reads as zeroes.
 //!
 //! The server runs requests on many threads at once, so the page table is split into lock stripes:
-//! page `i` lives in stripe `i % STRIPES`, each stripe an `RwLock<BTreeMap<page index, page>>`. A
+//! page `i` lives in stripe `i % STRIPES`, each stripe an `RwLock` over its page table (`page_map`). A
 //! request takes one stripe lock per page it touches and holds it only while copying that page, so
 //! requests on different pages proceed in parallel and reads of the same page share a read lock. The
-//! maps are ordered, which lets extents and large trims skip over holes without visiting every
+//! tables are ordered, which lets extents and large trims skip over holes without visiting every
 //! absent page of an exabyte-sized disk.
 //!
 //! Page memory comes from `slab`: 2 MiB slabs faulted in whole when mapped, so that filling a
 //! fresh disk does not pay eight page faults per page; pages freed by trim and zero go back to the
 //! kernel.
 
+mod page_map;
 mod slab;
 
-use std::collections::btree_map::Entry;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use nbdforge_api::extents::{DATA, HOLE, ZERO};
 use nbdforge_api::{Error, Extents, Result, ZEROES};
 
-use slab::{Page, SlabPool};
+use page_map::PageMap;
+use slab::SlabPool;
 
 /// Bytes per page. 32 KiB keeps a fresh 4 KiB write cheap to allocate while a 256 KiB request
 /// touches only eight pages.
@@ -42,8 +42,7 @@ const RELEASE_AFTER_FREED_BYTES: u64 = 64 << 20;
 
 /// One stripe of the page table, padded to a cache line so neighbouring locks do not share one.
 #[repr(align(64))]
-#[derive(Default)]
-struct Stripe(RwLock<BTreeMap<u64, Page>>);
+struct Stripe(RwLock<PageMap>);
 
 /// A sparse, thread-safe byte array. See the module documentation.
 pub struct SparseArray {
@@ -63,7 +62,7 @@ impl SparseArray {
     /// An empty array: every byte reads as zero and no page is allocated.
     pub fn new() -> Self {
         SparseArray {
-            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
+            stripes: (0..STRIPES as u64).map(|s| Stripe(RwLock::new(PageMap::new(s, STRIPES as u64)))).collect(),
             pages: SlabPool::new(),
             allocated_pages: AtomicUsize::new(0),
             freed_since_release: AtomicU64::new(0),
@@ -80,7 +79,7 @@ impl SparseArray {
         let mut done = 0;
         for (index, in_page, len) in page_runs(offset, buf.len() as u64) {
             let out = &mut buf[done..done + len];
-            match self.read_stripe(index).get(&index) {
+            match self.read_stripe(index).get(index) {
                 Some(page) => out.copy_from_slice(&page[in_page..in_page + len]),
                 None => out.fill(0),
             }
@@ -102,7 +101,7 @@ impl SparseArray {
             let index = offset / PAGE_SIZE as u64;
             let map = self.read_stripe(index);
             let len = count as usize;
-            let slice = map.get(&index).map_or(&ZEROES[..len], |page| &page[in_page..in_page + len]);
+            let slice = map.get(index).map_or(&ZEROES[..len], |page| &page[in_page..in_page + len]);
             send(&[slice]);
             return true;
         }
@@ -113,14 +112,14 @@ impl SparseArray {
         // Consecutive pages are in distinct stripes, so each stripe is locked once.
         let mut order: Vec<usize> = runs.iter().map(|r| stripe_of(r.0)).collect();
         order.sort_unstable();
-        let guards: Vec<(usize, RwLockReadGuard<'_, BTreeMap<u64, Page>>)> =
+        let guards: Vec<(usize, RwLockReadGuard<'_, PageMap>)> =
             order.into_iter().map(|s| (s, self.read_stripe(s as u64))).collect();
         let slices: Vec<&[u8]> = runs
             .iter()
             .map(|&(index, in_page, len)| {
                 let stripe = stripe_of(index);
                 let map = &guards[guards.partition_point(|g| g.0 < stripe)].1;
-                match map.get(&index) {
+                match map.get(index) {
                     Some(page) => &page[in_page..in_page + len],
                     None => &ZEROES[..len],
                 }
@@ -139,16 +138,16 @@ impl SparseArray {
             let data = &buf[done..done + len];
             done += len;
             let mut map = self.write_stripe(index);
-            let page = match map.entry(index) {
-                Entry::Occupied(page) => page.into_mut(),
-                Entry::Vacant(_) if is_zero(data) => continue,
-                Entry::Vacant(slot) => {
-                    let Some(page) = self.pages.alloc() else {
-                        return Err(Error::new(libc::ENOMEM, "memory: out of memory for the data written"));
-                    };
-                    self.allocated_pages.fetch_add(1, Ordering::Relaxed);
-                    slot.insert(page)
-                }
+            let page = if let Some(page) = map.get_mut(index) {
+                page
+            } else if is_zero(data) {
+                continue;
+            } else {
+                let Some(page) = self.pages.alloc() else {
+                    return Err(Error::new(libc::ENOMEM, "memory: out of memory for the data written"));
+                };
+                self.allocated_pages.fetch_add(1, Ordering::Relaxed);
+                map.insert(index, page)
             };
             page[in_page..in_page + len].copy_from_slice(data);
         }
@@ -192,9 +191,9 @@ impl SparseArray {
         while pos < end {
             let index = pos / page_size;
             let last_index = (end - 1) / page_size;
-            let run_end = if self.read_stripe(index).contains_key(&index) {
+            let run_end = if self.read_stripe(index).contains(index) {
                 let mut next = index + 1;
-                while next <= last_index && self.read_stripe(next).contains_key(&next) {
+                while next <= last_index && self.read_stripe(next).contains(next) {
                     next += 1;
                 }
                 extents.add(pos, (next * page_size).min(end) - pos, DATA)?;
@@ -212,12 +211,12 @@ impl SparseArray {
         Ok(())
     }
 
-    fn read_stripe(&self, index: u64) -> RwLockReadGuard<'_, BTreeMap<u64, Page>> {
+    fn read_stripe(&self, index: u64) -> RwLockReadGuard<'_, PageMap> {
         // A panic while holding a stripe cannot leave a page half-linked, so poison is ignored.
         self.stripes[stripe_of(index)].0.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write_stripe(&self, index: u64) -> RwLockWriteGuard<'_, BTreeMap<u64, Page>> {
+    fn write_stripe(&self, index: u64) -> RwLockWriteGuard<'_, PageMap> {
         self.stripes[stripe_of(index)].0.write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -225,23 +224,24 @@ impl SparseArray {
     /// page by page; a long one is searched in every stripe.
     fn next_allocated(&self, from: u64, to: u64) -> Option<u64> {
         if to - from < STRIPES as u64 {
-            return (from..=to).find(|index| self.read_stripe(*index).contains_key(index));
+            return (from..=to).find(|index| self.read_stripe(*index).contains(*index));
         }
         self.stripes
             .iter()
             .filter_map(|s| {
                 let map = s.0.read().unwrap_or_else(|e| e.into_inner());
-                map.range(from..=to).next().map(|(&i, _)| i)
+                let first = map.indices(from, to).next();
+                first
             })
             .min()
     }
 
     fn zero_in_page(&self, index: u64, in_page: usize, len: usize) {
         let mut map = self.write_stripe(index);
-        if let Some(page) = map.get_mut(&index) {
+        if let Some(page) = map.get_mut(index) {
             page[in_page..in_page + len].fill(0);
             if is_zero(&page[..]) {
-                let page = map.remove(&index).expect("the page was just found");
+                let page = map.remove(index).expect("the page was just found");
                 drop(map);
                 self.pages.free(page);
                 self.note_freed(1);
@@ -255,7 +255,7 @@ impl SparseArray {
         let mut freed = 0;
         if end - first <= 4 * STRIPES as u64 {
             for index in first..end {
-                let removed = self.write_stripe(index).remove(&index);
+                let removed = self.write_stripe(index).remove(index);
                 if let Some(page) = removed {
                     self.pages.free(page);
                     freed += 1;
@@ -265,8 +265,8 @@ impl SparseArray {
             // A large range: look up only the pages that exist rather than every index.
             for stripe in self.stripes.iter() {
                 let mut map = stripe.0.write().unwrap_or_else(|e| e.into_inner());
-                let doomed: Vec<u64> = map.range(first..end).map(|(&i, _)| i).collect();
-                let pages: Vec<Page> = doomed.iter().filter_map(|index| map.remove(index)).collect();
+                let doomed: Vec<u64> = map.indices(first, end - 1).collect();
+                let pages: Vec<_> = doomed.into_iter().filter_map(|index| map.remove(index)).collect();
                 drop(map);
                 freed += pages.len();
                 for page in pages {
