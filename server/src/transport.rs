@@ -99,10 +99,16 @@ thread_local! {
 /// rather than waiting for the client. A reader that would otherwise ask the kernel first
 /// whether bytes are there (`FIONREAD`) reads them instead: one system call, not two.
 pub(crate) fn without_waiting<R>(f: impl FnOnce() -> R) -> R {
+    /// Clears the flag however `f` ends, so no later read on this thread spins on `WouldBlock`.
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            DONT_WAIT.set(false);
+        }
+    }
     DONT_WAIT.set(true);
-    let result = f();
-    DONT_WAIT.set(false);
-    result
+    let _reset = Reset;
+    f()
 }
 
 impl Read for Shared {
