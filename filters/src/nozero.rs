@@ -154,14 +154,15 @@ mod tests {
 
     #[test]
     fn modes() {
-        let disk = MemDisk::new(1 << 20);
+        let disk = MemDisk::new(4 << 20);
         assert_eq!(filter(&[], &disk).capabilities().unwrap().zero, Support::None);
 
         let h = filter(&[("zeromode", "emulate")], &disk);
         assert!(h.capabilities().unwrap().fast_zero);
         assert_eq!(h.zero(4096, 0, Flags::FAST_ZERO).unwrap_err().errno, libc::ENOTSUP);
-        h.zero(100_000, 0, Flags::MAY_TRIM | Flags::FUA).unwrap();
-        assert_eq!(disk.take_log(), ["pwrite 0+65536 0", "pwrite 65536+34464 1"]);
+        // Written from the SDK's shared ZEROES, 1 MiB at a time, FUA on the last piece only.
+        h.zero(1_572_864, 0, Flags::MAY_TRIM | Flags::FUA).unwrap();
+        assert_eq!(disk.take_log(), ["pwrite 0+1048576 0", "pwrite 1048576+524288 1"]);
 
         filter(&[("zeromode", "notrim")], &disk).zero(512, 0, Flags::MAY_TRIM).unwrap();
         assert_eq!(disk.take_log(), ["zero 0+512 0"]);
