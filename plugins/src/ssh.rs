@@ -12,6 +12,7 @@ mod ssh_config;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -292,7 +293,7 @@ impl Plugin for SshPlugin {
         };
         debug!("opened {}: {size} bytes, fsync@openssh.com {}", remote.name, if fsync { "yes" } else { "no" });
         Ok(Box::new(SshHandle {
-            file: Mutex::new(file),
+            file: Mutex::new(OpenFile { file, read_end: None }),
             _sftp: sftp,
             _session: session,
             size,
@@ -482,7 +483,7 @@ fn local_user() -> String {
 /// One connection's session, SFTP channel and open file.
 struct SshHandle {
     // Dropped in this order: the file is closed before its channel and session.
-    file: Mutex<ssh2::File>,
+    file: Mutex<OpenFile>,
     _sftp: Sftp,
     _session: Session,
     size: u64,
@@ -491,12 +492,74 @@ struct SshHandle {
     name: String,
 }
 
+/// The remote file, and where the last read ended.
+///
+/// libssh2 reads a file ahead of the caller, several requests in flight, and every seek throws
+/// that away, even a seek to where the file already is. So a read that starts where the last
+/// one ended does not seek, and a sequential reader keeps the read-ahead. Everything else
+/// seeks: a write must, since libssh2 would take the bytes read ahead for part of the write
+/// already sent, and the seek also drops read-ahead data the write may change. So must a read
+/// after a flush on any connection: what another connection wrote and flushed is to be seen
+/// (multi-conn), and the data read ahead may be older.
+struct OpenFile {
+    file: ssh2::File,
+    /// Where the last read ended, and [`FLUSHES`] then, if nothing but reads happened since.
+    read_end: Option<(u64, u64)>,
+}
+
+/// Flushes on every connection so far.
+static FLUSHES: AtomicU64 = AtomicU64::new(0);
+
+impl OpenFile {
+    fn read(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let flushes = FLUSHES.load(Ordering::SeqCst);
+        if self.read_end.take() == Some((offset, flushes)) {
+            self.file.read_exact(buf)?;
+        } else {
+            self.file.seek(SeekFrom::Start(offset))?;
+            self.read_no_further(buf)?;
+        }
+        self.read_end = Some((offset + buf.len() as u64, flushes));
+        Ok(())
+    }
+
+    /// `read_exact` after a seek, asking the server for little more than `buf`: libssh2 asks
+    /// for four times the buffer each call is given, less what it asked for already, and on
+    /// random reads what it read ahead was thrown away at the next seek (64 KiB random reads
+    /// moved four times their bytes). The first call gets a quarter of `buf`, which asks for
+    /// all of it; each later one at most a quarter of what is asked for and not yet here, which
+    /// asks for nothing more, until the last few KiB.
+    fn read_no_further(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
+        const SMALLEST: usize = 4096;
+        let mut asked = 0;
+        let mut done = 0;
+        while done < buf.len() {
+            let rest = buf.len() - done;
+            let piece = if done == 0 { rest.div_ceil(4) } else { ((asked - done) / 4).max(SMALLEST) }.min(rest);
+            asked = asked.max(done + 4 * piece);
+            match self.file.read(&mut buf[done..done + piece]) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.read_end = None;
+        self.file.seek(SeekFrom::Start(offset))?;
+        self.file.write_all(buf)
+    }
+}
+
 impl SshHandle {
     fn error(&self, what: String, e: std::io::Error) -> Error {
         Error::io(format!("ssh: {}: {what}: {e}", self.name))
     }
 
-    fn file(&self) -> std::sync::MutexGuard<'_, ssh2::File> {
+    fn file(&self) -> std::sync::MutexGuard<'_, OpenFile> {
         self.file.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -520,21 +583,20 @@ impl Handle for SshHandle {
     }
 
     fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {
-        let mut file = self.file();
-        file.seek(SeekFrom::Start(offset))
-            .and_then(|_| file.read_exact(buf))
-            .map_err(|e| self.error(format!("read {} bytes at {offset}", buf.len()), e))
+        let len = buf.len();
+        self.file().read(buf, offset).map_err(|e| self.error(format!("read {len} bytes at {offset}"), e))
     }
 
     fn pwrite(&self, buf: &[u8], offset: u64, _flags: Flags) -> Result<()> {
-        let mut file = self.file();
-        file.seek(SeekFrom::Start(offset))
-            .and_then(|_| file.write_all(buf))
-            .map_err(|e| self.error(format!("write {} bytes at {offset}", buf.len()), e))
+        self.file().write(buf, offset).map_err(|e| self.error(format!("write {} bytes at {offset}", buf.len()), e))
     }
 
     fn flush(&self, _flags: Flags) -> Result<()> {
-        self.file().fsync().map_err(|e| {
+        let mut file = self.file();
+        file.read_end = None;
+        let synced = file.file.fsync();
+        FLUSHES.fetch_add(1, Ordering::SeqCst);
+        synced.map_err(|e| {
             let errno = match e.code() {
                 ErrorCode::SFTP(ssh2_sys_fx::NO_SPACE_ON_FILESYSTEM) => libc::ENOSPC,
                 ErrorCode::SFTP(ssh2_sys_fx::QUOTA_EXCEEDED) => libc::EDQUOT,
