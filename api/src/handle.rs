@@ -38,11 +38,11 @@ macro_rules! pass_through {
 /// without the server looking at its bytes; see [`is_zeroes`].
 pub static ZEROES: [u8; 1 << 20] = [0; 1 << 20];
 
-/// Whether `part` lies within [`ZEROES`]: decided by where it is, not by reading it.
+/// Whether `part` is a non-empty piece of [`ZEROES`]: decided by where it is, not by reading it.
 pub fn is_zeroes(part: &[u8]) -> bool {
     let zeroes = ZEROES.as_ptr_range();
-    let part = part.as_ptr_range();
-    zeroes.start <= part.start && part.end <= zeroes.end
+    let range = part.as_ptr_range();
+    !part.is_empty() && zeroes.start <= range.start && range.end <= zeroes.end
 }
 
 /// Where a read's data goes. The server gives one to [`Handle::read`]; exactly one of the three
@@ -296,6 +296,7 @@ mod tests {
         assert!(!is_zeroes(&[0u8; 16]), "zero bytes elsewhere are not ZEROES");
         let copy = ZEROES[..64].to_vec();
         assert!(!is_zeroes(&copy));
+        assert!(!is_zeroes(&ZEROES[..0]), "an empty piece would make an empty hole chunk");
     }
 
     #[test]

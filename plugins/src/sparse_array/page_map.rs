@@ -85,7 +85,8 @@ impl PageMap {
     pub fn indices(&self, from: u64, to: u64) -> impl Iterator<Item = u64> + '_ {
         // The first page of this stripe at or after `from`, which may belong to any stripe.
         let first = (from / self.stripes + u64::from(from % self.stripes > self.stripe)) / CHUNK;
-        let last = to / self.stripes / CHUNK;
+        // No page of this stripe in the range leaves `first` past `last`: an empty range then.
+        let last = (to / self.stripes / CHUNK).max(first);
         self.chunks
             .range(first..=last)
             .flat_map(move |(&key, chunk)| {
@@ -125,6 +126,8 @@ mod tests {
         assert_eq!(map.indices(4, 11).collect::<Vec<_>>(), [11]);
         assert_eq!(map.indices(11, 3 + 8 * 64).collect::<Vec<_>>(), [11, 3 + 8 * 63, 3 + 8 * 64]);
         assert_eq!(map.indices(12, 3 + 8 * 63 - 1).count(), 0);
+        // A range that holds no page of this stripe and starts past its last one in a chunk.
+        assert_eq!(map.indices(8 * 63 + 4, 8 * 63 + 6).count(), 0);
         // The last page of a chunk takes the chunk with it.
         assert_eq!(map.chunks.len(), 4);
         let page = map.remove(3 + 8 * 200).unwrap();

@@ -461,15 +461,25 @@ impl Transmission {
     /// Waits a little before reading when the lone worker's client is behind on its replies (see
     /// [`Pacing`]). Never when the client's next request is arriving: whatever it has sent is
     /// read first, without waiting, which also spares asking the kernel whether bytes are there.
+    ///
+    /// Not on a parked connection: bytes taken here would wait in our buffer, unseen by the
+    /// poller that is to wake the connection for them.
     fn pace(&self, rd: &mut Reader) {
-        if rd.done || self.workers.load(Ordering::Relaxed) != 1 || !rd.input.buffer().is_empty() {
+        if rd.done || rd.parked || self.workers.load(Ordering::Relaxed) != 1 || !rd.input.buffer().is_empty() {
             return;
         }
         let Some(socket) = self.socket.as_deref().filter(|_| self.parkable) else { return };
         match without_waiting(|| rd.input.fill_buf().map(|b| b.len())) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            // Bytes, the end of the stream, or an error the next read reports.
-            _ => return,
+            Ok(_) => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
+            // Reported here: the socket's error is cleared by the read that returns it, and the
+            // next read would see a clean end of stream.
+            Err(e) => {
+                rd.done = true;
+                warn!("{}: connection dropped: {e}", self.peer);
+                return;
+            }
         }
         if let Some(pause) = rd.pacing.pause(socket, self.last_reply.load(Ordering::Relaxed)) {
             std::thread::sleep(pause);
