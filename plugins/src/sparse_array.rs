@@ -87,9 +87,9 @@ impl SparseArray {
         }
     }
 
-    /// Calls `send` with slices of the pages that hold the `count` bytes at `offset` (slices of the
-    /// SDK's `ZEROES` for absent ones, which a server sends as holes), with those pages' stripes read-locked so no write changes them
-    /// meanwhile. Returns false without calling `send` for a range of more than `STRIPES` pages,
+    /// Calls `send` with slices of the pages that hold the `count` bytes at `offset` (slices of
+    /// the SDK's `ZEROES` for absent ones, which a server sends as holes), with those pages'
+    /// stripes read-locked so no write changes them meanwhile. Returns false without calling `send` for a range of more than `STRIPES` pages,
     /// which would need one stripe twice.
     ///
     /// Stripes are locked in stripe order. Every other operation holds one stripe at a time, so
@@ -99,10 +99,7 @@ impl SparseArray {
         if in_page as u64 + count <= PAGE_SIZE as u64 {
             // Within one page (every small read): one lock and no lists.
             let index = offset / PAGE_SIZE as u64;
-            let map = self.read_stripe(index);
-            let len = count as usize;
-            let slice = map.get(index).map_or(&ZEROES[..len], |page| &page[in_page..in_page + len]);
-            send(&[slice]);
+            send(&[lend(&self.read_stripe(index), index, in_page, count as usize)]);
             return true;
         }
         let runs: Vec<(u64, usize, usize)> = page_runs(offset, count).collect();
@@ -118,11 +115,7 @@ impl SparseArray {
             .iter()
             .map(|&(index, in_page, len)| {
                 let stripe = stripe_of(index);
-                let map = &guards[guards.partition_point(|g| g.0 < stripe)].1;
-                match map.get(index) {
-                    Some(page) => &page[in_page..in_page + len],
-                    None => &ZEROES[..len],
-                }
+                lend(&guards[guards.partition_point(|g| g.0 < stripe)].1, index, in_page, len)
             })
             .collect();
         send(&slices);
@@ -291,6 +284,12 @@ impl SparseArray {
             crate::sys::release_free_heap();
         }
     }
+}
+
+/// The `len` bytes at `in_page` of page `index`, from its stripe's table: the page's own, or
+/// zeroes for an absent page.
+fn lend(map: &PageMap, index: u64, in_page: usize, len: usize) -> &[u8] {
+    map.get(index).map_or(&ZEROES[..len], |page| &page[in_page..in_page + len])
 }
 
 fn stripe_of(index: u64) -> usize {

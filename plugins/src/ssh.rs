@@ -592,9 +592,8 @@ impl Handle for SshHandle {
     }
 
     fn flush(&self, _flags: Flags) -> Result<()> {
-        let mut file = self.file();
-        file.read_end = None;
-        let synced = file.file.fsync();
+        // The count drops this connection's read-ahead too.
+        let synced = self.file().file.fsync();
         FLUSHES.fetch_add(1, Ordering::SeqCst);
         synced.map_err(|e| {
             let errno = match e.code() {

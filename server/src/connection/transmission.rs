@@ -445,10 +445,7 @@ impl Transmission {
                     break Next::Request(incoming, buf, more);
                 }
                 Err(e) => {
-                    rd.done = true;
-                    if e.kind() != io::ErrorKind::UnexpectedEof {
-                        warn!("{}: connection dropped: {e}", self.peer);
-                    }
+                    self.stop_on_read_error(&mut rd, e);
                     break Next::End;
                 }
             }
@@ -475,14 +472,19 @@ impl Transmission {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
             // Reported here: the socket's error is cleared by the read that returns it, and the
             // next read would see a clean end of stream.
-            Err(e) => {
-                rd.done = true;
-                warn!("{}: connection dropped: {e}", self.peer);
-                return;
-            }
+            Err(e) => return self.stop_on_read_error(rd, e),
         }
         if let Some(pause) = rd.pacing.pause(socket, self.last_reply.load(Ordering::Relaxed)) {
             std::thread::sleep(pause);
+        }
+    }
+
+    /// No more requests are read after a failed read; any failure but the client's leaving is
+    /// logged.
+    fn stop_on_read_error(&self, rd: &mut Reader, e: io::Error) {
+        rd.done = true;
+        if e.kind() != io::ErrorKind::UnexpectedEof {
+            warn!("{}: connection dropped: {e}", self.peer);
         }
     }
 
