@@ -207,6 +207,17 @@ pub trait Handle: Send + Sync {
         )
     }
 
+    /// A hint, not a request: `count` bytes at `offset` will be read or written soon (the server
+    /// has that request queued behind the one it is serving). A layer whose data sits in memory
+    /// may start bringing it into the CPU cache, so that the request does not wait on a cache
+    /// miss. It must be cheap and never block. The default passes the hint down through a filter
+    /// whose reads are unchanged, and otherwise does nothing.
+    fn prefetch(&self, count: u64, offset: u64) {
+        if let Some(next) = self.next().filter(|_| self.reads_unchanged()) {
+            next.prefetch(count, offset);
+        }
+    }
+
     /// Prefetches `count` bytes at `offset` (advisory).
     fn cache(&self, count: u64, offset: u64, flags: Flags) -> Result<()> {
         pass_through!(self, |n: &dyn Handle| n.cache(count, offset, flags), Err(Error::unsupported("cache")))
@@ -287,6 +298,27 @@ mod tests {
         fn reads_unchanged(&self) -> bool {
             self.1
         }
+    }
+
+    /// Notes the prefetch hints it is given.
+    #[derive(Default)]
+    struct Hinted(std::sync::Mutex<Vec<(u64, u64)>>);
+    impl Handle for Hinted {
+        fn prefetch(&self, count: u64, offset: u64) {
+            self.0.lock().unwrap().push((count, offset));
+        }
+    }
+
+    #[test]
+    fn prefetch_hints_pass_only_filters_whose_reads_are_unchanged() {
+        let unchanged = Passing(Hinted::default(), true);
+        unchanged.prefetch(4096, 8192);
+        assert_eq!(*unchanged.0 .0.lock().unwrap(), [(4096, 8192)]);
+        // A filter that may change data may also move it: the hint would name the wrong bytes.
+        let changing = Passing(Hinted::default(), false);
+        changing.prefetch(4096, 8192);
+        assert!(changing.0 .0.lock().unwrap().is_empty());
+        Words.prefetch(1, 0);
     }
 
     #[test]

@@ -179,6 +179,12 @@ impl Handle for MemoryHandle {
         self.pread(sink.buffer()?, offset, flags)
     }
 
+    fn prefetch(&self, count: u64, offset: u64) {
+        if let Storage::Sparse(array) = &*self.storage {
+            array.prefetch(offset, count);
+        }
+    }
+
     fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {
         match &*self.storage {
             Storage::Sparse(array) => array.read(buf, offset),

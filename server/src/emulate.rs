@@ -103,6 +103,11 @@ impl Handle for Emulated {
         self.inner.read(count, offset, flags, sink)
     }
 
+    // A hint that must stay cheap: no layer name for it.
+    fn prefetch(&self, count: u64, offset: u64) {
+        self.inner.prefetch(count, offset)
+    }
+
     fn pwrite(&self, buf: &[u8], offset: u64, flags: Flags) -> Result<()> {
         let _layer = enter_layer(self.name);
         self.with_fua(flags, |f| self.inner.pwrite(buf, offset, f))

@@ -15,6 +15,10 @@
 //! for a second, with nothing in flight, costs no thread at all: its connection is parked in the
 //! server's poller (see `parking`) until it sends again.
 //!
+//! A worker that reads a request with another queued behind it tells the backend where that
+//! one will read or write ([`Handle::prefetch`]), so a plugin serving from memory can start
+//! loading it into the CPU cache while this one is served.
+//!
 //! The connection's state is shared by its workers (an `Arc`), so it outlives any one thread;
 //! when the last reference goes, the handle is finalized and the connection counted out.
 
@@ -442,6 +446,9 @@ impl Transmission {
                     rd.pacing.request();
                     rd.last_payload = incoming.req.payload_len();
                     let more = !rd.done && rd.input.buffer().len() >= header_len;
+                    if more {
+                        self.prefetch_next(&rd.input.buffer()[..header_len]);
+                    }
                     break Next::Request(incoming, buf, more);
                 }
                 Err(e) => {
@@ -453,6 +460,16 @@ impl Transmission {
         drop(rd);
         self.reading.fetch_sub(1, Ordering::SeqCst);
         result
+    }
+
+    /// Tells the backend where the request behind this one will read or write, so that its data
+    /// can be on its way into the CPU cache while this one is served.
+    fn prefetch_next(&self, header: &[u8]) {
+        if let Ok(next) = Request::parse(header, self.session.extended) {
+            if matches!(next.kind, CMD_READ | CMD_WRITE) {
+                self.handle.prefetch(next.length, next.offset);
+            }
+        }
     }
 
     /// Waits a little before reading when the lone worker's client is behind on its replies (see

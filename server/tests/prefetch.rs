@@ -1,0 +1,83 @@
+//! Prefetch hints: while the server serves one request it tells the backend where the request
+//! queued behind it reads or writes. A plugin notes the hints and the requests it gets; an nbdsh
+//! client sends reads and writes many at a time, so that some arrive queued.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use nbdforge_api::{Capabilities, Flags, Handle, Layer, OpenArgs, Plugin, Result, ThreadModel};
+
+#[derive(Default)]
+struct Seen {
+    /// `(count, offset)` of each hint.
+    hints: Mutex<Vec<(u64, u64)>>,
+    /// `(count, offset)` of each read and write, in the order served.
+    requests: Mutex<Vec<(u64, u64)>>,
+}
+
+struct Noting(Arc<Seen>);
+struct NotingHandle(Arc<Seen>);
+
+impl Layer for Noting {}
+
+impl Plugin for Noting {
+    fn thread_model(&self) -> ThreadModel {
+        ThreadModel::Parallel
+    }
+    fn open(&self, _args: &OpenArgs) -> Result<Box<dyn Handle>> {
+        Ok(Box::new(NotingHandle(Arc::clone(&self.0))))
+    }
+}
+
+impl Handle for NotingHandle {
+    fn get_size(&self) -> Result<u64> {
+        Ok(64 << 20)
+    }
+    fn capabilities(&self) -> Result<Capabilities> {
+        Ok(Capabilities { write: true, ..Capabilities::READ_ONLY })
+    }
+    fn pread(&self, buf: &mut [u8], offset: u64, _flags: Flags) -> Result<()> {
+        self.0.requests.lock().unwrap().push((buf.len() as u64, offset));
+        buf.fill(0);
+        Ok(())
+    }
+    fn pwrite(&self, buf: &[u8], offset: u64, _flags: Flags) -> Result<()> {
+        self.0.requests.lock().unwrap().push((buf.len() as u64, offset));
+        Ok(())
+    }
+    fn prefetch(&self, count: u64, offset: u64) {
+        self.0.hints.lock().unwrap().push((count, offset));
+    }
+}
+
+#[test]
+fn the_request_queued_behind_is_hinted_before_it_is_served() {
+    let seen = Arc::new(Seen::default());
+    let server = common::serve(common::stack(Noting(Arc::clone(&seen)), Vec::new()), "prefetch");
+    // Rounds of 64 requests at distinct offsets (even: 1 KiB reads, odd: 512-byte writes).
+    let script = r#"
+for r in range(10):
+    for i in range(64):
+        at = (r * 64 + i) * 8192
+        if i % 2 == 0:
+            h.aio_pread(nbd.Buffer(1024), at)
+        else:
+            h.aio_pwrite(b"x" * 512, at)
+    while h.aio_in_flight() > 0:
+        h.poll(-1)
+"#;
+    assert!(server.nbdsh(script), "nbdsh failed");
+    drop(server);
+    let hints = seen.hints.lock().unwrap().clone();
+    let requests = seen.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 640);
+    assert!(!hints.is_empty(), "no request was hinted: each arrived alone?");
+    for hint in &hints {
+        // Offsets are distinct, so a hint names one request; it was queued, so not the first.
+        let at = requests.iter().position(|r| r == hint);
+        assert!(at.is_some_and(|at| at > 0), "hint {hint:?} names no request queued behind another");
+    }
+    assert!(hints.iter().any(|h| h.0 == 1024), "no read was hinted");
+    assert!(hints.iter().any(|h| h.0 == 512), "no write was hinted");
+}
