@@ -8,22 +8,25 @@ use std::sync::{Arc, Mutex};
 
 use nbdforge_api::{Capabilities, Flags, Handle, Layer, OpenArgs, Plugin, Result, ThreadModel};
 
+/// `(count, offset)` pairs.
+type Ranges = Vec<(u64, u64)>;
+
 #[derive(Default)]
 struct Seen {
-    /// `(count, offset)` of each hint.
-    hints: Mutex<Vec<(u64, u64)>>,
-    /// `(count, offset)` of each read and write, in the order served.
-    requests: Mutex<Vec<(u64, u64)>>,
+    /// Each hint.
+    hints: Mutex<Ranges>,
+    /// Each read and write, in the order served.
+    requests: Mutex<Ranges>,
 }
 
-struct Noting(Arc<Seen>);
+struct Noting(Arc<Seen>, ThreadModel);
 struct NotingHandle(Arc<Seen>);
 
 impl Layer for Noting {}
 
 impl Plugin for Noting {
     fn thread_model(&self) -> ThreadModel {
-        ThreadModel::Parallel
+        self.1
     }
     fn open(&self, _args: &OpenArgs) -> Result<Box<dyn Handle>> {
         Ok(Box::new(NotingHandle(Arc::clone(&self.0))))
@@ -51,11 +54,12 @@ impl Handle for NotingHandle {
     }
 }
 
-#[test]
-fn the_request_queued_behind_is_hinted_before_it_is_served() {
+/// Serves the plugin under `model` and sends ten rounds of 64 requests at distinct offsets
+/// (even: 1 KiB reads, odd: 512-byte writes). Returns the hints and the requests served.
+fn run(model: ThreadModel) -> (Ranges, Ranges) {
     let seen = Arc::new(Seen::default());
-    let server = common::serve(common::stack(Noting(Arc::clone(&seen)), Vec::new()), "prefetch");
-    // Rounds of 64 requests at distinct offsets (even: 1 KiB reads, odd: 512-byte writes).
+    let server =
+        common::serve(common::stack(Noting(Arc::clone(&seen), model), Vec::new()), &format!("prefetch-{model:?}"));
     let script = r#"
 for r in range(10):
     for i in range(64):
@@ -72,6 +76,12 @@ for r in range(10):
     let hints = seen.hints.lock().unwrap().clone();
     let requests = seen.requests.lock().unwrap().clone();
     assert_eq!(requests.len(), 640);
+    (hints, requests)
+}
+
+#[test]
+fn the_request_queued_behind_is_hinted_before_it_is_served() {
+    let (hints, requests) = run(ThreadModel::Parallel);
     assert!(!hints.is_empty(), "no request was hinted: each arrived alone?");
     for hint in &hints {
         // Offsets are distinct, so a hint names one request; it was queued, so not the first.
@@ -80,4 +90,10 @@ for r in range(10):
     }
     assert!(hints.iter().any(|h| h.0 == 1024), "no read was hinted");
     assert!(hints.iter().any(|h| h.0 == 512), "no write was hinted");
+}
+
+#[test]
+fn no_hints_when_all_requests_are_serialized() {
+    let (hints, _) = run(ThreadModel::SerializeAllRequests);
+    assert!(hints.is_empty(), "{} hints ran outside the serializing lock", hints.len());
 }

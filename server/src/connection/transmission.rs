@@ -464,7 +464,13 @@ impl Transmission {
 
     /// Tells the backend where the request behind this one will read or write, so that its data
     /// can be on its way into the CPU cache while this one is served.
+    ///
+    /// Not under `serialize_all_requests`: the hint would run beside another connection's call,
+    /// and taking the lock for it would cost more than the hint saves.
     fn prefetch_next(&self, header: &[u8]) {
+        if self.shared.serialize_all.is_some() {
+            return;
+        }
         if let Ok(next) = Request::parse(header, self.session.extended) {
             if matches!(next.kind, CMD_READ | CMD_WRITE) {
                 self.handle.prefetch(next.length, next.offset);
