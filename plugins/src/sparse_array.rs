@@ -123,7 +123,7 @@ impl SparseArray {
     }
 
     /// Starts loading into the CPU cache the first bytes of each written page in
-    /// `[offset, offset + count)`, at most [`PREFETCH_LIMIT`] of them.
+    /// `[offset, offset + count)`, at most `PREFETCH_LIMIT` (8 KiB) of them.
     pub fn prefetch(&self, offset: u64, count: u64) {
         for (index, in_page, len) in page_runs(offset, count.min(PREFETCH_LIMIT)) {
             if let Some(page) = self.read_stripe(index).get(index) {
