@@ -313,7 +313,8 @@ fn stripe_of(index: u64) -> usize {
 /// Splits `[offset, offset + count)` into `(page index, offset in page, length)` pieces.
 fn page_runs(offset: u64, count: u64) -> impl Iterator<Item = (u64, usize, usize)> {
     let page_size = PAGE_SIZE as u64;
-    let end = offset + count;
+    // Callers pass ranges inside the disk; one past the end of the address space is cut short.
+    let end = offset.saturating_add(count);
     let mut pos = offset;
     std::iter::from_fn(move || {
         if pos >= end {

@@ -55,7 +55,8 @@ impl Handle for NotingHandle {
 }
 
 /// Serves the plugin under `model` and sends ten rounds of 64 requests at distinct offsets
-/// (even: 1 KiB reads, odd: 512-byte writes). Returns the hints and the requests served.
+/// (even: 1 KiB reads, odd: 512-byte writes), then reads outside the export among good ones.
+/// Returns the hints and the requests served.
 fn run(model: ThreadModel) -> (Ranges, Ranges) {
     let seen = Arc::new(Seen::default());
     let server =
@@ -70,12 +71,36 @@ for r in range(10):
             h.aio_pwrite(b"x" * 512, at)
     while h.aio_in_flight() > 0:
         h.poll(-1)
+# A hostile client: reads past the end, and at the end of the address space, queued among good ones.
+h.set_strict_mode(0)
+bad = []
+for i in range(64):
+    if i % 4 == 1:
+        bad.append(h.aio_pread(nbd.Buffer(1024), 2**64 - 512))
+    elif i % 4 == 3:
+        bad.append(h.aio_pread(nbd.Buffer(1024), 64 << 20))
+    else:
+        h.aio_pread(nbd.Buffer(1024), (640 + i) * 8192)
+while h.aio_in_flight() > 0:
+    h.poll(-1)
+for c in bad:
+    try:
+        h.aio_command_completed(c)
+        raise AssertionError("a read outside the export succeeded")
+    except nbd.Error:
+        pass
 "#;
     assert!(server.nbdsh(script), "nbdsh failed");
     drop(server);
     let hints = seen.hints.lock().unwrap().clone();
     let requests = seen.requests.lock().unwrap().clone();
-    assert_eq!(requests.len(), 640);
+    assert_eq!(requests.len(), 672, "640 requests, then 32 good ones among 32 refused");
+    for &(count, offset) in &hints {
+        assert!(
+            offset.checked_add(count).is_some_and(|end| end <= 64 << 20),
+            "hint ({count}, {offset}) reaches outside the export"
+        );
+    }
     (hints, requests)
 }
 

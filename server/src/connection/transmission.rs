@@ -471,10 +471,10 @@ impl Transmission {
         if self.shared.serialize_all.is_some() {
             return;
         }
-        if let Ok(next) = Request::parse(header, self.session.extended) {
-            if matches!(next.kind, CMD_READ | CMD_WRITE) {
-                self.handle.prefetch(next.length, next.offset);
-            }
+        // Checked as the request itself will be: a layer never sees a range outside the export.
+        let Ok(next) = Request::parse(header, self.session.extended) else { return };
+        if matches!(next.kind, CMD_READ | CMD_WRITE) && self.session.check(&next).is_ok() {
+            self.handle.prefetch(next.length, next.offset);
         }
     }
 
