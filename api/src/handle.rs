@@ -211,9 +211,8 @@ pub trait Handle: Send + Sync {
     /// has that request queued behind the one it is serving). A layer whose data sits in memory
     /// may start bringing it into the CPU cache, so that the request does not wait on a cache
     /// miss. The range is inside the export. It must be cheap and never block. It keeps to the
-    /// thread model: under
-    /// `SerializeAllRequests` it is never called. The default passes the hint down through a
-    /// filter whose reads are unchanged, and otherwise does nothing.
+    /// thread model: under `SerializeAllRequests` it is never called. The default passes the hint
+    /// down through a filter whose reads are unchanged, and otherwise does nothing.
     fn prefetch(&self, count: u64, offset: u64) {
         if let Some(next) = self.next().filter(|_| self.reads_unchanged()) {
             next.prefetch(count, offset);

@@ -89,8 +89,8 @@ impl SparseArray {
 
     /// Calls `send` with slices of the pages that hold the `count` bytes at `offset` (slices of
     /// the SDK's `ZEROES` for absent ones, which a server sends as holes), with those pages'
-    /// stripes read-locked so no write changes them meanwhile. Returns false without calling `send` for a range of more than `STRIPES` pages,
-    /// which would need one stripe twice.
+    /// stripes read-locked so no write changes them meanwhile. Returns false without calling
+    /// `send` for a range of more than `STRIPES` pages, which would need one stripe twice.
     ///
     /// Stripes are locked in stripe order. Every other operation holds one stripe at a time, so
     /// readers that hold several and wait behind a writer cannot form a cycle.

@@ -9,11 +9,12 @@
 //! the client takes to send a request (its recent pace) per unread reply, at most [`MAX_PAUSE`],
 //! before reading: by then the client has sent as many requests as it had replies to take. (Half
 //! that time, and at most 50 µs, cost 6% more server time per 4 KiB random read from one
-//! connection at QD64, at the same IOPS; on four connections it made no difference.) A client with one or two requests in flight never has three
-//! unread replies, so it is never kept waiting; neither is one that reads replies as fast as
-//! they come, nor one whose next request is already arriving (a client busy sending large writes
-//! leaves replies unread because it is sending, not because it is slow: making it wait for us to
-//! read cost a quarter of the throughput of 256 KiB writes).
+//! connection at QD64, at the same IOPS; on four connections it made no difference.) A client
+//! with one or two requests in flight never has three unread replies, so it is never kept
+//! waiting; neither is one that reads replies as fast as they come, nor one whose next request is
+//! already arriving (a client busy sending large writes leaves replies unread because it is
+//! sending, not because it is slow: making it wait for us to read cost a quarter of the
+//! throughput of 256 KiB writes).
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
